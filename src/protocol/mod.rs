@@ -1,0 +1,35 @@
+//! The protocol core: messages, codec, tokens, and the handshake and session state machines.
+//!
+//! Nothing in this module performs I/O, spawns tasks or reads a clock: inputs are decoded
+//! messages and `now: Instant` arguments, outputs are values the caller acts on. It imports
+//! neither tokio nor quinn, so every rule of `PROTOCOL.md` can be tested with virtual time and
+//! no sockets, and a driver for another runtime could reuse it unchanged.
+
+mod client;
+pub mod codec;
+mod message;
+mod registry;
+mod server;
+mod session;
+mod token;
+
+pub use client::{
+    ClientEstablished, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
+    HandshakeStep,
+};
+pub use codec::{
+    DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE, MAX_FRAME_LIMIT,
+};
+pub use message::{Channel, Message, PlayerId, Reason, TOKEN_LEN, Token};
+pub use registry::SessionRegistry;
+pub use server::{
+    MAX_FEED_INITS, ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput,
+};
+pub use session::{FrameLimits, Inbound, InboundRules};
+pub use token::{Entropy, EntropyError, IssuedToken, SystemEntropy, TokenError};
+
+/// The ALPN protocol identifier of this protocol version.
+pub const ALPN: &[u8] = b"quicfeed/1";
+
+#[cfg(test)]
+mod handshake_tests;

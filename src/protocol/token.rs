@@ -1,0 +1,188 @@
+//! Handshake tokens: issued from a CSPRNG, redeemed once, in constant time.
+//!
+//! A token lives only inside the handshake state of the connection that issued it (see
+//! [`ServerHandshake`](super::ServerHandshake)). That is what binds it to the connection: a
+//! token shown on any other connection is compared against that connection's own token and
+//! refused as [`Reason::InvalidToken`](super::Reason::InvalidToken).
+
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use super::message::{PlayerId, TOKEN_LEN, Token};
+
+/// A source of cryptographically secure random bytes.
+///
+/// The protocol core draws all its randomness through this trait, so state-machine tests can
+/// run with a deterministic source while the driver uses [`SystemEntropy`].
+pub trait Entropy {
+    /// Fills `dest` with random bytes, or fails if no randomness is available.
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError>;
+}
+
+/// The operating system's CSPRNG (through `ring`).
+#[derive(Debug)]
+pub struct SystemEntropy(ring::rand::SystemRandom);
+
+impl SystemEntropy {
+    /// A handle to the system CSPRNG.
+    pub fn new() -> Self {
+        SystemEntropy(ring::rand::SystemRandom::new())
+    }
+}
+
+impl Default for SystemEntropy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Entropy for SystemEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError> {
+        ring::rand::SecureRandom::fill(&self.0, dest).map_err(|_| EntropyError)
+    }
+}
+
+/// The randomness source failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no randomness available")]
+pub struct EntropyError;
+
+/// Why a presented token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The bytes do not match the issued token.
+    #[error("invalid token")]
+    Invalid,
+    /// The token matches, but was issued to another player.
+    #[error("token issued to another player")]
+    PlayerMismatch,
+    /// The token matches, but its lifetime has passed.
+    #[error("token expired")]
+    Expired,
+}
+
+/// A token the server has issued and not yet seen redeemed.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    token: Token,
+    player_id: PlayerId,
+    expires_at: Instant,
+}
+
+impl IssuedToken {
+    /// Draws a fresh token for `player_id`, valid for `lifetime` from `now`.
+    pub fn issue(
+        entropy: &mut dyn Entropy,
+        player_id: PlayerId,
+        now: Instant,
+        lifetime: Duration,
+    ) -> Result<Self, EntropyError> {
+        let mut bytes = [0u8; TOKEN_LEN];
+        entropy.fill(&mut bytes)?;
+        Ok(IssuedToken {
+            token: Token(bytes),
+            player_id,
+            // A lifetime too long to represent simply never expires.
+            expires_at: now.checked_add(lifetime).unwrap_or(far_future(now)),
+        })
+    }
+
+    /// The token's bytes, to send to the client.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// Checks a presented token.
+    ///
+    /// The bytes are compared in constant time first; only a matching token is then checked
+    /// against the player ID and the expiry, so a wrong token reveals nothing else.
+    pub fn redeem(
+        &self,
+        presented: &Token,
+        player_id: PlayerId,
+        now: Instant,
+    ) -> Result<(), TokenError> {
+        if !bool::from(self.token.0.ct_eq(&presented.0)) {
+            return Err(TokenError::Invalid);
+        }
+        if self.player_id != player_id {
+            return Err(TokenError::PlayerMismatch);
+        }
+        if now >= self.expires_at {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+
+    /// Whether `presented` is this token (constant time), whatever its player or expiry.
+    pub fn matches(&self, presented: &Token) -> bool {
+        bool::from(self.token.0.ct_eq(&presented.0))
+    }
+}
+
+/// An instant far enough ahead to stand for "never", without overflowing.
+fn far_future(now: Instant) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(YEAR).unwrap_or(now)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Deterministic entropy for tests: a counter spread over the buffer.
+    #[derive(Debug, Default)]
+    pub(crate) struct CountingEntropy(pub u8);
+
+    impl Entropy for CountingEntropy {
+        fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError> {
+            self.0 = self.0.wrapping_add(1);
+            dest.fill(self.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn system_entropy_gives_distinct_tokens() {
+        let now = Instant::now();
+        let mut e = SystemEntropy::new();
+        let a = IssuedToken::issue(&mut e, PlayerId(1), now, Duration::from_secs(1)).unwrap();
+        let b = IssuedToken::issue(&mut e, PlayerId(1), now, Duration::from_secs(1)).unwrap();
+        assert_ne!(a.token(), b.token());
+    }
+
+    #[test]
+    fn redeem_checks_bytes_then_player_then_expiry() {
+        let now = Instant::now();
+        let life = Duration::from_secs(5);
+        let issued = IssuedToken::issue(&mut CountingEntropy(0), PlayerId(9), now, life).unwrap();
+        let good = issued.token();
+        assert_eq!(issued.redeem(&good, PlayerId(9), now), Ok(()));
+        assert_eq!(
+            issued.redeem(&Token([0; 16]), PlayerId(9), now),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            issued.redeem(&good, PlayerId(8), now),
+            Err(TokenError::PlayerMismatch)
+        );
+        assert_eq!(
+            issued.redeem(&good, PlayerId(9), now + life),
+            Err(TokenError::Expired)
+        );
+        // A wrong token that is also late is reported as wrong, not as expired.
+        assert_eq!(
+            issued.redeem(&Token([0; 16]), PlayerId(9), now + life),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn an_unrepresentable_lifetime_does_not_overflow() {
+        let now = Instant::now();
+        let issued =
+            IssuedToken::issue(&mut CountingEntropy(0), PlayerId(1), now, Duration::MAX).unwrap();
+        assert_eq!(issued.redeem(&issued.token(), PlayerId(1), now), Ok(()));
+    }
+}
