@@ -1,3 +1,87 @@
-//! quicfeed (work in progress)
+//! # quicfeed
+//!
+//! A low-latency, secure client/server transport for online games over QUIC.
+//!
+//! Each player's session has two channels, `main` (control and request/response) and `feed`
+//! (the game state stream), carried as two QUIC streams on one QUIC connection, so a slow feed
+//! never holds up main and one congestion controller serves both. A three-step token handshake
+//! binds both channels to the player before any application data flows:
+//!
+//! ```text
+//!   client                                   server
+//!     |  QUIC + TLS 1.3 handshake (ALPN quicfeed/1)   |
+//!     |==============================================|
+//!     |-- main: CONN_INIT [credentials] ------------>|  authenticator admits, assigns player ID
+//!     |<- main: CONN_INIT_REPLY [player ID, token A] |
+//!     |-- feed: FEED_INIT [player ID, token A] ----->|  (retried if no reply in time)
+//!     |<- feed: FEED_INIT_REPLY [token B] -----------|
+//!     |-- main: FINAL_AUTH [token B] --------------->|
+//!     |<- main: CONN_OK -----------------------------|  session established
+//!     |<=== main & feed: application messages ======>|
+//! ```
+//!
+//! Any refusal is a `CONN_FAILED` with a [`Reason`], followed by a QUIC close carrying the same
+//! code. `PROTOCOL.md` specifies the wire format byte for byte.
+//!
+//! ## Layout
+//!
+//! - [`protocol`]: the pure core. Messages, framing codec, tokens, the client and server
+//!   handshake state machines, session rules and the session registry. No I/O, no clock, no
+//!   tokio or quinn: time is passed in, so it is tested with virtual time.
+//! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
+//!   I/O, the accept loop and per-connection handshake tasks, the connect routine.
+//! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
+//! - [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]: configuration with documented
+//!   defaults tuned for games.
+//! - [`Identity`], [`Trust`], [`Fingerprint`]: certificates, pinning and CA trust.
+//! - [`Authenticator`]: the server hook that admits clients and chooses player IDs.
+//! - Errors: [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use quicfeed::{Client, ClientConfig, Identity, Server, ServerConfig, Trust};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = Identity::generate_self_signed(&["localhost"])?;
+//! let trust = Trust::Certificate(identity.certificate().clone());
+//! let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse()?, identity)).await?;
+//! let addr = server.local_addr();
+//!
+//! let client = tokio::spawn(async move {
+//!     let mut session = Client::connect(&ClientConfig::new(addr, trust)).await?;
+//!     session.main().send("ready").await?;
+//!     let tick: u64 = session.feed().recv().await?;
+//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tick)
+//! });
+//!
+//! let mut session = server.accept().await.expect("server running");
+//! let hello: String = session.main().recv().await?;
+//! session.feed().send(&42u64).await?;
+//! # Ok(()) }
+//! ```
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
+
+mod auth;
+pub mod certs;
+mod client;
+pub mod config;
+mod driver;
+mod error;
 pub mod protocol;
+mod server;
+mod session;
+
+pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
+pub use certs::{Fingerprint, Identity, Trust};
+pub use client::Client;
+pub use config::{ClientConfig, ServerConfig, TransportConfig};
+pub use error::{
+    CertError, ConfigError, ConnectError, Disconnect, RecvError, SendError, ServerError,
+};
+pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
+pub use server::Server;
+pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
+
+/// Re-exported for [`Trust::Certificate`] and [`Identity::new`].
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

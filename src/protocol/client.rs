@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::message::{Channel, Message, PlayerId, Reason, Token};
+use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
 use super::server::MAX_FEED_INITS;
 use super::session::{FrameLimits, InboundRules};
 
@@ -102,7 +102,7 @@ impl ClientFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOutput {
     /// Write this message on this channel (open the feed stream first if it is not open).
-    Send(Channel, Message),
+    Send(ChannelKind, Message),
     /// The handshake completed.
     Established(ClientEstablished),
     /// The handshake failed: close the connection with [`ClientFailure::close_reason`].
@@ -165,7 +165,7 @@ impl ClientHandshake {
         ClientHandshake {
             state: State::ExpectConnInitReply,
             config,
-            outputs: VecDeque::from([ClientOutput::Send(Channel::Main, conn_init)]),
+            outputs: VecDeque::from([ClientOutput::Send(ChannelKind::Main, conn_init)]),
         }
     }
 
@@ -186,10 +186,10 @@ impl ClientHandshake {
 
     /// Whether the driver should read `channel` now. After `FINAL_AUTH` the feed is left
     /// unread, so that `DATA` the server sends right after `CONN_OK` waits for the application.
-    pub fn wants_to_read(&self, channel: Channel) -> bool {
+    pub fn wants_to_read(&self, channel: ChannelKind) -> bool {
         !matches!(
             (&self.state, channel),
-            (State::Done, _) | (State::ExpectConnOk(_), Channel::Feed)
+            (State::Done, _) | (State::ExpectConnOk(_), ChannelKind::Feed)
         )
     }
 
@@ -235,7 +235,7 @@ impl ClientHandshake {
             "no FEED_INIT reply in time; sending it again"
         );
         self.outputs
-            .push_back(ClientOutput::Send(Channel::Feed, retry));
+            .push_back(ClientOutput::Send(ChannelKind::Feed, retry));
     }
 
     /// A protocol violation the driver found below the message level on `channel`.
@@ -249,7 +249,7 @@ impl ClientHandshake {
     }
 
     /// A message arrived from the server on `channel`.
-    pub fn handle_message(&mut self, channel: Channel, message: Message, now: Instant) {
+    pub fn handle_message(&mut self, channel: ChannelKind, message: Message, now: Instant) {
         if let Message::ConnFailed { reason, message } = message {
             if !self.is_done() {
                 self.finish(ClientOutput::Failed(ClientFailure::Refused {
@@ -263,11 +263,11 @@ impl ClientHandshake {
         let next = match (state, channel, message) {
             (
                 State::ExpectConnInitReply,
-                Channel::Main,
+                ChannelKind::Main,
                 Message::ConnInitReply { player_id, token_a },
             ) => {
                 self.outputs.push_back(ClientOutput::Send(
-                    Channel::Feed,
+                    ChannelKind::Feed,
                     Message::FeedInit { player_id, token_a },
                 ));
                 State::ExpectFeedInitReply(ExpectFeedInitReply {
@@ -279,9 +279,13 @@ impl ClientHandshake {
                         .unwrap_or(self.config.deadline),
                 })
             }
-            (State::ExpectFeedInitReply(s), Channel::Feed, Message::FeedInitReply { token_b }) => {
+            (
+                State::ExpectFeedInitReply(s),
+                ChannelKind::Feed,
+                Message::FeedInitReply { token_b },
+            ) => {
                 self.outputs.push_back(ClientOutput::Send(
-                    Channel::Main,
+                    ChannelKind::Main,
                     Message::FinalAuth { token_b },
                 ));
                 State::ExpectConnOk(ExpectConnOk {
@@ -292,7 +296,7 @@ impl ClientHandshake {
             }
             (
                 State::ExpectConnOk(s),
-                Channel::Main,
+                ChannelKind::Main,
                 Message::ConnOk {
                     max_main_frame,
                     max_feed_frame,

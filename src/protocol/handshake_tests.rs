@@ -49,7 +49,7 @@ fn client(t0: Instant, attempts: u8) -> ClientHandshake {
     })
 }
 
-fn client_sends(c: &mut ClientHandshake) -> Vec<(Channel, Message)> {
+fn client_sends(c: &mut ClientHandshake) -> Vec<(ChannelKind, Message)> {
     let mut out = Vec::new();
     while let Some(o) = c.poll_output() {
         match o {
@@ -69,7 +69,7 @@ fn exchange(
     s: &mut ServerHandshake,
     e: &mut CountingEntropy,
     now: Instant,
-    (ch, m): (Channel, Message),
+    (ch, m): (ChannelKind, Message),
 ) -> Vec<ServerOutput> {
     s.handle_message(ch, m, now, e);
     server_outputs(s)
@@ -86,11 +86,11 @@ fn to_feed_init(
         max_feed_frame: 2,
         credentials: Bytes::new(),
     };
-    let out = exchange(s, e, t0, (Channel::Main, conn_init));
+    let out = exchange(s, e, t0, (ChannelKind::Main, conn_init));
     assert!(matches!(out[..], [ServerOutput::Authenticate { .. }]));
     s.accept(PlayerId(7), t0, e);
     match &server_outputs(s)[..] {
-        [ServerOutput::Send(Channel::Main, Message::ConnInitReply { player_id, token_a })] => {
+        [ServerOutput::Send(ChannelKind::Main, Message::ConnInitReply { player_id, token_a })] => {
             (*player_id, *token_a)
         }
         other => panic!("no CONN_INIT_REPLY: {other:?}"),
@@ -108,10 +108,10 @@ fn to_final_auth(
         s,
         e,
         t0,
-        (Channel::Feed, Message::FeedInit { player_id, token_a }),
+        (ChannelKind::Feed, Message::FeedInit { player_id, token_a }),
     );
     match &out[..] {
-        [ServerOutput::Send(Channel::Feed, Message::FeedInitReply { token_b })] => {
+        [ServerOutput::Send(ChannelKind::Feed, Message::FeedInitReply { token_b })] => {
             (player_id, token_a, *token_b)
         }
         other => panic!("no FEED_INIT_REPLY: {other:?}"),
@@ -119,7 +119,7 @@ fn to_final_auth(
 }
 
 /// Asserts the outputs are exactly CONN_FAILED(reason) on `channel` then Close(reason).
-fn assert_failed(out: &[ServerOutput], channel: Channel, reason: Reason) {
+fn assert_failed(out: &[ServerOutput], channel: ChannelKind, reason: Reason) {
     match out {
         [
             ServerOutput::Send(ch, Message::ConnFailed { reason: sent, .. }),
@@ -248,12 +248,12 @@ fn a_late_reply_to_the_first_feed_init_is_answered_by_the_same_token_b() {
         &mut s,
         &mut e,
         t0,
-        (Channel::Feed, Message::FeedInit { player_id, token_a }),
+        (ChannelKind::Feed, Message::FeedInit { player_id, token_a }),
     );
     assert_eq!(
         again,
         vec![ServerOutput::Send(
-            Channel::Feed,
+            ChannelKind::Feed,
             Message::FeedInitReply { token_b }
         )]
     );
@@ -261,10 +261,10 @@ fn a_late_reply_to_the_first_feed_init_is_answered_by_the_same_token_b() {
         &mut s,
         &mut e,
         t0,
-        (Channel::Main, Message::FinalAuth { token_b }),
+        (ChannelKind::Main, Message::FinalAuth { token_b }),
     );
     let [
-        ServerOutput::Send(Channel::Main, Message::ConnOk { .. }),
+        ServerOutput::Send(ChannelKind::Main, Message::ConnOk { .. }),
         ServerOutput::Established(est),
     ] = &out[..]
     else {
@@ -286,7 +286,7 @@ fn the_client_ignores_a_late_copy_of_feed_init_reply_after_conn_ok() {
     let token_a = Token([1; 16]);
     let token_b = Token([2; 16]);
     c.handle_message(
-        Channel::Main,
+        ChannelKind::Main,
         Message::ConnInitReply {
             player_id: PlayerId(5),
             token_a,
@@ -297,20 +297,20 @@ fn the_client_ignores_a_late_copy_of_feed_init_reply_after_conn_ok() {
     c.handle_timeout(t0 + RETRY); // retry sent
     assert_eq!(client_sends(&mut c).len(), 1);
     c.handle_message(
-        Channel::Feed,
+        ChannelKind::Feed,
         Message::FeedInitReply { token_b },
         t0 + RETRY,
     );
     assert!(
-        !c.wants_to_read(Channel::Feed),
+        !c.wants_to_read(ChannelKind::Feed),
         "feed left unread after FINAL_AUTH"
     );
     assert_eq!(
         client_sends(&mut c),
-        vec![(Channel::Main, Message::FinalAuth { token_b })]
+        vec![(ChannelKind::Main, Message::FinalAuth { token_b })]
     );
     c.handle_message(
-        Channel::Main,
+        ChannelKind::Main,
         Message::ConnOk {
             max_main_frame: 10,
             max_feed_frame: 20,
@@ -344,14 +344,14 @@ fn wrong_token_a_is_invalid_token_on_feed() {
         &mut e,
         t0,
         (
-            Channel::Feed,
+            ChannelKind::Feed,
             Message::FeedInit {
                 player_id,
                 token_a: Token([0xee; 16]),
             },
         ),
     );
-    assert_failed(&out, Channel::Feed, Reason::InvalidToken);
+    assert_failed(&out, ChannelKind::Feed, Reason::InvalidToken);
     assert!(s.is_done());
 }
 
@@ -366,14 +366,14 @@ fn token_a_with_another_player_id_is_player_mismatch() {
         &mut e,
         t0,
         (
-            Channel::Feed,
+            ChannelKind::Feed,
             Message::FeedInit {
                 player_id: other,
                 token_a,
             },
         ),
     );
-    assert_failed(&out, Channel::Feed, Reason::PlayerMismatch);
+    assert_failed(&out, ChannelKind::Feed, Reason::PlayerMismatch);
 }
 
 #[test]
@@ -385,9 +385,9 @@ fn expired_token_a_is_token_expired() {
         &mut s,
         &mut e,
         t0 + LIFE,
-        (Channel::Feed, Message::FeedInit { player_id, token_a }),
+        (ChannelKind::Feed, Message::FeedInit { player_id, token_a }),
     );
-    assert_failed(&out, Channel::Feed, Reason::TokenExpired);
+    assert_failed(&out, ChannelKind::Feed, Reason::TokenExpired);
 }
 
 #[test]
@@ -405,9 +405,9 @@ fn wrong_and_expired_token_b_are_refused_on_main() {
             &mut s,
             &mut e,
             at,
-            (Channel::Main, Message::FinalAuth { token_b: presented }),
+            (ChannelKind::Main, Message::FinalAuth { token_b: presented }),
         );
-        assert_failed(&out, Channel::Main, reason);
+        assert_failed(&out, ChannelKind::Main, reason);
     }
 }
 
@@ -423,14 +423,14 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         &mut e,
         t0,
         (
-            Channel::Feed,
+            ChannelKind::Feed,
             Message::FeedInit {
                 player_id: pid,
                 token_a: token,
             },
         ),
     );
-    assert_failed(&out, Channel::Feed, Reason::UnexpectedMessage);
+    assert_failed(&out, ChannelKind::Feed, Reason::UnexpectedMessage);
     // CONN_INIT on feed.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let conn_init = Message::ConnInit {
@@ -438,8 +438,8 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         max_feed_frame: 1,
         credentials: Bytes::new(),
     };
-    let out = exchange(&mut s, &mut e, t0, (Channel::Feed, conn_init));
-    assert_failed(&out, Channel::Feed, Reason::UnexpectedMessage);
+    let out = exchange(&mut s, &mut e, t0, (ChannelKind::Feed, conn_init));
+    assert_failed(&out, ChannelKind::Feed, Reason::UnexpectedMessage);
     // Final auth before feed init.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     to_feed_init(&mut s, &mut e, t0);
@@ -447,9 +447,9 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         &mut s,
         &mut e,
         t0,
-        (Channel::Main, Message::FinalAuth { token_b: token }),
+        (ChannelKind::Main, Message::FinalAuth { token_b: token }),
     );
-    assert_failed(&out, Channel::Main, Reason::UnexpectedMessage);
+    assert_failed(&out, ChannelKind::Main, Reason::UnexpectedMessage);
     // FEED_INIT on main.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let (player_id, token_a) = to_feed_init(&mut s, &mut e, t0);
@@ -457,9 +457,9 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         &mut s,
         &mut e,
         t0,
-        (Channel::Main, Message::FeedInit { player_id, token_a }),
+        (ChannelKind::Main, Message::FeedInit { player_id, token_a }),
     );
-    assert_failed(&out, Channel::Main, Reason::UnexpectedMessage);
+    assert_failed(&out, ChannelKind::Main, Reason::UnexpectedMessage);
     // DATA before CONN_OK.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     to_final_auth(&mut s, &mut e, t0);
@@ -467,9 +467,9 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         &mut s,
         &mut e,
         t0,
-        (Channel::Main, Message::Data(Bytes::from_static(b"hi"))),
+        (ChannelKind::Main, Message::Data(Bytes::from_static(b"hi"))),
     );
-    assert_failed(&out, Channel::Main, Reason::UnexpectedMessage);
+    assert_failed(&out, ChannelKind::Main, Reason::UnexpectedMessage);
     // Anything while the authenticator is deciding.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let conn_init = Message::ConnInit {
@@ -477,9 +477,9 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         max_feed_frame: 1,
         credentials: Bytes::new(),
     };
-    exchange(&mut s, &mut e, t0, (Channel::Main, conn_init.clone()));
-    let out = exchange(&mut s, &mut e, t0, (Channel::Main, conn_init));
-    assert_failed(&out, Channel::Main, Reason::UnexpectedMessage);
+    exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init.clone()));
+    let out = exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init));
+    assert_failed(&out, ChannelKind::Main, Reason::UnexpectedMessage);
 }
 
 #[test]
@@ -492,7 +492,7 @@ fn feed_init_retries_are_bounded() {
             &mut s,
             &mut e,
             t0,
-            (Channel::Feed, Message::FeedInit { player_id, token_a }),
+            (ChannelKind::Feed, Message::FeedInit { player_id, token_a }),
         );
         assert_eq!(out.len(), 1);
     }
@@ -500,9 +500,9 @@ fn feed_init_retries_are_bounded() {
         &mut s,
         &mut e,
         t0,
-        (Channel::Feed, Message::FeedInit { player_id, token_a }),
+        (ChannelKind::Feed, Message::FeedInit { player_id, token_a }),
     );
-    assert_failed(&out, Channel::Feed, Reason::UnexpectedMessage);
+    assert_failed(&out, ChannelKind::Feed, Reason::UnexpectedMessage);
 }
 
 #[test]
@@ -515,14 +515,14 @@ fn a_repeated_feed_init_with_another_token_is_refused() {
         &mut e,
         t0,
         (
-            Channel::Feed,
+            ChannelKind::Feed,
             Message::FeedInit {
                 player_id,
                 token_a: Token([9; 16]),
             },
         ),
     );
-    assert_failed(&out, Channel::Feed, Reason::InvalidToken);
+    assert_failed(&out, ChannelKind::Feed, Reason::InvalidToken);
 }
 
 #[test]
@@ -548,7 +548,7 @@ fn the_deadline_fails_the_server_handshake_at_any_step() {
         s.handle_timeout(t0 + DEADLINE);
         assert_failed(
             &server_outputs(&mut s),
-            Channel::Main,
+            ChannelKind::Main,
             Reason::HandshakeTimeout,
         );
     }
@@ -563,9 +563,13 @@ fn refusal_by_the_application_is_sent_on_main() {
         max_feed_frame: 1,
         credentials: Bytes::new(),
     };
-    exchange(&mut s, &mut e, t0, (Channel::Main, conn_init));
+    exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init));
     s.refuse(Reason::ServerFull, "server full");
-    assert_failed(&server_outputs(&mut s), Channel::Main, Reason::ServerFull);
+    assert_failed(
+        &server_outputs(&mut s),
+        ChannelKind::Main,
+        Reason::ServerFull,
+    );
     // A late decision after the handshake ended changes nothing.
     s.accept(PlayerId(1), t0, &mut e);
     assert!(server_outputs(&mut s).is_empty());
@@ -586,12 +590,12 @@ fn no_randomness_is_an_internal_error() {
         max_feed_frame: 1,
         credentials: Bytes::new(),
     };
-    s.handle_message(Channel::Main, conn_init, t0, &mut NoEntropy);
+    s.handle_message(ChannelKind::Main, conn_init, t0, &mut NoEntropy);
     server_outputs(&mut s);
     s.accept(PlayerId(1), t0, &mut NoEntropy);
     assert_failed(
         &server_outputs(&mut s),
-        Channel::Main,
+        ChannelKind::Main,
         Reason::InternalError,
     );
 }
@@ -599,7 +603,7 @@ fn no_randomness_is_an_internal_error() {
 #[test]
 fn the_client_surfaces_conn_failed_from_either_channel() {
     let t0 = Instant::now();
-    for channel in [Channel::Main, Channel::Feed] {
+    for channel in [ChannelKind::Main, ChannelKind::Feed] {
         let mut c = client(t0, 3);
         client_sends(&mut c);
         c.handle_message(
@@ -624,7 +628,7 @@ fn the_client_treats_an_unexpected_server_message_as_a_violation() {
     let mut c = client(t0, 3);
     client_sends(&mut c);
     c.handle_message(
-        Channel::Main,
+        ChannelKind::Main,
         Message::ConnOk {
             max_main_frame: 1,
             max_feed_frame: 1,

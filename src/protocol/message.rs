@@ -9,9 +9,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// One of the two channels of a session. Each is a QUIC bidirectional stream opened by the
-/// client; the first byte the client writes on it is the channel's [`tag`](Channel::tag).
+/// client; the first byte the client writes on it is the channel's [`tag`](ChannelKind::tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
+pub enum ChannelKind {
     /// Control and request/response traffic: the handshake's first and last steps, then reliable
     /// ordered application messages.
     Main,
@@ -20,20 +20,20 @@ pub enum Channel {
     Feed,
 }
 
-impl Channel {
+impl ChannelKind {
     /// The byte a client writes first on a stream to declare which channel it carries.
     pub const fn tag(self) -> u8 {
         match self {
-            Channel::Main => 0x00,
-            Channel::Feed => 0x01,
+            ChannelKind::Main => 0x00,
+            ChannelKind::Feed => 0x01,
         }
     }
 
     /// The channel a declaration byte names, or `None` for any other byte.
-    pub const fn from_tag(tag: u8) -> Option<Channel> {
+    pub const fn from_tag(tag: u8) -> Option<ChannelKind> {
         match tag {
-            0x00 => Some(Channel::Main),
-            0x01 => Some(Channel::Feed),
+            0x00 => Some(ChannelKind::Main),
+            0x01 => Some(ChannelKind::Feed),
             _ => None,
         }
     }
@@ -41,13 +41,13 @@ impl Channel {
     /// Lowercase name, as used in logs and errors.
     pub const fn name(self) -> &'static str {
         match self {
-            Channel::Main => "main",
-            Channel::Feed => "feed",
+            ChannelKind::Main => "main",
+            ChannelKind::Feed => "feed",
         }
     }
 }
 
-impl fmt::Display for Channel {
+impl fmt::Display for ChannelKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -344,11 +344,11 @@ mod tests {
 
     #[test]
     fn channel_tags_round_trip_and_others_are_refused() {
-        for channel in [Channel::Main, Channel::Feed] {
-            assert_eq!(Channel::from_tag(channel.tag()), Some(channel));
+        for channel in [ChannelKind::Main, ChannelKind::Feed] {
+            assert_eq!(ChannelKind::from_tag(channel.tag()), Some(channel));
         }
-        assert_eq!(Channel::from_tag(2), None);
-        assert_eq!(Channel::from_tag(0xff), None);
+        assert_eq!(ChannelKind::from_tag(2), None);
+        assert_eq!(ChannelKind::from_tag(0xff), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use client::{
 pub use codec::{
     DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE, MAX_FRAME_LIMIT,
 };
-pub use message::{Channel, Message, PlayerId, Reason, TOKEN_LEN, Token};
+pub use message::{ChannelKind, Message, PlayerId, Reason, TOKEN_LEN, Token};
 pub use registry::SessionRegistry;
 pub use server::{
     MAX_FEED_INITS, ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput,

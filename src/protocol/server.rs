@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::codec::conn_failed;
-use super::message::{Channel, Message, PlayerId, Reason, Token};
+use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
 use super::session::{FrameLimits, InboundRules};
 use super::token::{Entropy, IssuedToken, TokenError};
 
@@ -43,7 +43,7 @@ pub struct ServerHandshakeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerOutput {
     /// Write this message on this channel.
-    Send(Channel, Message),
+    Send(ChannelKind, Message),
     /// Ask the application whether to admit this client (call [`ServerHandshake::accept`] or
     /// [`ServerHandshake::refuse`] with the answer).
     Authenticate {
@@ -106,13 +106,13 @@ struct ExpectFinalAuth {
 
 /// A failure: the reason, the channel the offending input came on, and detail.
 struct Failure {
-    channel: Channel,
+    channel: ChannelKind,
     reason: Reason,
     message: String,
 }
 
 impl Failure {
-    fn new(channel: Channel, reason: Reason, message: impl Into<String>) -> Self {
+    fn new(channel: ChannelKind, reason: Reason, message: impl Into<String>) -> Self {
         Failure {
             channel,
             reason,
@@ -120,7 +120,7 @@ impl Failure {
         }
     }
 
-    fn unexpected(channel: Channel, message: &Message, state: &str) -> Self {
+    fn unexpected(channel: ChannelKind, message: &Message, state: &str) -> Self {
         Failure::new(
             channel,
             Reason::UnexpectedMessage,
@@ -128,7 +128,7 @@ impl Failure {
         )
     }
 
-    fn token(channel: Channel, which: &str, err: TokenError) -> Self {
+    fn token(channel: ChannelKind, which: &str, err: TokenError) -> Self {
         let reason = match err {
             TokenError::Invalid => Reason::InvalidToken,
             TokenError::PlayerMismatch => Reason::PlayerMismatch,
@@ -175,7 +175,7 @@ impl ServerHandshake {
     pub fn handle_timeout(&mut self, now: Instant) {
         if !self.is_done() && now >= self.config.deadline {
             self.fail(Failure::new(
-                Channel::Main,
+                ChannelKind::Main,
                 Reason::HandshakeTimeout,
                 "handshake not completed before the deadline",
             ));
@@ -184,7 +184,7 @@ impl ServerHandshake {
 
     /// A protocol violation the driver found below the message level (bad framing, a bad
     /// stream, an undecodable message) on `channel`.
-    pub fn handle_violation(&mut self, channel: Channel, reason: Reason, message: String) {
+    pub fn handle_violation(&mut self, channel: ChannelKind, reason: Reason, message: String) {
         if !self.is_done() {
             self.fail(Failure::new(channel, reason, message));
         }
@@ -193,7 +193,7 @@ impl ServerHandshake {
     /// A message arrived on `channel`.
     pub fn handle_message(
         &mut self,
-        channel: Channel,
+        channel: ChannelKind,
         message: Message,
         now: Instant,
         entropy: &mut dyn Entropy,
@@ -224,7 +224,7 @@ impl ServerHandshake {
         match IssuedToken::issue(entropy, player_id, now, self.config.token_lifetime) {
             Ok(token_a) => {
                 self.send(
-                    Channel::Main,
+                    ChannelKind::Main,
                     Message::ConnInitReply {
                         player_id,
                         token_a: token_a.token(),
@@ -237,7 +237,7 @@ impl ServerHandshake {
                 });
             }
             Err(e) => self.fail(Failure::new(
-                Channel::Main,
+                ChannelKind::Main,
                 Reason::InternalError,
                 e.to_string(),
             )),
@@ -247,14 +247,14 @@ impl ServerHandshake {
     /// The application (or the server's limits) refused the client.
     pub fn refuse(&mut self, reason: Reason, message: &str) {
         if matches!(self.state, State::ExpectAuthDecision(_)) {
-            self.fail(Failure::new(Channel::Main, reason, message));
+            self.fail(Failure::new(ChannelKind::Main, reason, message));
         }
     }
 
-    fn on_conn_init(&mut self, channel: Channel, message: Message) -> Result<State, Failure> {
+    fn on_conn_init(&mut self, channel: ChannelKind, message: Message) -> Result<State, Failure> {
         match (channel, message) {
             (
-                Channel::Main,
+                ChannelKind::Main,
                 Message::ConnInit {
                     max_main_frame,
                     max_feed_frame,
@@ -281,13 +281,13 @@ impl ServerHandshake {
     fn on_feed_init(
         &mut self,
         s: ExpectFeedInit,
-        channel: Channel,
+        channel: ChannelKind,
         message: Message,
         now: Instant,
         entropy: &mut dyn Entropy,
     ) -> Result<State, Failure> {
         let (player_id, token_a) = match (channel, message) {
-            (Channel::Feed, Message::FeedInit { player_id, token_a }) => (player_id, token_a),
+            (ChannelKind::Feed, Message::FeedInit { player_id, token_a }) => (player_id, token_a),
             (channel, other) => {
                 return Err(Failure::unexpected(
                     channel,
@@ -298,11 +298,11 @@ impl ServerHandshake {
         };
         s.token_a
             .redeem(&token_a, player_id, now)
-            .map_err(|e| Failure::token(Channel::Feed, "token A", e))?;
+            .map_err(|e| Failure::token(ChannelKind::Feed, "token A", e))?;
         let token_b = IssuedToken::issue(entropy, s.player_id, now, self.config.token_lifetime)
-            .map_err(|e| Failure::new(Channel::Feed, Reason::InternalError, e.to_string()))?;
+            .map_err(|e| Failure::new(ChannelKind::Feed, Reason::InternalError, e.to_string()))?;
         self.send(
-            Channel::Feed,
+            ChannelKind::Feed,
             Message::FeedInitReply {
                 token_b: token_b.token(),
             },
@@ -319,52 +319,52 @@ impl ServerHandshake {
     fn on_final_auth(
         &mut self,
         mut s: ExpectFinalAuth,
-        channel: Channel,
+        channel: ChannelKind,
         message: Message,
         now: Instant,
     ) -> Result<State, Failure> {
         match (channel, message) {
-            (Channel::Feed, Message::FeedInit { player_id, token_a }) => {
+            (ChannelKind::Feed, Message::FeedInit { player_id, token_a }) => {
                 // A retry of FEED_INIT (the client timed out before our reply arrived). Token A
                 // was redeemed in time already; a repeat with the same token and player gets
                 // the same token B again and changes nothing else.
                 if !super::session::tokens_equal(&s.token_a, &token_a) {
                     return Err(Failure::new(
-                        Channel::Feed,
+                        ChannelKind::Feed,
                         Reason::InvalidToken,
                         "token A: repeated FEED_INIT with another token",
                     ));
                 }
                 if player_id != s.player_id {
                     return Err(Failure::token(
-                        Channel::Feed,
+                        ChannelKind::Feed,
                         "token A",
                         TokenError::PlayerMismatch,
                     ));
                 }
                 if s.feed_inits >= MAX_FEED_INITS {
                     return Err(Failure::new(
-                        Channel::Feed,
+                        ChannelKind::Feed,
                         Reason::UnexpectedMessage,
                         format!("more than {MAX_FEED_INITS} FEED_INIT messages"),
                     ));
                 }
                 s.feed_inits = s.feed_inits.saturating_add(1);
                 self.send(
-                    Channel::Feed,
+                    ChannelKind::Feed,
                     Message::FeedInitReply {
                         token_b: s.token_b.token(),
                     },
                 );
                 Ok(State::ExpectFinalAuth(s))
             }
-            (Channel::Main, Message::FinalAuth { token_b }) => {
+            (ChannelKind::Main, Message::FinalAuth { token_b }) => {
                 s.token_b
                     .redeem(&token_b, s.player_id, now)
-                    .map_err(|e| Failure::token(Channel::Main, "token B", e))?;
+                    .map_err(|e| Failure::token(ChannelKind::Main, "token B", e))?;
                 let limits = self.config.local_limits;
                 self.send(
-                    Channel::Main,
+                    ChannelKind::Main,
                     Message::ConnOk {
                         max_main_frame: limits.main,
                         max_feed_frame: limits.feed,
@@ -391,7 +391,7 @@ impl ServerHandshake {
         }
     }
 
-    fn send(&mut self, channel: Channel, message: Message) {
+    fn send(&mut self, channel: ChannelKind, message: Message) {
         self.outputs.push_back(ServerOutput::Send(channel, message));
     }
 

@@ -23,10 +23,10 @@ pub struct FrameLimits {
 
 impl FrameLimits {
     /// The limit for `channel`, as a `usize`.
-    pub fn get(&self, channel: super::Channel) -> usize {
+    pub fn get(&self, channel: super::ChannelKind) -> usize {
         let limit = match channel {
-            super::Channel::Main => self.main,
-            super::Channel::Feed => self.feed,
+            super::ChannelKind::Main => self.main,
+            super::ChannelKind::Feed => self.feed,
         };
         usize::try_from(limit).unwrap_or(usize::MAX)
     }

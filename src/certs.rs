@@ -1,0 +1,521 @@
+//! Certificates and TLS: the server's [`Identity`], SHA-256 [`Fingerprint`]s, and the client's
+//! [`Trust`] modes.
+//!
+//! Games usually start on a self-signed certificate. [`Identity::load_or_generate`] creates one
+//! with rcgen the first time (ECDSA P-256: small enough that the server's first flight fits in
+//! QUIC's anti-amplification budget) and reuses it afterwards; clients then pin it, by file
+//! ([`Trust::Certificate`]) or by fingerprint ([`Trust::Fingerprint`]). Production servers use a
+//! CA-issued certificate and clients [`Trust::SystemRoots`] or [`Trust::CaCertificates`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use crate::error::{CertError, ConfigError};
+use crate::protocol::ALPN;
+
+/// The names a generated development certificate is valid for.
+pub const DEV_CERT_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// A server's certificate chain and private key.
+#[derive(Debug)]
+pub struct Identity {
+    end_entity: CertificateDer<'static>,
+    intermediates: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            end_entity: self.end_entity.clone(),
+            intermediates: self.intermediates.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// An identity from a certificate chain (end-entity first) and its private key.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, CertError> {
+        let mut chain = chain.into_iter();
+        let end_entity = chain.next().ok_or(CertError::NoCertificate {
+            path: PathBuf::new(),
+        })?;
+        Ok(Identity {
+            end_entity,
+            intermediates: chain.collect(),
+            key,
+        })
+    }
+
+    /// A new self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses).
+    pub fn generate_self_signed(names: &[&str]) -> Result<Self, CertError> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| CertError::Generate(e.to_string()))?;
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        Ok(Identity {
+            end_entity: certified.cert.der().clone(),
+            intermediates: Vec::new(),
+            key: PrivateKeyDer::Pkcs8(key),
+        })
+    }
+
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+        let chain = load_certificates(cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| CertError::Pem {
+            path: key_path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        Identity::new(chain, key).map_err(|_| CertError::NoCertificate {
+            path: cert_path.to_owned(),
+        })
+    }
+
+    /// Loads the identity from the two PEM files, or, when neither exists, generates a
+    /// self-signed one for `names` and writes it there (the key readable by its owner only).
+    /// Returns the identity and whether it was generated.
+    ///
+    /// If only one of the two files exists the call fails rather than overwrite it.
+    pub fn load_or_generate(
+        cert_path: &Path,
+        key_path: &Path,
+        names: &[&str],
+    ) -> Result<(Self, bool), CertError> {
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Ok((Self::from_pem_files(cert_path, key_path)?, false)),
+            (false, false) => {
+                let identity = Self::generate_self_signed(names)?;
+                identity.write_pem_files(cert_path, key_path)?;
+                tracing::info!(
+                    cert = %cert_path.display(),
+                    fingerprint = %identity.fingerprint(),
+                    "generated a self-signed development certificate"
+                );
+                Ok((identity, true))
+            }
+            (true, false) => Err(CertError::Incomplete {
+                missing: key_path.to_owned(),
+            }),
+            (false, true) => Err(CertError::Incomplete {
+                missing: cert_path.to_owned(),
+            }),
+        }
+    }
+
+    /// Writes the chain and the key as PEM files; the key file gets mode 0600 on Unix.
+    pub fn write_pem_files(&self, cert_path: &Path, key_path: &Path) -> Result<(), CertError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CertError::Io { path, source }
+        };
+        for path in [cert_path, key_path] {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+            }
+        }
+        let cert_pem: String = self.chain().map(|c| pem("CERTIFICATE", c)).collect();
+        std::fs::write(cert_path, cert_pem).map_err(io(cert_path))?;
+        let key_label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        write_private(key_path, pem(key_label, self.key.secret_der())).map_err(io(key_path))
+    }
+
+    /// The end-entity certificate.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.end_entity
+    }
+
+    /// The whole chain, end-entity first.
+    pub fn chain(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        std::iter::once(&self.end_entity).chain(&self.intermediates)
+    }
+
+    /// The SHA-256 fingerprint of the end-entity certificate, which clients can pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self.certificate())
+    }
+
+    pub(crate) fn rustls_server_config(&self) -> Result<rustls::ServerConfig, ConfigError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain().cloned().collect(), self.key.clone_key())?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| CertError::Pem {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(chain)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len().div_ceil(3).saturating_mul(4));
+    for chunk in der.chunks(3) {
+        let [a, b, c] = [0, 1, 2].map(|i| chunk.get(i).copied().unwrap_or(0));
+        let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+        let sextet = |shift: u32| {
+            let index = usize::try_from((n >> shift) & 63).unwrap_or(0);
+            char::from(ALPHABET.get(index).copied().unwrap_or(b'A'))
+        };
+        b64.push(sextet(18));
+        b64.push(sextet(12));
+        b64.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        b64.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn write_private(path: &Path, contents: String) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// The SHA-256 digest of a DER certificate.
+///
+/// Displayed as 32 colon-separated uppercase hex bytes (`AB:CD:…`), the form browsers and
+/// `openssl x509 -fingerprint -sha256` print. Parsed from that form, from plain hex, and with an
+/// optional `sha256:` prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `certificate`.
+    pub fn of(certificate: &CertificateDer<'_>) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, certificate.as_ref());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Fingerprint(out)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{byte:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A string that is not a SHA-256 fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a SHA-256 fingerprint (expected 32 hex bytes, optionally colon-separated): {0:?}")]
+pub struct FingerprintParseError(pub String);
+
+impl FromStr for Fingerprint {
+    type Err = FingerprintParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || FingerprintParseError(s.to_owned());
+        let trimmed = s.trim();
+        let hex_part = trimmed
+            .strip_prefix("sha256:")
+            .or_else(|| trimmed.strip_prefix("SHA256:"))
+            .unwrap_or(trimmed);
+        let digits: Vec<u8> = hex_part
+            .bytes()
+            .filter(|b| !matches!(b, b':' | b' '))
+            .collect();
+        if digits.len() != 64 {
+            return Err(err());
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
+            let text = std::str::from_utf8(pair).map_err(|_| err())?;
+            *byte = u8::from_str_radix(text, 16).map_err(|_| err())?;
+        }
+        Ok(Fingerprint(out))
+    }
+}
+
+/// How a client decides whether to trust the server's certificate.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Trust {
+    /// Trust exactly this end-entity certificate (a pinned self-signed certificate). Names and
+    /// validity dates are not checked: the pin is the trust.
+    Certificate(CertificateDer<'static>),
+    /// Trust exactly the end-entity certificate with this SHA-256 fingerprint.
+    Fingerprint(Fingerprint),
+    /// Verify the chain against these CA certificates and the server name, as browsers do.
+    CaCertificates(Vec<CertificateDer<'static>>),
+    /// Verify the chain against the operating system's trusted roots and the server name.
+    SystemRoots,
+    /// Accept any certificate. The connection is encrypted but **not authenticated**: anyone on
+    /// the path can impersonate the server. For tests and debugging only.
+    DangerousAcceptAnyCertificate,
+}
+
+impl Trust {
+    /// Pins the end-entity certificate stored in a PEM file (e.g. `certs/cert.pem`).
+    pub fn certificate_pem_file(path: &Path) -> Result<Trust, CertError> {
+        let chain = load_certificates(path)?;
+        match chain.into_iter().next() {
+            Some(first) => Ok(Trust::Certificate(first)),
+            None => Err(CertError::NoCertificate {
+                path: path.to_owned(),
+            }),
+        }
+    }
+
+    pub(crate) fn rustls_client_config(&self) -> Result<rustls::ClientConfig, ConfigError> {
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let pinned = |pin: Pin| {
+            Arc::new(PinnedVerifier {
+                pin,
+                provider: provider.clone(),
+            })
+        };
+        let mut config = match self {
+            Trust::Certificate(der) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(pinned(Pin::Fingerprint(Fingerprint::of(der)))),
+            Trust::Fingerprint(fp) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(pinned(Pin::Fingerprint(*fp))),
+            Trust::DangerousAcceptAnyCertificate => builder
+                .dangerous()
+                .with_custom_certificate_verifier(pinned(Pin::Any)),
+            Trust::CaCertificates(cas) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let (added, _) = roots.add_parsable_certificates(cas.iter().cloned());
+                if added == 0 {
+                    return Err(ConfigError::Invalid(
+                        "Trust::CaCertificates holds no usable CA certificate".into(),
+                    ));
+                }
+                builder.with_root_certificates(roots)
+            }
+            Trust::SystemRoots => {
+                let native = rustls_native_certs::load_native_certs();
+                for error in &native.errors {
+                    tracing::warn!(%error, "could not load some system root certificates");
+                }
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(native.certs);
+                if roots.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "no system root certificates found".into(),
+                    ));
+                }
+                builder.with_root_certificates(roots)
+            }
+        }
+        .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// The crypto provider every config is built with (ring only; see Cargo.toml).
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug)]
+enum Pin {
+    Fingerprint(Fingerprint),
+    Any,
+}
+
+/// Accepts exactly the pinned end-entity certificate. Handshake signatures are still verified,
+/// so the server must hold the pinned certificate's private key.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: Pin,
+    provider: Arc<CryptoProvider>,
+}
+
+/// A pinned certificate did not match; carries both fingerprints for the error message.
+#[derive(Debug, thiserror::Error)]
+#[error("server certificate {presented} does not match the pinned certificate {pinned}")]
+struct PinMismatch {
+    presented: Fingerprint,
+    pinned: Fingerprint,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.pin {
+            Pin::Any => Ok(ServerCertVerified::assertion()),
+            Pin::Fingerprint(pinned) => {
+                let presented = Fingerprint::of(end_entity);
+                if presented == *pinned {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                        rustls::OtherError(Arc::new(PinMismatch {
+                            presented,
+                            pinned: *pinned,
+                        })),
+                    )))
+                }
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_identities_round_trip_through_pem_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c/cert.pem"), dir.path().join("c/key.pem"));
+        let (first, generated) = Identity::load_or_generate(&cert, &key, DEV_CERT_NAMES).unwrap();
+        assert!(generated);
+        let (again, generated) = Identity::load_or_generate(&cert, &key, DEV_CERT_NAMES).unwrap();
+        assert!(!generated, "the second call loads what the first wrote");
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        assert_eq!(first.key.secret_der(), again.key.secret_der());
+        let pinned = Trust::certificate_pem_file(&cert).unwrap();
+        assert!(matches!(pinned, Trust::Certificate(c) if c == *first.certificate()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_lone_certificate_file_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, "keep me").unwrap();
+        assert!(matches!(
+            Identity::load_or_generate(&cert, &key, DEV_CERT_NAMES),
+            Err(CertError::Incomplete { .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn fingerprints_print_and_parse_in_common_forms() {
+        let fp = Identity::generate_self_signed(DEV_CERT_NAMES)
+            .unwrap()
+            .fingerprint();
+        let shown = fp.to_string();
+        assert_eq!(shown.len(), 32 * 3 - 1);
+        assert_eq!(shown.parse::<Fingerprint>().unwrap(), fp);
+        let plain: String = shown.chars().filter(|c| *c != ':').collect();
+        assert_eq!(plain.to_lowercase().parse::<Fingerprint>().unwrap(), fp);
+        assert_eq!(
+            format!("sha256:{plain}").parse::<Fingerprint>().unwrap(),
+            fp
+        );
+        assert!("AB:CD".parse::<Fingerprint>().is_err());
+        assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+    }
+
+    #[test]
+    fn generated_certificates_are_small_ecdsa() {
+        let identity = Identity::generate_self_signed(DEV_CERT_NAMES).unwrap();
+        let len = identity.certificate().len();
+        assert!(len < 600, "certificate is {len} bytes");
+    }
+
+    #[test]
+    fn pem_encoding_matches_the_standard_alphabet() {
+        assert_eq!(
+            pem("X", b"hello!?"),
+            "-----BEGIN X-----\naGVsbG8hPw==\n-----END X-----\n"
+        );
+    }
+}

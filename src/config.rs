@@ -1,0 +1,289 @@
+//! Configuration of servers and clients. Plain structs with public fields and documented
+//! defaults, tuned for real-time games; [`ServerConfig::new`] and [`ClientConfig::new`] fill in
+//! the defaults, then set what you need:
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use quicfeed::{ClientConfig, Trust};
+//! let mut config = ClientConfig::new("127.0.0.1:4433".parse().unwrap(), Trust::SystemRoots);
+//! config.handshake_timeout = Duration::from_secs(5);
+//! config.transport.idle_timeout = Duration::from_secs(5);
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::auth::{AcceptAll, Authenticator, DynAuthenticator};
+use crate::certs::{Identity, Trust};
+use crate::error::ConfigError;
+use crate::protocol::{FrameLimits, MAX_FEED_INITS, MAX_FRAME_LIMIT};
+
+/// Default frame limit on each channel: 64 KiB.
+pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
+
+/// Smallest frame limit an endpoint may configure: enough for any control message.
+pub const MIN_MAX_FRAME: u32 = 256;
+
+impl Default for FrameLimits {
+    /// [`DEFAULT_MAX_FRAME`] on both channels.
+    fn default() -> Self {
+        FrameLimits {
+            main: DEFAULT_MAX_FRAME,
+            feed: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// QUIC transport settings shared by servers and clients.
+///
+/// The stream limits are not configurable: a server allows exactly the two bidirectional
+/// streams the protocol uses, a client none, and neither allows unidirectional streams.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// How often to send a QUIC PING when nothing else is sent, so the idle timeout only fires
+    /// on a dead path. Default 1 s. Must be below `idle_timeout`.
+    pub keep_alive_interval: Duration,
+    /// Close the connection when nothing has been heard for this long. Default 10 s (quinn's own
+    /// default is 30 s). The effective value is the smaller of the two peers'.
+    pub idle_timeout: Duration,
+    /// RTT assumed before the first sample. Default 100 ms (quinn: 333 ms): one lost handshake
+    /// packet then costs about 300 ms instead of about 1 s.
+    pub initial_rtt: Duration,
+    /// Bytes the peer may send on one stream ahead of the application reading. Default 256 KiB.
+    pub stream_receive_window: u32,
+    /// Bytes the peer may send on the whole connection ahead of the application reading; this
+    /// bounds the memory one connection can pin. Default 384 KiB (quinn: unbounded).
+    pub receive_window: u32,
+    /// Bytes this side may have in flight unacknowledged. Default 2 MiB.
+    pub send_window: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            keep_alive_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            initial_rtt: Duration::from_millis(100),
+            stream_receive_window: 256 * 1024,
+            receive_window: 384 * 1024,
+            send_window: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl TransportConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.idle_timeout {
+            return Err(invalid(format!(
+                "keep_alive_interval ({:?}) must be non-zero and below idle_timeout ({:?})",
+                self.keep_alive_interval, self.idle_timeout
+            )));
+        }
+        if self.idle_timeout.as_millis() > u128::from(u32::MAX) {
+            return Err(invalid("idle_timeout is too large"));
+        }
+        if self.stream_receive_window == 0 || self.receive_window == 0 || self.send_window == 0 {
+            return Err(invalid("flow-control windows must be non-zero"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+fn validate_limits(limits: &FrameLimits) -> Result<(), ConfigError> {
+    let max = u32::try_from(MAX_FRAME_LIMIT).unwrap_or(u32::MAX);
+    for (name, value) in [("main", limits.main), ("feed", limits.feed)] {
+        if !(MIN_MAX_FRAME..=max).contains(&value) {
+            return Err(invalid(format!(
+                "frame limit on {name} ({value}) must be within {MIN_MAX_FRAME}..={max}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Settings of a [`Server`](crate::Server).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// UDP address to listen on. Use port 0 to let the OS choose (see
+    /// [`Server::local_addr`](crate::Server::local_addr)).
+    pub listen: SocketAddr,
+    /// The certificate chain and key presented to clients.
+    pub identity: Identity,
+    /// Time from a connection attempt's first packet to `CONN_OK`, covering the QUIC handshake
+    /// and the three token steps; a connection that has not finished by then gets
+    /// `CONN_FAILED(HANDSHAKE_TIMEOUT)` and is closed. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long tokens A and B stay valid after being issued. Default 5 s: a handshake needs
+    /// them for about one round trip each.
+    pub token_lifetime: Duration,
+    /// Most sessions (handshakes in progress included); further `CONN_INIT`s get
+    /// `CONN_FAILED(SERVER_FULL)`. Default 1024.
+    pub max_sessions: usize,
+    /// Largest frame bodies accepted from clients after `CONN_OK`. Default 64 KiB each.
+    pub frame_limits: FrameLimits,
+    /// QUIC settings.
+    pub transport: TransportConfig,
+    pub(crate) authenticator: Arc<dyn DynAuthenticator>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("fingerprint", &self.identity.fingerprint())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("max_sessions", &self.max_sessions)
+            .field("frame_limits", &self.frame_limits)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with every default, listening on `listen` with `identity`; every client
+    /// is admitted ([`AcceptAll`]) with a sequential player ID.
+    pub fn new(listen: SocketAddr, identity: Identity) -> Self {
+        ServerConfig {
+            listen,
+            identity,
+            handshake_timeout: Duration::from_secs(10),
+            token_lifetime: Duration::from_secs(5),
+            max_sessions: 1024,
+            frame_limits: FrameLimits::default(),
+            transport: TransportConfig::default(),
+            authenticator: Arc::new(AcceptAll),
+        }
+    }
+
+    /// Sets the hook that admits or refuses each `CONN_INIT` and may choose the player ID.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Arc::new(authenticator);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.transport.validate()?;
+        validate_limits(&self.frame_limits)?;
+        if self.handshake_timeout.is_zero() || self.token_lifetime.is_zero() {
+            return Err(invalid(
+                "handshake_timeout and token_lifetime must be non-zero",
+            ));
+        }
+        if self.max_sessions == 0 {
+            return Err(invalid("max_sessions must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a [`Client`](crate::Client) connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The server's UDP address.
+    pub server: SocketAddr,
+    /// The name sent in TLS SNI and checked against the certificate under
+    /// [`Trust::CaCertificates`] and [`Trust::SystemRoots`]. Default `"localhost"`.
+    pub server_name: String,
+    /// How the server's certificate is verified.
+    pub trust: Trust,
+    /// Credentials sent in `CONN_INIT` for the server's authenticator (e.g. a matchmaker
+    /// ticket). Default empty. At most about 4 000 bytes (the handshake frame limit).
+    pub credentials: Bytes,
+    /// Local UDP address to bind. Default: the unspecified address of the server's family, on
+    /// a port the OS chooses.
+    pub bind: Option<SocketAddr>,
+    /// Time from the first packet to `CONN_OK`, QUIC handshake included. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long to wait for the `FEED_INIT` reply before sending `FEED_INIT` again. Default 1 s.
+    pub feed_init_timeout: Duration,
+    /// How many `FEED_INIT` messages to send before giving up (first attempt included).
+    /// Default 3; at most 8 (the server refuses more).
+    pub feed_init_attempts: u8,
+    /// Largest frame bodies accepted from the server after `CONN_OK`. Default 64 KiB each.
+    pub frame_limits: FrameLimits,
+    /// QUIC settings.
+    pub transport: TransportConfig,
+}
+
+impl ClientConfig {
+    /// A configuration with every default, for the server at `server`.
+    pub fn new(server: SocketAddr, trust: Trust) -> Self {
+        ClientConfig {
+            server,
+            server_name: "localhost".to_owned(),
+            trust,
+            credentials: Bytes::new(),
+            bind: None,
+            handshake_timeout: Duration::from_secs(10),
+            feed_init_timeout: Duration::from_secs(1),
+            feed_init_attempts: 3,
+            frame_limits: FrameLimits::default(),
+            transport: TransportConfig::default(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.transport.validate()?;
+        validate_limits(&self.frame_limits)?;
+        if self.handshake_timeout.is_zero() || self.feed_init_timeout.is_zero() {
+            return Err(invalid(
+                "handshake_timeout and feed_init_timeout must be non-zero",
+            ));
+        }
+        if !(1..=MAX_FEED_INITS).contains(&self.feed_init_attempts) {
+            return Err(invalid(format!(
+                "feed_init_attempts must be within 1..={MAX_FEED_INITS}"
+            )));
+        }
+        let credentials_max = crate::protocol::HANDSHAKE_FRAME_LIMIT.saturating_sub(32);
+        if self.credentials.len() > credentials_max {
+            return Err(invalid(format!(
+                "credentials are {} bytes; at most {credentials_max} fit in CONN_INIT",
+                self.credentials.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_keep_alive_is_below_idle() {
+        let identity = Identity::generate_self_signed(&["localhost"]).unwrap();
+        let server = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity);
+        server.validate().unwrap();
+        let client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        client.validate().unwrap();
+        assert!(server.transport.keep_alive_interval < server.transport.idle_timeout);
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        client.transport.keep_alive_interval = client.transport.idle_timeout;
+        assert!(client.validate().is_err());
+        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        client.feed_init_attempts = 9;
+        assert!(client.validate().is_err());
+        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        client.frame_limits.feed = 10;
+        assert!(client.validate().is_err());
+        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        client.credentials = Bytes::from(vec![0; 5000]);
+        assert!(client.validate().is_err());
+    }
+}

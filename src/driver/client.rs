@@ -1,0 +1,211 @@
+//! The client driver: connects over quinn and runs [`ClientHandshake`] to a [`Session`].
+
+use std::future::pending;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::endpoint;
+use super::link::{Link, disconnect_from_peer};
+use super::stream::{FrameReader, FrameWriter, ReadFailure};
+use crate::config::ClientConfig;
+use crate::error::{ConnectError, Disconnect};
+use crate::protocol::codec::{decode_message, encode_message};
+use crate::protocol::{
+    ChannelKind, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
+    HANDSHAKE_FRAME_LIMIT, HandshakeStep,
+};
+use crate::session::{ChannelParts, Session};
+
+/// One of the client's two streams.
+struct Stream {
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+/// Connects to `config.server` and completes the handshake.
+pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
+    config.validate()?;
+    let deadline = Instant::now()
+        .checked_add(config.handshake_timeout)
+        .unwrap_or_else(Instant::now);
+    let endpoint = endpoint::client(config)?;
+    let connecting = endpoint.connect(config.server, &config.server_name)?;
+    let conn = match tokio::time::timeout_at(deadline.into(), connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(ConnectError::Transport(e)),
+        Err(_) => {
+            return Err(ConnectError::TimedOut {
+                step: HandshakeStep::Quic,
+            });
+        }
+    };
+    let link = Link::new(conn, Some(endpoint));
+    let mut core = ClientHandshake::new(ClientHandshakeConfig {
+        deadline,
+        credentials: config.credentials.clone(),
+        feed_init_timeout: config.feed_init_timeout,
+        feed_init_attempts: config.feed_init_attempts,
+        local_limits: config.frame_limits,
+    });
+    let mut main: Option<Stream> = None;
+    let mut feed: Option<Stream> = None;
+
+    loop {
+        while let Some(output) = core.poll_output() {
+            match output {
+                ClientOutput::Send(channel, message) => {
+                    let frame = encode_message(&message)
+                        .map_err(|e| crate::error::ConfigError::Invalid(e.to_string()))?;
+                    let slot = match channel {
+                        ChannelKind::Main => &mut main,
+                        ChannelKind::Feed => &mut feed,
+                    };
+                    let step = core.step().unwrap_or(HandshakeStep::FinalAuth);
+                    write(&link, slot, channel, frame, deadline, step).await?;
+                }
+                ClientOutput::Established(established) => {
+                    let (Some(main), Some(feed)) = (main, feed) else {
+                        return Err(ConnectError::ServerViolation {
+                            reason: crate::protocol::Reason::UnexpectedMessage,
+                            message: "CONN_OK before both channels were open".into(),
+                        });
+                    };
+                    let local = config.frame_limits;
+                    let peer = established.peer_limits;
+                    debug!(player_id = %established.player_id, "handshake complete");
+                    return Ok(Session::new(
+                        link,
+                        established.player_id,
+                        ChannelParts::new(
+                            ChannelKind::Main,
+                            main.writer,
+                            main.reader,
+                            established.main_rules,
+                            local,
+                            peer,
+                        ),
+                        ChannelParts::new(
+                            ChannelKind::Feed,
+                            feed.writer,
+                            feed.reader,
+                            established.feed_rules,
+                            local,
+                            peer,
+                        ),
+                    ));
+                }
+                ClientOutput::Failed(failure) => {
+                    link.close(failure.close_reason(), &failure_message(&failure));
+                    return Err(match failure {
+                        ClientFailure::Refused { reason, message } => {
+                            ConnectError::Refused { reason, message }
+                        }
+                        ClientFailure::TimedOut { step } => ConnectError::TimedOut { step },
+                        ClientFailure::ServerViolation { reason, message } => {
+                            ConnectError::ServerViolation { reason, message }
+                        }
+                    });
+                }
+            }
+        }
+
+        let timer = core.poll_timeout().unwrap_or(deadline);
+        let read_main = core.wants_to_read(ChannelKind::Main);
+        let read_feed = core.wants_to_read(ChannelKind::Feed);
+        tokio::select! {
+            result = next_frame(&mut main), if read_main => {
+                on_frame(&mut core, ChannelKind::Main, result)?;
+            }
+            result = next_frame(&mut feed), if read_feed => {
+                on_frame(&mut core, ChannelKind::Feed, result)?;
+            }
+            _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+fn failure_message(failure: &ClientFailure) -> String {
+    match failure {
+        ClientFailure::Refused { message, .. } | ClientFailure::ServerViolation { message, .. } => {
+            message.clone()
+        }
+        ClientFailure::TimedOut { step } => format!("handshake timed out {step}"),
+    }
+}
+
+async fn next_frame(stream: &mut Option<Stream>) -> Result<Bytes, ReadFailure> {
+    match stream {
+        Some(s) => s.reader.next_frame().await,
+        None => pending().await,
+    }
+}
+
+/// Feeds a read result to the handshake. A lost connection ends the connect call.
+fn on_frame(
+    core: &mut ClientHandshake,
+    channel: ChannelKind,
+    result: Result<Bytes, ReadFailure>,
+) -> Result<(), ConnectError> {
+    match result {
+        Ok(body) => match decode_message(body) {
+            Ok(message) => core.handle_message(channel, message, Instant::now()),
+            Err(e) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
+        },
+        Err(ReadFailure::Decode(e)) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
+        Err(ReadFailure::StreamEnded(detail)) => core.handle_violation(
+            crate::protocol::Reason::InvalidStream,
+            format!("{channel}: {detail}"),
+        ),
+        Err(ReadFailure::Connection(e)) => return Err(lost(e)),
+    }
+    Ok(())
+}
+
+/// The error for a connection lost mid-handshake: a server that closed with a reason refused
+/// us (its `CONN_FAILED` may not have been read yet); anything else is a transport failure.
+fn lost(error: quinn::ConnectionError) -> ConnectError {
+    match disconnect_from_peer(&error) {
+        Disconnect::ByPeer { reason, message } => ConnectError::Refused { reason, message },
+        _ => ConnectError::Transport(error),
+    }
+}
+
+/// Writes a handshake frame on `channel`, opening and declaring its stream first if needed.
+async fn write(
+    link: &Link,
+    slot: &mut Option<Stream>,
+    channel: ChannelKind,
+    frame: Bytes,
+    deadline: Instant,
+    step: HandshakeStep,
+) -> Result<(), ConnectError> {
+    let write = async {
+        match slot {
+            Some(stream) => stream.writer.write(frame).await,
+            None => {
+                let (send, recv) = link
+                    .connection()
+                    .open_bi()
+                    .await
+                    .map_err(quinn::WriteError::ConnectionLost)?;
+                let stream = slot.insert(Stream {
+                    reader: FrameReader::new(recv, HANDSHAKE_FRAME_LIMIT),
+                    writer: FrameWriter::new(send),
+                });
+                let declaration = Bytes::copy_from_slice(&[channel.tag()]);
+                stream.writer.write_all(&mut [declaration, frame]).await
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline.into(), write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e)),
+        Ok(Err(e)) => Err(ConnectError::ServerViolation {
+            reason: crate::protocol::Reason::InvalidStream,
+            message: format!("{channel}: {e}"),
+        }),
+        Err(_) => Err(ConnectError::TimedOut { step }),
+    }
+}

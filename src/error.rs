@@ -1,0 +1,183 @@
+//! Error types, one per operation. Each variant says whose fault it was: the configuration, the
+//! network, the peer (a refusal or a violation), or the application (a value that does not fit).
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::protocol::{DecodeError, HandshakeStep, Reason};
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// rustls refused the certificate, key or protocol settings.
+    #[error("tls configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A certificate or key that could not be loaded, generated or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A file is not valid PEM of the expected kind.
+    #[error("{}: {detail}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A certificate file holds no certificate.
+    #[error("{}: no certificate found", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Only one of the certificate and key files exists; generating would orphan the other.
+    #[error("{} is missing while its pair exists; refusing to overwrite", missing.display())]
+    Incomplete {
+        /// The file that is missing.
+        missing: PathBuf,
+    },
+    /// rcgen failed to generate a certificate.
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+}
+
+/// Starting a [`Server`](crate::Server) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Binding the UDP socket failed.
+    #[error("cannot bind: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// [`Client::connect`](crate::Client::connect) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Binding the local UDP socket failed.
+    #[error("cannot bind: {0}")]
+    Io(#[from] io::Error),
+    /// quinn refused to start the connection (for example, an invalid server name).
+    #[error("cannot start connection: {0}")]
+    Start(#[from] quinn::ConnectError),
+    /// The QUIC connection failed or was lost: unreachable server, certificate not trusted,
+    /// protocol (ALPN) mismatch, idle timeout.
+    #[error("connection failed: {0}")]
+    Transport(quinn::ConnectionError),
+    /// The server refused the handshake with `CONN_FAILED` (or closed with a reason).
+    #[error("refused by server: {reason}: {message}")]
+    Refused {
+        /// The server's reason.
+        reason: Reason,
+        /// The server's detail text.
+        message: String,
+    },
+    /// The handshake did not complete in time (deadline, or every `FEED_INIT` unanswered).
+    #[error("handshake timed out {step}")]
+    TimedOut {
+        /// Where it stopped.
+        step: HandshakeStep,
+    },
+    /// The server broke the protocol; the client closed the connection with `reason`.
+    #[error("server violated the protocol: {reason}: {message}")]
+    ServerViolation {
+        /// The reason the client closed with.
+        reason: Reason,
+        /// Detail.
+        message: String,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The peer closed the session with this reason (for a client, e.g.
+    /// [`Reason::ServerShutdown`]).
+    #[error("closed by peer: {reason}: {message}")]
+    ByPeer {
+        /// The peer's reason.
+        reason: Reason,
+        /// The peer's detail text.
+        message: String,
+    },
+    /// This side closed the session, by [`Session::close`](crate::Session::close) or because
+    /// it detected a protocol violation.
+    #[error("closed locally: {reason}: {message}")]
+    Locally {
+        /// The reason given.
+        reason: Reason,
+        /// The detail given.
+        message: String,
+    },
+    /// Nothing was heard from the peer for the idle timeout: the path or the peer died.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer no longer knows the connection (typically a server restart).
+    #[error("reset by peer")]
+    Reset,
+    /// A QUIC-level error.
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+/// Sending a message failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The encoded message exceeds the peer's frame limit for this channel. Nothing was sent.
+    #[error("message of {len} bytes exceeds the peer's limit of {max}")]
+    TooLarge {
+        /// Encoded frame body length.
+        len: usize,
+        /// The peer's limit.
+        max: usize,
+    },
+    /// The value's `Serialize` implementation failed. Nothing was sent.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The session has ended.
+    #[error("session closed: {0}")]
+    Closed(Disconnect),
+}
+
+/// Receiving a message failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The session has ended.
+    #[error("session closed: {0}")]
+    Closed(Disconnect),
+    /// A message arrived but does not decode as the requested type. The message is consumed and
+    /// the session continues.
+    #[error("cannot decode message: {0}")]
+    Decode(DecodeError),
+    /// The peer broke the protocol; this side closed the session with `reason`.
+    #[error("peer violated the protocol: {reason}: {message}")]
+    Violation {
+        /// The reason this side closed with.
+        reason: Reason,
+        /// Detail.
+        message: String,
+    },
+}

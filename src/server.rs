@@ -1,0 +1,150 @@
+//! [`Server`]: bind, accept sessions, shut down.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::certs::Fingerprint;
+use crate::config::ServerConfig;
+use crate::driver::{endpoint, server as driver};
+use crate::error::ServerError;
+use crate::protocol::Reason;
+use crate::session::Session;
+
+/// How long [`Server::shutdown`] waits for close frames to be acknowledged.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A quicfeed server: accepts connections, runs the handshake for each, and yields a
+/// [`Session`] per player that completed it.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use quicfeed::{Identity, Server, ServerConfig};
+///
+/// let identity = Identity::generate_self_signed(&["localhost"])?;
+/// let server = Server::bind(ServerConfig::new("0.0.0.0:4433".parse()?, identity)).await?;
+/// while let Some(mut session) = server.accept().await {
+///     tokio::spawn(async move {
+///         while let Ok(text) = session.main().recv::<String>().await {
+///             let _ = session.main().send(&format!("echo: {text}")).await;
+///         }
+///     });
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<driver::ServerShared>,
+    sessions: tokio::sync::Mutex<mpsc::Receiver<Session>>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds the UDP socket and starts accepting connections. Must be called inside a tokio
+    /// runtime. Logs the address and the certificate fingerprint clients can pin.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
+        let endpoint = endpoint::server(&config)?;
+        let local_addr = endpoint.local_addr()?;
+        let fingerprint = config.identity.fingerprint();
+        let shared = Arc::new(driver::ServerShared::new(config));
+        let (tx, rx) = mpsc::channel(64);
+        let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone(), tx));
+        tracing::info!(address = %local_addr, %fingerprint, "quicfeed server listening");
+        Ok(Server {
+            endpoint,
+            shared,
+            sessions: tokio::sync::Mutex::new(rx),
+            accept_task: Mutex::new(Some(accept_task)),
+            local_addr,
+            fingerprint,
+        })
+    }
+
+    /// The address the server listens on (with the actual port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The SHA-256 fingerprint of the server's certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The next session whose handshake completed, or `None` once the server has shut down.
+    ///
+    /// Cancel-safe. Sessions queue (up to 64) until accepted; handshakes wait beyond that.
+    pub async fn accept(&self) -> Option<Session> {
+        self.sessions.lock().await.recv().await
+    }
+
+    /// Number of live sessions, handshakes in progress included.
+    pub fn session_count(&self) -> usize {
+        self.shared.registry().len()
+    }
+
+    /// Shuts the server down: stops accepting connections, refuses handshakes in progress with
+    /// `CONN_FAILED(reason)`, closes every session with `reason` and `message`, and waits (at
+    /// most 2 s) for the closes to reach the clients. [`accept`](Self::accept) then returns
+    /// `None`. Calling it again does nothing.
+    ///
+    /// Messages still in flight are discarded, as with any QUIC close: to be sure a final
+    /// message arrives, wait for the client's reply before shutting down.
+    pub async fn shutdown(&self, reason: Reason, message: &str) {
+        self.shared.shutdown.send_if_modified(|current| {
+            current.is_none() && {
+                *current = Some(driver::Shutdown {
+                    reason,
+                    message: message.to_owned(),
+                });
+                true
+            }
+        });
+        let task = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.endpoint.close(
+            reason.code().into(),
+            crate::driver::link::truncate(message).as_bytes(),
+        );
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
+        tracing::info!(address = %self.local_addr, %reason, "quicfeed server shut down");
+    }
+}
+
+impl Drop for Server {
+    /// Dropping a server without [`shutdown`](Server::shutdown) closes every connection at
+    /// once with [`Reason::ServerShutdown`].
+    fn drop(&mut self) {
+        self.shared.shutdown.send_if_modified(|current| {
+            current.is_none() && {
+                *current = Some(driver::Shutdown {
+                    reason: Reason::ServerShutdown,
+                    message: "server dropped".to_owned(),
+                });
+                true
+            }
+        });
+        self.endpoint
+            .close(Reason::ServerShutdown.code().into(), b"server dropped");
+    }
+}
