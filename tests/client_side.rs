@@ -1,0 +1,229 @@
+//! The real client against a scripted raw server: the FEED_INIT retry of the seed's second
+//! diagram, bounded failure when every attempt is ignored, and refusals and violations from the
+//! server side. Also the client's certificate trust modes against a real server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fixture, RawServer, accept_declared, assert_echoes, within};
+use quicfeed::protocol::{ChannelKind, HandshakeStep, Message, PlayerId, Token};
+use quicfeed::{Client, ClientConfig, ConnectError, Fingerprint, Reason, Trust};
+
+const RETRY: Duration = Duration::from_millis(200);
+
+fn config(server: &RawServer) -> ClientConfig {
+    let mut config = ClientConfig::new(server.addr(), server.trust.clone());
+    config.feed_init_timeout = RETRY;
+    config.feed_init_attempts = 3;
+    config
+}
+
+/// Runs a raw server that answers CONN_INIT, then ignores the first `ignore` FEED_INITs and
+/// answers the rest; returns how many FEED_INITs it saw before FINAL_AUTH (or the end).
+async fn scripted_server(server: &RawServer, ignore: usize) -> usize {
+    let (conn, mut main) = server.accept().await;
+    assert!(matches!(main.recv().await, Some(Message::ConnInit { .. })));
+    let token_a = Token([0xa0; 16]);
+    let token_b = Token([0xb0; 16]);
+    main.send(&Message::ConnInitReply {
+        player_id: PlayerId(9),
+        token_a,
+    })
+    .await;
+    let mut feed = accept_declared(&conn, ChannelKind::Feed).await;
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            message = feed.recv() => match message {
+                Some(Message::FeedInit { player_id, token_a: shown }) => {
+                    assert_eq!((player_id, shown), (PlayerId(9), token_a), "retries repeat the same request");
+                    seen += 1;
+                    if seen > ignore {
+                        feed.send(&Message::FeedInitReply { token_b }).await;
+                    }
+                }
+                _ => return seen,
+            },
+            message = main.recv() => match message {
+                Some(Message::FinalAuth { token_b: shown }) => {
+                    assert_eq!(shown, token_b);
+                    main.send(&Message::ConnOk { max_main_frame: 65536, max_feed_frame: 65536 }).await;
+                    // Stay up until the client is done with us.
+                    let _ = within(conn.closed()).await;
+                    return seen;
+                }
+                _ => return seen,
+            },
+        }
+    }
+}
+
+/// Proves: when the server ignores the first FEED_INIT, the client sends it again after its
+/// timeout and the handshake completes.
+#[tokio::test]
+async fn an_ignored_feed_init_is_retried_and_the_handshake_completes() {
+    let server = RawServer::start();
+    let config = config(&server);
+    let serving = tokio::spawn(async move { scripted_server(&server, 1).await });
+    let started = Instant::now();
+    let session = within(Client::connect(&config)).await.unwrap();
+    assert!(
+        started.elapsed() >= RETRY,
+        "the retry waited for its timeout"
+    );
+    assert_eq!(session.player_id(), PlayerId(9));
+    drop(session);
+    assert_eq!(within(serving).await.unwrap(), 2, "one retry");
+}
+
+/// Proves: when every FEED_INIT is ignored, connect fails with a timeout error after exactly the
+/// configured attempts, in bounded time.
+#[tokio::test]
+async fn when_every_feed_init_is_ignored_connect_times_out_in_bounded_time() {
+    let server = RawServer::start();
+    let config = config(&server);
+    let serving = tokio::spawn(async move { scripted_server(&server, usize::MAX).await });
+    let started = Instant::now();
+    let err = within(Client::connect(&config)).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            ConnectError::TimedOut {
+                step: HandshakeStep::FeedInit
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        elapsed >= RETRY * 3,
+        "all three attempts got their time: {elapsed:?}"
+    );
+    assert!(
+        elapsed < RETRY * 3 + Duration::from_secs(2),
+        "bounded: {elapsed:?}"
+    );
+    assert_eq!(within(serving).await.unwrap(), 3, "three attempts in all");
+}
+
+/// Proves: CONN_FAILED from the server ends connect with the server's reason and message, and a
+/// message out of place is reported as a server violation.
+#[tokio::test]
+async fn server_refusals_and_violations_are_typed_errors() {
+    let server = RawServer::start();
+    let config = config(&server);
+    let client = tokio::spawn(async move { Client::connect(&config).await });
+    let (_conn, mut main) = server.accept().await;
+    main.recv().await;
+    main.send(&Message::ConnFailed {
+        reason: Reason::ServerFull,
+        message: "try later".into(),
+    })
+    .await;
+    let err = within(client).await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Refused { reason: Reason::ServerFull, message } if message == "try later"),
+        "{err}"
+    );
+
+    let config = self::config(&server);
+    let client = tokio::spawn(async move { Client::connect(&config).await });
+    let (conn, mut main) = server.accept().await;
+    main.recv().await;
+    main.send(&Message::ConnOk {
+        max_main_frame: 1,
+        max_feed_frame: 1,
+    })
+    .await;
+    let err = within(client).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::ServerViolation {
+                reason: Reason::UnexpectedMessage,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let closed = within(conn.closed()).await;
+    assert!(
+        closed.to_string().contains("CONN_OK"),
+        "the client says why it closed: {closed}"
+    );
+}
+
+/// Proves: a server that does not answer within the handshake timeout fails connect with a
+/// timeout naming the step.
+#[tokio::test]
+async fn a_silent_server_times_out_connect() {
+    let server = RawServer::start();
+    let mut config = config(&server);
+    config.handshake_timeout = Duration::from_millis(500);
+    let client = tokio::spawn(async move { Client::connect(&config).await });
+    let (_conn, mut main) = server.accept().await;
+    main.recv().await;
+    let err = within(client).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::TimedOut {
+                step: HandshakeStep::ConnInit
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Proves: every trust mode connects to a server whose certificate it trusts.
+#[tokio::test]
+async fn every_trust_mode_accepts_the_right_certificate() {
+    let fixture = Fixture::start().await;
+    let certificate = fixture.certificate.clone();
+    for trust in [
+        Trust::Certificate(certificate.clone()),
+        Trust::Fingerprint(Fingerprint::of(&certificate)),
+        Trust::CaCertificates(vec![certificate.clone()]),
+        Trust::DangerousAcceptAnyCertificate,
+    ] {
+        let label = format!("{trust:?}").chars().take(40).collect::<String>();
+        let mut session = within(Client::connect(&ClientConfig::new(fixture.addr, trust)))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_echoes(&mut session, 1).await;
+    }
+}
+
+/// Proves: a pinned certificate or fingerprint that does not match fails the QUIC handshake,
+/// and the error shows both fingerprints; a CA that did not sign the certificate fails too.
+#[tokio::test]
+async fn a_certificate_that_does_not_match_the_trust_is_refused() {
+    let fixture = Fixture::start().await;
+    let (other, _) = common::identity();
+    let presented = Fingerprint::of(&fixture.certificate);
+    for trust in [
+        Trust::Certificate(other.certificate().clone()),
+        Trust::Fingerprint(other.fingerprint()),
+    ] {
+        let err = within(Client::connect(&ClientConfig::new(fixture.addr, trust)))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConnectError::Transport(_)), "{text}");
+        assert!(text.contains(&presented.to_string()), "{text}");
+        assert!(text.contains(&other.fingerprint().to_string()), "{text}");
+    }
+    let trust = Trust::CaCertificates(vec![other.certificate().clone()]);
+    let err = within(Client::connect(&ClientConfig::new(fixture.addr, trust)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Transport(_)), "{err}");
+}
