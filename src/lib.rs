@@ -60,7 +60,27 @@
 //! session.feed().send(&42u64).await?;
 //! # Ok(()) }
 //! ```
-#![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
+// Nothing a peer can influence may panic, overflow or index out of bounds; the library logs
+// through `tracing` and never prints. Unit tests may assert with unwrap and index freely.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 mod auth;
 pub mod certs;
@@ -85,3 +105,8 @@ pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
 
 /// Re-exported for [`Trust::Certificate`] and [`Identity::new`].
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The README's code blocks, compiled and run as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

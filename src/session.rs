@@ -16,12 +16,25 @@ use crate::error::{Disconnect, RecvError, SendError};
 use crate::protocol::codec::{self, EncodeError};
 use crate::protocol::{ChannelKind, FrameLimits, Inbound, InboundRules, PlayerId, Reason};
 
+/// How long a closing session waits for the peer to acknowledge what was sent last.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How long a receiver that saw the peer finish a channel waits for the connection close that
+/// should follow, before treating the half-closed channel as a violation.
+const FINISH_GRACE: Duration = Duration::from_secs(3);
+
 /// One player's session: the player ID and the `main` and `feed` channels.
 ///
 /// Use [`main`](Session::main) and [`feed`](Session::feed) from one task, or
 /// [`into_parts`](Session::into_parts) to move each channel (or each direction, with
-/// [`Channel::split`]) to its own task. The connection closes when [`close`](Session::close) is
-/// called, when the peer closes it, or when every part of the session has been dropped.
+/// [`Channel::split`]) to its own task.
+///
+/// Ending a session:
+/// - [`close_gracefully`](Session::close_gracefully) delivers everything already sent, then
+///   closes with a reason;
+/// - dropping every part of the session does the same in the background, with
+///   [`Reason::Normal`];
+/// - [`close`](Session::close) closes at once, discarding anything still in flight.
 #[derive(Debug)]
 pub struct Session {
     handle: SessionHandle,
@@ -68,7 +81,7 @@ impl Session {
         let channel = |parts: ChannelParts| Channel {
             sender: Sender {
                 kind: parts.kind,
-                writer: parts.writer,
+                writer: Some(parts.writer),
                 max: parts.peer_max,
                 link: link.clone(),
             },
@@ -122,8 +135,24 @@ impl Session {
         self.handle.rtt()
     }
 
-    /// Closes the session; see [`SessionHandle::close`].
+    /// Closes the session at once; see [`SessionHandle::close`].
     pub fn close(&self, reason: Reason, message: &str) {
+        self.handle.close(reason, message);
+    }
+
+    /// Closes the session after the peer has received everything already sent on both
+    /// channels (waiting at most 2 s for its acknowledgement), with `reason` and `message`.
+    pub async fn close_gracefully(mut self, reason: Reason, message: &str) {
+        let (main, feed) = (
+            self.main.sender.writer.take(),
+            self.feed.sender.writer.take(),
+        );
+        let linger = async |writer: Option<FrameWriter>| {
+            if let Some(mut writer) = writer {
+                writer.finish_and_linger(CLOSE_LINGER).await;
+            }
+        };
+        tokio::join!(linger(main), linger(feed));
         self.handle.close(reason, message);
     }
 
@@ -157,7 +186,8 @@ impl SessionHandle {
     }
 
     /// Closes the session at once with `reason` (sent to the peer as the QUIC application error
-    /// code, with `message`). Data not yet delivered is discarded, as with any QUIC close.
+    /// code, with `message`). Data not yet delivered is discarded, as with any QUIC close; use
+    /// [`Session::close_gracefully`] to deliver it first.
     pub fn close(&self, reason: Reason, message: &str) {
         self.link.close(reason, message);
     }
@@ -209,12 +239,32 @@ impl Channel {
 }
 
 /// The sending half of a channel.
+///
+/// Dropping it finishes the channel's stream: the peer receives everything sent so far, and
+/// once every part of the session is gone the connection closes with [`Reason::Normal`].
 #[derive(Debug)]
 pub struct Sender {
     kind: ChannelKind,
-    writer: FrameWriter,
+    /// `None` only while [`Session::close_gracefully`] or `drop` owns it.
+    writer: Option<FrameWriter>,
     max: usize,
     link: Link,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        // Keep the connection open (through the link) until the peer has what was sent.
+        let link = self.link.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                writer.finish_and_linger(CLOSE_LINGER).await;
+                drop(link);
+            });
+        }
+    }
 }
 
 impl Sender {
@@ -246,7 +296,13 @@ impl Sender {
     }
 
     async fn write(&mut self, frame: Bytes) -> Result<(), SendError> {
-        self.writer.write(frame).await.map_err(|e| match e {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(SendError::Closed(Disconnect::Locally {
+                reason: Reason::Normal,
+                message: "session closing".into(),
+            }));
+        };
+        writer.write(frame).await.map_err(|e| match e {
             quinn::WriteError::ConnectionLost(e) => SendError::Closed(self.link.disconnect(&e)),
             other => {
                 let message = format!("{} stream: {other}", self.kind);
@@ -303,6 +359,7 @@ impl Receiver {
                 Err(ReadFailure::Decode(e)) => {
                     return Err(self.violation(e.reason(), e.to_string()));
                 }
+                Err(ReadFailure::Finished) => return Err(self.peer_finished().await),
                 Err(ReadFailure::StreamEnded(detail)) => {
                     return Err(self.violation(Reason::InvalidStream, detail));
                 }
@@ -321,6 +378,18 @@ impl Receiver {
                     return Err(self.violation(reason, message));
                 }
             }
+        }
+    }
+
+    /// The peer finished the channel: it is closing gracefully, and its connection close
+    /// follows once it has our acknowledgements. Report that close.
+    async fn peer_finished(&self) -> RecvError {
+        match tokio::time::timeout(FINISH_GRACE, self.link.closed()).await {
+            Ok(disconnect) => RecvError::Closed(disconnect),
+            Err(_) => self.violation(
+                Reason::InvalidStream,
+                "stream finished but the session stayed open",
+            ),
         }
     }
 

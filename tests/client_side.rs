@@ -1,13 +1,6 @@
 //! The real client against a scripted raw server: the FEED_INIT retry of the seed's second
 //! diagram, bounded failure when every attempt is ignored, and refusals and violations from the
 //! server side. Also the client's certificate trust modes against a real server.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 
 mod common;
 

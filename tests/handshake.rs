@@ -1,13 +1,6 @@
 //! The handshake and both channels over real loopback QUIC, through the public API: happy
 //! paths, 200 concurrent clients, the authenticator, the session limit, limits on message size,
 //! closing and shutdown.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 
 mod common;
 
@@ -318,4 +311,51 @@ async fn dropping_a_session_closes_it() {
             ..
         }
     ));
+}
+
+/// Proves: a session dropped or closed gracefully right after sending still delivers every
+/// message, then ends on the peer with the reason (NORMAL for a drop).
+#[tokio::test]
+async fn messages_sent_before_a_graceful_close_or_a_drop_all_arrive() {
+    common::init_tracing();
+    let (identity, trust) = common::identity();
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
+        .await
+        .unwrap();
+    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    for graceful in [false, true] {
+        let client = within(Client::connect(&config)).await.unwrap();
+        let mut session = within(server.accept()).await.unwrap();
+        for tick in 0..1000u64 {
+            session.feed().send(&tick).await.unwrap();
+        }
+        session.main().send("last words").await.unwrap();
+        if graceful {
+            session
+                .close_gracefully(Reason::Application(0x1234), "round over")
+                .await;
+        } else {
+            drop(session);
+        }
+        let (_, mut main, mut feed) = client.into_parts();
+        for tick in 0..1000u64 {
+            assert_eq!(within(feed.recv::<u64>()).await.unwrap(), tick);
+        }
+        assert_eq!(within(main.recv::<String>()).await.unwrap(), "last words");
+        let expected = if graceful {
+            Disconnect::ByPeer {
+                reason: Reason::Application(0x1234),
+                message: "round over".into(),
+            }
+        } else {
+            Disconnect::ByPeer {
+                reason: Reason::Normal,
+                message: Reason::Normal.describe().into(),
+            }
+        };
+        assert_eq!(
+            within(feed.recv_bytes()).await.unwrap_err(),
+            RecvError::Closed(expected)
+        );
+    }
 }

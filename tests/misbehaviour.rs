@@ -1,13 +1,6 @@
 //! Every handshake failure path, driven by a raw peer that writes the wire protocol directly.
 //! Each test asserts the `CONN_FAILED` reason (and the close code that follows) and that a
 //! healthy session on the same server carries on untouched.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 
 mod common;
 

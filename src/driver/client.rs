@@ -154,6 +154,10 @@ fn on_frame(
             Err(e) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
+        Err(ReadFailure::Finished) => core.handle_violation(
+            crate::protocol::Reason::InvalidStream,
+            format!("{channel}: finished during the handshake"),
+        ),
         Err(ReadFailure::StreamEnded(detail)) => core.handle_violation(
             crate::protocol::Reason::InvalidStream,
             format!("{channel}: {detail}"),

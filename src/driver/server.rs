@@ -380,6 +380,13 @@ fn on_item(
             Err(e) => core.handle_violation(on, e.reason(), e.to_string()),
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(on, e.reason(), e.to_string()),
+        Err(ReadFailure::Finished) => {
+            core.handle_violation(
+                on,
+                Reason::InvalidStream,
+                format!("{on}: finished during the handshake"),
+            );
+        }
         Err(ReadFailure::StreamEnded(detail)) => {
             core.handle_violation(on, Reason::InvalidStream, format!("{on}: {detail}"));
         }

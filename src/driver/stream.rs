@@ -15,7 +15,9 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(crate) enum ReadFailure {
     /// The bytes are not a valid frame (too large, empty).
     Decode(DecodeError),
-    /// The peer finished or reset its side of the stream, which the protocol never does.
+    /// The peer finished its side of the stream: it is closing the session gracefully.
+    Finished,
+    /// The peer reset its side of the stream, which the protocol never does.
     StreamEnded(String),
     /// The connection is gone.
     Connection(quinn::ConnectionError),
@@ -90,7 +92,7 @@ impl FrameReader {
                 self.buf.extend_from_slice(&chunk.bytes);
                 Ok(())
             }
-            None => Err(ReadFailure::StreamEnded("peer finished the stream".into())),
+            None => Err(ReadFailure::Finished),
         }
     }
 }
@@ -117,8 +119,8 @@ impl FrameWriter {
     }
 
     /// Finishes the stream and waits, at most `linger`, for the peer to acknowledge everything
-    /// written. Used before closing a connection so a final `CONN_FAILED` is delivered: a QUIC
-    /// close discards unacknowledged stream data.
+    /// written. Used before closing a connection so that what was sent last (a `CONN_FAILED`,
+    /// a session's final messages) is delivered: a QUIC close discards unacknowledged data.
     pub(crate) async fn finish_and_linger(&mut self, linger: Duration) {
         if self.stream.finish().is_ok() {
             let _ = tokio::time::timeout(linger, self.stream.stopped()).await;

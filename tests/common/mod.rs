@@ -1,14 +1,6 @@
 //! Shared test harness: a server running an echo application, a raw peer that speaks the wire
 //! protocol byte by byte, and a scripted raw server for client-side tests.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,278 @@
+//! The quicfeed demo: a server and several clients in one process, on loopback.
+//!
+//! ```text
+//! cargo run --release --example demo                       # 8 clients for 3 s
+//! cargo run --release --example demo -- --clients 200 --sequential
+//! cargo run --release --example demo -- --help
+//! ```
+//!
+//! Each client completes the full handshake (CONN_INIT, FEED_INIT, FINAL_AUTH), sends pings on
+//! main and times the replies, and receives the server's 60 Hz game snapshots on feed. At the
+//! end it prints, per client, the player ID, the handshake time, the messages each way, and the
+//! main round-trip p50/p99, then exits 0 (1 if any client failed or a feed arrived out of
+//! order).
+
+mod common;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::{Request, Response, Snapshot, now_us};
+use quicfeed::certs::DEV_CERT_NAMES;
+use quicfeed::{
+    Client, ClientConfig, Identity, PlayerId, Reason, Server, ServerConfig, Session, Trust,
+};
+
+#[derive(Parser, Clone)]
+#[command(about = "quicfeed demo: one server and several clients on loopback")]
+struct Args {
+    /// Number of clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds each client exchanges messages after connecting.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Feed snapshots per second (the game's tick rate).
+    #[arg(long, default_value_t = 60)]
+    tick_hz: u32,
+    /// Pings per second each client sends on main.
+    #[arg(long, default_value_t = 20)]
+    ping_hz: u32,
+    /// Connect clients one after another (handshake times without contention) instead of all
+    /// at once.
+    #[arg(long)]
+    sequential: bool,
+}
+
+/// What one client measured.
+struct Report {
+    player: PlayerId,
+    handshake: Duration,
+    main_sent: u64,
+    main_received: u64,
+    feed_received: u64,
+    feed_in_order: bool,
+    rtts: Vec<Duration>,
+    feed_ages_us: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::init_logging("warn");
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let (identity, generated) = Identity::load_or_generate(
+        &certs.join("cert.pem"),
+        &certs.join("key.pem"),
+        DEV_CERT_NAMES,
+    )?;
+    if generated {
+        println!("generated a development certificate in {}", certs.display());
+    }
+    let trust = Trust::Certificate(identity.certificate().clone());
+    let mut config = ServerConfig::new("127.0.0.1:0".parse()?, identity);
+    config.max_sessions = args.clients.max(1);
+    let server = Arc::new(Server::bind(config).await?);
+    println!(
+        "server on {} (certificate {})",
+        server.local_addr(),
+        server.fingerprint()
+    );
+
+    let acceptor = {
+        let server = server.clone();
+        let tick_hz = args.tick_hz;
+        tokio::spawn(async move {
+            while let Some(session) = server.accept().await {
+                tokio::spawn(common::serve_session(session, tick_hz));
+            }
+        })
+    };
+
+    let client_config = ClientConfig::new(server.local_addr(), trust);
+    println!(
+        "{} clients connecting ({}), then {:.1} s of pings at {} Hz and feed at {} Hz\n",
+        args.clients,
+        if args.sequential {
+            "one after another"
+        } else {
+            "all at once"
+        },
+        args.seconds,
+        args.ping_hz,
+        args.tick_hz
+    );
+    let mut sessions = Vec::with_capacity(args.clients);
+    if args.sequential {
+        for _ in 0..args.clients {
+            sessions.push(tokio::spawn(connect(client_config.clone())).await?);
+        }
+    } else {
+        let connecting: Vec<_> = (0..args.clients)
+            .map(|_| tokio::spawn(connect(client_config.clone())))
+            .collect();
+        for task in connecting {
+            sessions.push(task.await?);
+        }
+    }
+    let mut runs = Vec::with_capacity(sessions.len());
+    for connected in sessions {
+        let (session, handshake) = connected?;
+        runs.push(tokio::spawn(play(session, handshake, args.clone())));
+    }
+    let mut reports = Vec::with_capacity(runs.len());
+    for run in runs {
+        reports.push(run.await?.map_err(|e| e.to_string())?);
+    }
+    server.shutdown(Reason::ServerShutdown, "demo over").await;
+    acceptor.await?;
+    Ok(print_reports(&mut reports, &args))
+}
+
+async fn connect(config: ClientConfig) -> Result<(Session, Duration), quicfeed::ConnectError> {
+    let started = Instant::now();
+    let session = Client::connect(&config).await?;
+    Ok((session, started.elapsed()))
+}
+
+/// One client's game: pings on main at `ping_hz`, reads feed, for `seconds`.
+async fn play(
+    session: Session,
+    handshake: Duration,
+    args: Args,
+) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
+    let player = session.player_id();
+    let (handle, mut main, feed) = session.into_parts();
+    // Snapshots queued while other clients were still connecting say nothing about latency.
+    let playing_since_us = now_us();
+    let feed_task = tokio::spawn(async move {
+        let (_, mut feed) = feed.split();
+        let (mut received, mut in_order, mut ages) = (0u64, true, Vec::new());
+        let mut next_tick = None;
+        while let Ok(snapshot) = feed.recv::<Snapshot>().await {
+            in_order &= next_tick.is_none_or(|next| snapshot.tick == next);
+            next_tick = Some(snapshot.tick + 1);
+            if snapshot.server_time_us >= playing_since_us {
+                ages.push(now_us().saturating_sub(snapshot.server_time_us));
+            }
+            received += 1;
+        }
+        (received, in_order, ages)
+    });
+
+    let mut rtts = Vec::new();
+    let (mut sent, mut replies) = (0u64, 0u64);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / args.ping_hz.max(1));
+    let end = Instant::now() + Duration::from_secs_f64(args.seconds);
+    while Instant::now() < end {
+        ticker.tick().await;
+        let started = Instant::now();
+        main.send(&Request::Ping { seq: sent }).await?;
+        sent += 1;
+        match main.recv::<Response>().await? {
+            Response::Pong { seq } if seq + 1 == sent => {
+                replies += 1;
+                rtts.push(started.elapsed());
+            }
+            other => return Err(format!("unexpected reply {other:?}").into()),
+        }
+    }
+    handle.close(Reason::Normal, "demo client done");
+    let (feed_received, feed_in_order, feed_ages_us) = feed_task.await?;
+    Ok(Report {
+        player,
+        handshake,
+        main_sent: sent,
+        main_received: replies,
+        feed_received,
+        feed_in_order,
+        rtts,
+        feed_ages_us,
+    })
+}
+
+fn percentile<T: Copy + Ord>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1).copied()
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
+}
+
+/// Prints the per-client table and the summary; returns whether every client did well.
+fn print_reports(reports: &mut [Report], args: &Args) -> bool {
+    reports.sort_by_key(|r| r.player);
+    println!(
+        "{:>10} {:>13} {:>9} {:>9} {:>9} {:>12} {:>12}",
+        "player", "handshake ms", "main out", "main in", "feed in", "rtt p50 ms", "rtt p99 ms"
+    );
+    let mut ok = true;
+    for r in reports.iter_mut() {
+        r.rtts.sort();
+        println!(
+            "{:>10} {:>13.2} {:>9} {:>9} {:>9} {:>12} {:>12}{}",
+            r.player.to_string(),
+            r.handshake.as_secs_f64() * 1e3,
+            r.main_sent,
+            r.main_received,
+            r.feed_received,
+            ms(percentile(&r.rtts, 0.50)),
+            ms(percentile(&r.rtts, 0.99)),
+            if r.feed_in_order {
+                ""
+            } else {
+                "  FEED OUT OF ORDER"
+            }
+        );
+        ok &= r.feed_in_order && r.main_sent == r.main_received && r.feed_received > 0;
+    }
+    let mut handshakes: Vec<Duration> = reports.iter().map(|r| r.handshake).collect();
+    handshakes.sort();
+    let mut rtts: Vec<Duration> = reports
+        .iter()
+        .flat_map(|r| r.rtts.iter().copied())
+        .collect();
+    rtts.sort();
+    let mut ages: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r.feed_ages_us.iter().copied())
+        .collect();
+    ages.sort();
+    let feed_total: u64 = reports.iter().map(|r| r.feed_received).sum();
+    let expected = (args.seconds * f64::from(args.tick_hz)) as u64 * reports.len() as u64;
+    println!(
+        "\nall {} clients: handshake p50 {} ms, p99 {} ms; main rtt p50 {} ms, p99 {} ms over {} pings",
+        reports.len(),
+        ms(percentile(&handshakes, 0.50)),
+        ms(percentile(&handshakes, 0.99)),
+        ms(percentile(&rtts, 0.50)),
+        ms(percentile(&rtts, 0.99)),
+        rtts.len()
+    );
+    println!(
+        "feed: {feed_total} snapshots (at least {expected} expected), delivery p50 {} ms, p99 {} ms, all in order: {}",
+        ms(percentile(&ages, 0.50).map(Duration::from_micros)),
+        ms(percentile(&ages, 0.99).map(Duration::from_micros)),
+        reports.iter().all(|r| r.feed_in_order)
+    );
+    println!("{}", if ok { "demo OK" } else { "demo FAILED" });
+    ok
+}
