@@ -359,3 +359,32 @@ async fn messages_sent_before_a_graceful_close_or_a_drop_all_arrive() {
         );
     }
 }
+
+/// Proves: after shutdown, the server's own session handles report the shutdown reason, and
+/// the client sees it as the peer's reason.
+#[tokio::test]
+async fn shutdown_is_reported_on_both_sides_of_a_session() {
+    common::init_tracing();
+    let (identity, trust) = common::identity();
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
+        .await
+        .unwrap();
+    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let client = within(Client::connect(&config)).await.unwrap();
+    let session = within(server.accept()).await.unwrap();
+    within(server.shutdown(Reason::ServerShutdown, "patch day")).await;
+    assert_eq!(
+        within(session.closed()).await,
+        Disconnect::Locally {
+            reason: Reason::ServerShutdown,
+            message: "patch day".into()
+        }
+    );
+    assert_eq!(
+        within(client.closed()).await,
+        Disconnect::ByPeer {
+            reason: Reason::ServerShutdown,
+            message: "patch day".into()
+        }
+    );
+}

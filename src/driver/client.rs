@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::endpoint;
-use super::link::{Link, disconnect_from_peer};
+use super::link::{Closer, Link, disconnect_from_peer};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::config::ClientConfig;
 use crate::error::{ConnectError, Disconnect};
@@ -41,7 +41,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
             });
         }
     };
-    let link = Link::new(conn, Some(endpoint));
+    let link = Link::new(Closer::new(conn), Some(endpoint));
     let mut core = ClientHandshake::new(ClientHandshakeConfig {
         deadline,
         credentials: config.credentials.clone(),

@@ -18,60 +18,94 @@ pub(crate) struct Link {
 
 #[derive(Debug)]
 struct LinkInner {
-    conn: quinn::Connection,
+    closer: Closer,
     /// A client's own endpoint, kept alive as long as its session.
     _endpoint: Option<quinn::Endpoint>,
-    /// The reason this side closed with, reported as [`Disconnect::Locally`].
-    local_close: OnceLock<(Reason, String)>,
 }
 
 impl Drop for LinkInner {
     fn drop(&mut self) {
-        close(&self.conn, &self.local_close, Reason::Normal, "");
+        self.closer.close(Reason::Normal, "");
     }
 }
 
 impl Link {
-    pub(crate) fn new(conn: quinn::Connection, endpoint: Option<quinn::Endpoint>) -> Self {
+    /// A link over `closer`'s connection; `endpoint` is a client's own, kept alive with it.
+    pub(crate) fn new(closer: Closer, endpoint: Option<quinn::Endpoint>) -> Self {
         Link {
             inner: Arc::new(LinkInner {
-                conn,
+                closer,
                 _endpoint: endpoint,
-                local_close: OnceLock::new(),
             }),
         }
     }
 
     pub(crate) fn connection(&self) -> &quinn::Connection {
-        &self.inner.conn
+        &self.inner.closer.conn
     }
 
     pub(crate) fn remote_address(&self) -> SocketAddr {
-        self.inner.conn.remote_address()
+        self.connection().remote_address()
     }
 
     pub(crate) fn rtt(&self) -> Duration {
-        self.inner.conn.rtt()
+        self.connection().rtt()
     }
 
     /// Closes the connection with `reason` as the QUIC application error code.
     pub(crate) fn close(&self, reason: Reason, message: &str) {
-        close(&self.inner.conn, &self.inner.local_close, reason, message);
+        self.inner.closer.close(reason, message);
     }
 
     /// Waits for the connection to end and says why.
     pub(crate) async fn closed(&self) -> Disconnect {
-        let error = self.inner.conn.closed().await;
-        self.disconnect(&error)
+        self.inner.closer.closed().await
     }
 
     /// Why the connection ended, from quinn's error.
     pub(crate) fn disconnect(&self, error: &ConnectionError) -> Disconnect {
+        self.inner.closer.disconnect(error)
+    }
+}
+
+/// Closes a connection with a reason and remembers the reason, without keeping the session
+/// alive: the server's connection task holds one to close a session on shutdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Closer {
+    conn: quinn::Connection,
+    /// The reason this side closed with, reported as [`Disconnect::Locally`]. The first close
+    /// wins, as in QUIC.
+    record: Arc<OnceLock<(Reason, String)>>,
+}
+
+impl Closer {
+    pub(crate) fn new(conn: quinn::Connection) -> Self {
+        Closer {
+            conn,
+            record: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Closes the connection with `reason` as the QUIC application error code.
+    pub(crate) fn close(&self, reason: Reason, message: &str) {
+        let message = truncate(message);
+        if self.record.set((reason, message.to_owned())).is_ok() {
+            self.conn
+                .close(VarInt::from(reason.code()), message.as_bytes());
+        }
+    }
+
+    /// Waits for the connection to end and says why.
+    pub(crate) async fn closed(&self) -> Disconnect {
+        let error = self.conn.closed().await;
+        self.disconnect(&error)
+    }
+
+    fn disconnect(&self, error: &ConnectionError) -> Disconnect {
         match error {
             ConnectionError::LocallyClosed => {
                 let (reason, message) = self
-                    .inner
-                    .local_close
+                    .record
                     .get()
                     .cloned()
                     .unwrap_or((Reason::Normal, String::new()));
@@ -79,19 +113,6 @@ impl Link {
             }
             other => disconnect_from_peer(other),
         }
-    }
-}
-
-/// Closes `conn` with `reason`, remembering it in `record` (first close wins, as in QUIC).
-fn close(
-    conn: &quinn::Connection,
-    record: &OnceLock<(Reason, String)>,
-    reason: Reason,
-    message: &str,
-) {
-    let message = truncate(message);
-    if record.set((reason, message.to_owned())).is_ok() {
-        conn.close(VarInt::from(reason.code()), message.as_bytes());
     }
 }
 

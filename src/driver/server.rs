@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::link::{Link, truncate};
+use super::link::{Closer, Link, truncate};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::auth::{AuthDecision, AuthRequest, PendingDecision};
 use crate::config::ServerConfig;
@@ -140,8 +140,9 @@ async fn serve(
     };
     let player_id = established.player_id;
     let limits = shared.config.frame_limits;
+    let closer = Closer::new(conn.clone());
     let session = Session::new(
-        Link::new(conn.clone(), None),
+        Link::new(closer.clone(), None),
         player_id,
         ChannelParts::new(
             ChannelKind::Main,
@@ -166,13 +167,11 @@ async fn serve(
             // The server is gone; `session` was dropped with the failed send, closing it.
             return;
         },
-        s = shutdown_signal(&mut shutdown) => return close(&conn, s.reason, &s.message),
+        s = shutdown_signal(&mut shutdown) => return closer.close(s.reason, &s.message),
     }
     tokio::select! {
-        error = conn.closed() => {
-            debug!(%player_id, %remote, reason = %super::link::disconnect_from_peer(&error), "session ended");
-        }
-        s = shutdown_signal(&mut shutdown) => close(&conn, s.reason, &s.message),
+        why = closer.closed() => debug!(%player_id, %remote, reason = %why, "session ended"),
+        s = shutdown_signal(&mut shutdown) => closer.close(s.reason, &s.message),
     }
     drop(slot);
 }
