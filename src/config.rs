@@ -19,13 +19,10 @@ use bytes::Bytes;
 use crate::auth::{AcceptAll, Authenticator, DynAuthenticator};
 use crate::certs::{Identity, Trust};
 use crate::error::ConfigError;
-use crate::protocol::{FrameLimits, MAX_FEED_INITS, MAX_FRAME_LIMIT};
+use crate::protocol::{FrameLimits, MAX_FEED_INITS, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT};
 
 /// Default frame limit on each channel: 64 KiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
-
-/// Smallest frame limit an endpoint may configure: enough for any control message.
-pub const MIN_MAX_FRAME: u32 = 256;
 
 impl Default for FrameLimits {
     /// [`DEFAULT_MAX_FRAME`] on both channels.
@@ -100,9 +97,9 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 fn validate_limits(limits: &FrameLimits) -> Result<(), ConfigError> {
     let max = u32::try_from(MAX_FRAME_LIMIT).unwrap_or(u32::MAX);
     for (name, value) in [("main", limits.main), ("feed", limits.feed)] {
-        if !(MIN_MAX_FRAME..=max).contains(&value) {
+        if !(MIN_FRAME_LIMIT..=max).contains(&value) {
             return Err(invalid(format!(
-                "frame limit on {name} ({value}) must be within {MIN_MAX_FRAME}..={max}"
+                "frame limit on {name} ({value}) must be within {MIN_FRAME_LIMIT}..={max}"
             )));
         }
     }

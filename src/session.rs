@@ -10,14 +10,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::driver::link::Link;
+use crate::driver::link::{CLOSE_LINGER, Link, finish_all};
 use crate::driver::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::protocol::codec::{self, EncodeError};
 use crate::protocol::{ChannelKind, FrameLimits, Inbound, InboundRules, PlayerId, Reason};
-
-/// How long a closing session waits for the peer to acknowledge what was sent last.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a receiver that saw the peer finish a channel waits for the connection close that
 /// should follow, before treating the half-closed channel as a violation.
@@ -33,7 +30,8 @@ const FINISH_GRACE: Duration = Duration::from_secs(3);
 /// - [`close_gracefully`](Session::close_gracefully) delivers everything already sent, then
 ///   closes with a reason;
 /// - dropping every part of the session does the same in the background, with
-///   [`Reason::Normal`];
+///   [`Reason::Normal`] (dropping only some parts changes nothing the peer can see: their
+///   streams stay open, unused, until the session ends);
 /// - [`close`](Session::close) closes at once, discarding anything still in flight.
 #[derive(Debug)]
 pub struct Session {
@@ -87,7 +85,7 @@ impl Session {
             },
             receiver: Receiver {
                 kind: parts.kind,
-                reader: parts.reader,
+                reader: Some(parts.reader),
                 rules: parts.rules,
                 link: link.clone(),
             },
@@ -143,16 +141,11 @@ impl Session {
     /// Closes the session after the peer has received everything already sent on both
     /// channels (waiting at most 2 s for its acknowledgement), with `reason` and `message`.
     pub async fn close_gracefully(mut self, reason: Reason, message: &str) {
-        let (main, feed) = (
+        let writers = [
             self.main.sender.writer.take(),
             self.feed.sender.writer.take(),
-        );
-        let linger = async |writer: Option<FrameWriter>| {
-            if let Some(mut writer) = writer {
-                writer.finish_and_linger(CLOSE_LINGER).await;
-            }
-        };
-        tokio::join!(linger(main), linger(feed));
+        ];
+        finish_all(writers.into_iter().flatten(), CLOSE_LINGER).await;
         self.handle.close(reason, message);
     }
 
@@ -240,12 +233,12 @@ impl Channel {
 
 /// The sending half of a channel.
 ///
-/// Dropping it finishes the channel's stream: the peer receives everything sent so far, and
-/// once every part of the session is gone the connection closes with [`Reason::Normal`].
+/// Dropping it while other parts of the session live leaves the channel's stream open and
+/// unused; when every part is gone, the session closes gracefully (see [`Session`]).
 #[derive(Debug)]
 pub struct Sender {
     kind: ChannelKind,
-    /// `None` only while [`Session::close_gracefully`] or `drop` owns it.
+    /// `None` only once [`Session::close_gracefully`] or `drop` has taken it.
     writer: Option<FrameWriter>,
     max: usize,
     link: Link,
@@ -253,16 +246,8 @@ pub struct Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        let Some(mut writer) = self.writer.take() else {
-            return;
-        };
-        // Keep the connection open (through the link) until the peer has what was sent.
-        let link = self.link.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                writer.finish_and_linger(CLOSE_LINGER).await;
-                drop(link);
-            });
+        if let Some(writer) = self.writer.take() {
+            self.link.park_writer(writer);
         }
     }
 }
@@ -324,12 +309,24 @@ fn encode_error(e: EncodeError) -> SendError {
 }
 
 /// The receiving half of a channel.
+///
+/// Dropping it while other parts of the session live leaves the stream open and unread: the
+/// peer's sends on this channel then stop once flow control is exhausted.
 #[derive(Debug)]
 pub struct Receiver {
     kind: ChannelKind,
-    reader: FrameReader,
+    /// `None` only once `drop` has taken it.
+    reader: Option<FrameReader>,
     rules: InboundRules,
     link: Link,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.link.park_reader(reader);
+        }
+    }
 }
 
 impl Receiver {
@@ -354,7 +351,13 @@ impl Receiver {
     /// [`RecvError::Violation`]. Cancel-safe: a message is never half-consumed.
     pub async fn recv_bytes(&mut self) -> Result<Bytes, RecvError> {
         loop {
-            let body = match self.reader.next_frame().await {
+            let Some(reader) = self.reader.as_mut() else {
+                return Err(RecvError::Closed(Disconnect::Locally {
+                    reason: Reason::Normal,
+                    message: "session closing".into(),
+                }));
+            };
+            let body = match reader.next_frame().await {
                 Ok(body) => body,
                 Err(ReadFailure::Decode(e)) => {
                     return Err(self.violation(e.reason(), e.to_string()));

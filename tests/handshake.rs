@@ -388,3 +388,65 @@ async fn shutdown_is_reported_on_both_sides_of_a_session() {
         }
     );
 }
+
+/// Proves: dropping one half of a channel (a client that only receives on feed drops its feed
+/// sender) changes nothing the peer can see: the session and both channels keep working.
+#[tokio::test]
+async fn dropping_one_half_of_a_channel_keeps_the_session() {
+    let fixture = Fixture::start().await;
+    let session = fixture.connect().await;
+    let (handle, mut main, feed) = session.into_parts();
+    let (feed_sender, _feed_receiver) = feed.split();
+    drop(feed_sender);
+    for i in 0..20u32 {
+        main.send(&i).await.unwrap();
+        assert_eq!(within(main.recv::<u32>()).await.unwrap(), i);
+    }
+    // The server's echo app still reads feed: no end of stream, no violation, no close.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), handle.closed())
+            .await
+            .is_err(),
+        "the session stayed open"
+    );
+}
+
+/// Proves: a session dropped while its peer is streaming to it ends on the peer as a normal
+/// close, not as a protocol violation.
+#[tokio::test]
+async fn a_session_dropped_while_the_peer_streams_ends_normally_on_the_peer() {
+    common::init_tracing();
+    let (identity, trust) = common::identity();
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
+        .await
+        .unwrap();
+    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let mut client = within(Client::connect(&config)).await.unwrap();
+    let session = within(server.accept()).await.unwrap();
+    let (handle, mut main, mut feed) = session.into_parts();
+    let streamer = tokio::spawn(async move {
+        let mut tick = 0u64;
+        loop {
+            if let Err(e) = feed.send(&tick).await {
+                return e;
+            }
+            tick += 1;
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+    });
+    let _: u64 = within(client.feed().recv()).await.unwrap();
+    drop(client);
+    let normal = Disconnect::ByPeer {
+        reason: Reason::Normal,
+        message: Reason::Normal.describe().into(),
+    };
+    assert_eq!(
+        within(streamer).await.unwrap(),
+        SendError::Closed(normal.clone())
+    );
+    assert_eq!(
+        within(main.recv_bytes()).await.unwrap_err(),
+        RecvError::Closed(normal.clone())
+    );
+    assert_eq!(within(handle.closed()).await, normal);
+}

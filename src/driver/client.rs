@@ -14,7 +14,7 @@ use crate::error::{ConnectError, Disconnect};
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
     ChannelKind, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
-    HANDSHAKE_FRAME_LIMIT, HandshakeStep,
+    HANDSHAKE_FRAME_LIMIT, HandshakeStep, Reason,
 };
 use crate::session::{ChannelParts, Session};
 
@@ -42,6 +42,29 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         }
     };
     let link = Link::new(Closer::new(conn), Some(endpoint));
+    let result = handshake(link.clone(), config, deadline).await;
+    if let Err(error) = &result {
+        // Whatever stopped the handshake, the server learns why.
+        let reason = match error {
+            ConnectError::Refused { reason, .. } | ConnectError::ServerViolation { reason, .. } => {
+                Some(*reason)
+            }
+            ConnectError::TimedOut { .. } => Some(Reason::HandshakeTimeout),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            link.close(reason, &error.to_string());
+        }
+    }
+    result
+}
+
+/// The token handshake on a connected link.
+async fn handshake(
+    link: Link,
+    config: &ClientConfig,
+    deadline: Instant,
+) -> Result<Session, ConnectError> {
     let mut core = ClientHandshake::new(ClientHandshakeConfig {
         deadline,
         credentials: config.credentials.clone(),
@@ -68,7 +91,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
                 ClientOutput::Established(established) => {
                     let (Some(main), Some(feed)) = (main, feed) else {
                         return Err(ConnectError::ServerViolation {
-                            reason: crate::protocol::Reason::UnexpectedMessage,
+                            reason: Reason::UnexpectedMessage,
                             message: "CONN_OK before both channels were open".into(),
                         });
                     };
@@ -97,7 +120,6 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
                     ));
                 }
                 ClientOutput::Failed(failure) => {
-                    link.close(failure.close_reason(), &failure_message(&failure));
                     return Err(match failure {
                         ClientFailure::Refused { reason, message } => {
                             ConnectError::Refused { reason, message }
@@ -126,15 +148,6 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
     }
 }
 
-fn failure_message(failure: &ClientFailure) -> String {
-    match failure {
-        ClientFailure::Refused { message, .. } | ClientFailure::ServerViolation { message, .. } => {
-            message.clone()
-        }
-        ClientFailure::TimedOut { step } => format!("handshake timed out {step}"),
-    }
-}
-
 async fn next_frame(stream: &mut Option<Stream>) -> Result<Bytes, ReadFailure> {
     match stream {
         Some(s) => s.reader.next_frame().await,
@@ -155,13 +168,12 @@ fn on_frame(
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
         Err(ReadFailure::Finished) => core.handle_violation(
-            crate::protocol::Reason::InvalidStream,
+            Reason::InvalidStream,
             format!("{channel}: finished during the handshake"),
         ),
-        Err(ReadFailure::StreamEnded(detail)) => core.handle_violation(
-            crate::protocol::Reason::InvalidStream,
-            format!("{channel}: {detail}"),
-        ),
+        Err(ReadFailure::StreamEnded(detail)) => {
+            core.handle_violation(Reason::InvalidStream, format!("{channel}: {detail}"))
+        }
         Err(ReadFailure::Connection(e)) => return Err(lost(e)),
     }
     Ok(())
@@ -207,7 +219,7 @@ async fn write(
         Ok(Ok(())) => Ok(()),
         Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e)),
         Ok(Err(e)) => Err(ConnectError::ServerViolation {
-            reason: crate::protocol::Reason::InvalidStream,
+            reason: Reason::InvalidStream,
             message: format!("{channel}: {e}"),
         }),
         Err(_) => Err(ConnectError::TimedOut { step }),

@@ -1,16 +1,25 @@
 //! A session's QUIC connection: closing with a reason, and why it ended.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+use super::stream::{FrameReader, FrameWriter};
 
 use quinn::{ConnectionError, VarInt};
 
 use crate::error::Disconnect;
 use crate::protocol::{MAX_FAILURE_MESSAGE, Reason};
 
-/// A shared handle to a session's connection. When the last handle is dropped the connection
-/// is closed with [`Reason::Normal`].
+/// How long a closing session waits for the peer to acknowledge what was sent last.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A shared handle to a session's connection.
+///
+/// Every part of a session holds one. A part that is dropped while the session lives parks its
+/// stream here, untouched, so the peer sees nothing; when the last handle goes, the session
+/// closes gracefully: parked send streams are finished, the peer's acknowledgement awaited (at
+/// most [`CLOSE_LINGER`]), then the connection is closed with [`Reason::Normal`].
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
     inner: Arc<LinkInner>,
@@ -20,13 +29,55 @@ pub(crate) struct Link {
 struct LinkInner {
     closer: Closer,
     /// A client's own endpoint, kept alive as long as its session.
-    _endpoint: Option<quinn::Endpoint>,
+    endpoint: Option<quinn::Endpoint>,
+    parked: Mutex<Parked>,
+}
+
+/// Stream halves whose owners were dropped while the session lived.
+#[derive(Debug, Default)]
+struct Parked {
+    writers: Vec<FrameWriter>,
+    readers: Vec<FrameReader>,
 }
 
 impl Drop for LinkInner {
     fn drop(&mut self) {
-        self.closer.close(Reason::Normal, "");
+        let parked = std::mem::take(
+            self.parked
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let closer = self.closer.clone();
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !parked.writers.is_empty() && !closer.is_closed() => {
+                let endpoint = self.endpoint.take();
+                runtime.spawn(async move {
+                    finish_all(parked.writers, CLOSE_LINGER).await;
+                    closer.close(Reason::Normal, "");
+                    // Dropping readers before the close would send STOP_SENDING to the peer.
+                    drop(parked.readers);
+                    drop(endpoint);
+                });
+            }
+            _ => closer.close(Reason::Normal, ""),
+        }
     }
+}
+
+/// Finishes every writer, then waits until the peer has acknowledged all of them or `linger`
+/// has passed.
+pub(crate) async fn finish_all(writers: impl IntoIterator<Item = FrameWriter>, linger: Duration) {
+    let mut writers: Vec<FrameWriter> = writers.into_iter().collect();
+    for writer in &mut writers {
+        writer.finish();
+    }
+    let acknowledged = async {
+        for writer in &mut writers {
+            writer.acknowledged().await;
+        }
+    };
+    let _ = tokio::time::timeout(linger, acknowledged).await;
 }
 
 impl Link {
@@ -35,9 +86,27 @@ impl Link {
         Link {
             inner: Arc::new(LinkInner {
                 closer,
-                _endpoint: endpoint,
+                endpoint,
+                parked: Mutex::new(Parked::default()),
             }),
         }
+    }
+
+    /// Keeps a send stream whose owner was dropped until the session ends.
+    pub(crate) fn park_writer(&self, writer: FrameWriter) {
+        self.parked().writers.push(writer);
+    }
+
+    /// Keeps a receive stream whose owner was dropped until the session ends.
+    pub(crate) fn park_reader(&self, reader: FrameReader) {
+        self.parked().readers.push(reader);
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Parked> {
+        self.inner
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn connection(&self) -> &quinn::Connection {
@@ -99,6 +168,11 @@ impl Closer {
     pub(crate) async fn closed(&self) -> Disconnect {
         let error = self.conn.closed().await;
         self.disconnect(&error)
+    }
+
+    /// Whether the connection has ended, or this side has closed it.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.record.get().is_some() || self.conn.close_reason().is_some()
     }
 
     fn disconnect(&self, error: &ConnectionError) -> Disconnect {

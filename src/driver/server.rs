@@ -304,6 +304,8 @@ async fn handshake(
                 let requested = match decision {
                     AuthDecision::Accept => Ok(None),
                     AuthDecision::AcceptAs(id) => Ok(Some(id)),
+                    // NORMAL is not a refusal; an authenticator that says so means AUTH_REFUSED.
+                    AuthDecision::Reject { reason: Reason::Normal, message } => Err((Reason::AuthRefused, message)),
                     AuthDecision::Reject { reason, message } => Err((reason, message)),
                 };
                 match requested.map(|id| shared.registry().admit(id)) {

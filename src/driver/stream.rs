@@ -118,12 +118,21 @@ impl FrameWriter {
         self.stream.write_all_chunks(chunks).await
     }
 
-    /// Finishes the stream and waits, at most `linger`, for the peer to acknowledge everything
-    /// written. Used before closing a connection so that what was sent last (a `CONN_FAILED`,
-    /// a session's final messages) is delivered: a QUIC close discards unacknowledged data.
+    /// Finishes the stream: the peer reads its end after everything written so far.
+    pub(crate) fn finish(&mut self) {
+        let _ = self.stream.finish();
+    }
+
+    /// Waits until the peer has acknowledged everything written on a finished stream (or the
+    /// stream or connection is gone). A QUIC close discards unacknowledged data, so this is what
+    /// lets the last messages before a close arrive.
+    pub(crate) async fn acknowledged(&mut self) {
+        let _ = self.stream.stopped().await;
+    }
+
+    /// [`finish`](Self::finish), then [`acknowledged`](Self::acknowledged) for at most `linger`.
     pub(crate) async fn finish_and_linger(&mut self, linger: Duration) {
-        if self.stream.finish().is_ok() {
-            let _ = tokio::time::timeout(linger, self.stream.stopped()).await;
-        }
+        self.finish();
+        let _ = tokio::time::timeout(linger, self.acknowledged()).await;
     }
 }

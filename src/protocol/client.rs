@@ -302,14 +302,24 @@ impl ClientHandshake {
                     max_feed_frame,
                 },
             ) => {
+                let peer_limits = FrameLimits {
+                    main: max_main_frame,
+                    feed: max_feed_frame,
+                };
+                if !peer_limits.is_valid_announcement() {
+                    return self.finish(ClientOutput::Failed(ClientFailure::ServerViolation {
+                        reason: Reason::MalformedMessage,
+                        message: format!(
+                            "CONN_OK announces frame limits {max_main_frame}/{max_feed_frame}, below {}",
+                            super::codec::MIN_FRAME_LIMIT
+                        ),
+                    }));
+                }
                 // Each FEED_INIT beyond the first may still draw a copy of FEED_INIT_REPLY.
                 let late_replies = s.feed_inits_sent.saturating_sub(1);
                 self.finish(ClientOutput::Established(ClientEstablished {
                     player_id: s.player_id,
-                    peer_limits: FrameLimits {
-                        main: max_main_frame,
-                        feed: max_feed_frame,
-                    },
+                    peer_limits,
                     main_rules: InboundRules::data_only(),
                     feed_rules: InboundRules::client_feed(s.token_b, late_replies),
                 }));

@@ -23,6 +23,10 @@ pub const HANDSHAKE_FRAME_LIMIT: usize = 4096;
 /// Largest frame body any quicfeed endpoint will ever accept, whatever its configuration.
 pub const MAX_FRAME_LIMIT: usize = 16 * 1024 * 1024;
 
+/// Smallest frame limit an endpoint may announce for a channel: room for any control message
+/// and a small payload. An announcement below it is a malformed `CONN_INIT` or `CONN_OK`.
+pub const MIN_FRAME_LIMIT: u32 = 256;
+
 /// Longest `CONN_FAILED` message text an endpoint sends, in bytes. Longer texts are cut at a
 /// character boundary by [`conn_failed`].
 pub const MAX_FAILURE_MESSAGE: usize = 256;

@@ -82,8 +82,8 @@ fn to_feed_init(
     t0: Instant,
 ) -> (PlayerId, Token) {
     let conn_init = Message::ConnInit {
-        max_main_frame: 1,
-        max_feed_frame: 2,
+        max_main_frame: 1000,
+        max_feed_frame: 2000,
         credentials: Bytes::new(),
     };
     let out = exchange(s, e, t0, (ChannelKind::Main, conn_init));
@@ -312,8 +312,8 @@ fn the_client_ignores_a_late_copy_of_feed_init_reply_after_conn_ok() {
     c.handle_message(
         ChannelKind::Main,
         Message::ConnOk {
-            max_main_frame: 10,
-            max_feed_frame: 20,
+            max_main_frame: 1000,
+            max_feed_frame: 2000,
         },
         t0 + RETRY,
     );
@@ -434,8 +434,8 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
     // CONN_INIT on feed.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let conn_init = Message::ConnInit {
-        max_main_frame: 1,
-        max_feed_frame: 1,
+        max_main_frame: 1000,
+        max_feed_frame: 1000,
         credentials: Bytes::new(),
     };
     let out = exchange(&mut s, &mut e, t0, (ChannelKind::Feed, conn_init));
@@ -473,8 +473,8 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
     // Anything while the authenticator is deciding.
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let conn_init = Message::ConnInit {
-        max_main_frame: 1,
-        max_feed_frame: 1,
+        max_main_frame: 1000,
+        max_feed_frame: 1000,
         credentials: Bytes::new(),
     };
     exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init.clone()));
@@ -559,8 +559,8 @@ fn refusal_by_the_application_is_sent_on_main() {
     let t0 = Instant::now();
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let conn_init = Message::ConnInit {
-        max_main_frame: 1,
-        max_feed_frame: 1,
+        max_main_frame: 1000,
+        max_feed_frame: 1000,
         credentials: Bytes::new(),
     };
     exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init));
@@ -586,8 +586,8 @@ fn no_randomness_is_an_internal_error() {
     let t0 = Instant::now();
     let mut s = server(t0);
     let conn_init = Message::ConnInit {
-        max_main_frame: 1,
-        max_feed_frame: 1,
+        max_main_frame: 1000,
+        max_feed_frame: 1000,
         credentials: Bytes::new(),
     };
     s.handle_message(ChannelKind::Main, conn_init, t0, &mut NoEntropy);
@@ -630,8 +630,8 @@ fn the_client_treats_an_unexpected_server_message_as_a_violation() {
     c.handle_message(
         ChannelKind::Main,
         Message::ConnOk {
-            max_main_frame: 1,
-            max_feed_frame: 1,
+            max_main_frame: 1000,
+            max_feed_frame: 1000,
         },
         t0,
     );
@@ -654,4 +654,48 @@ fn the_client_deadline_bounds_every_step() {
             step: HandshakeStep::ConnInit
         }))
     );
+}
+
+#[test]
+fn frame_limits_below_the_minimum_are_malformed_announcements() {
+    let t0 = Instant::now();
+    let (mut s, mut e) = (server(t0), CountingEntropy::default());
+    let conn_init = Message::ConnInit {
+        max_main_frame: MIN_FRAME_LIMIT - 1,
+        max_feed_frame: 65536,
+        credentials: Bytes::new(),
+    };
+    let out = exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init));
+    assert_failed(&out, ChannelKind::Main, Reason::MalformedMessage);
+
+    let mut c = client(t0, 3);
+    client_sends(&mut c);
+    c.handle_message(
+        ChannelKind::Main,
+        Message::ConnInitReply {
+            player_id: PlayerId(1),
+            token_a: Token([1; 16]),
+        },
+        t0,
+    );
+    c.handle_message(
+        ChannelKind::Feed,
+        Message::FeedInitReply {
+            token_b: Token([2; 16]),
+        },
+        t0,
+    );
+    client_sends(&mut c);
+    c.handle_message(
+        ChannelKind::Main,
+        Message::ConnOk {
+            max_main_frame: 65536,
+            max_feed_frame: 0,
+        },
+        t0,
+    );
+    let Some(ClientOutput::Failed(failure)) = c.poll_output() else {
+        panic!("accepted a CONN_OK announcing a zero limit")
+    };
+    assert_eq!(failure.close_reason(), Reason::MalformedMessage);
 }

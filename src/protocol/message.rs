@@ -89,7 +89,7 @@ impl fmt::Debug for Token {
 /// Why a handshake was refused or a connection closed.
 ///
 /// On the wire a reason is a `u16` code: in a `CONN_FAILED` message, and as the QUIC application
-/// error code of the `CONNECTION_CLOSE` that follows. Codes `0x0001..=0x0fff` belong to quicfeed;
+/// error code of the `CONNECTION_CLOSE` that follows. Codes `0x0000..=0x0fff` belong to quicfeed;
 /// `0x1000..=0xffff` are the application's ([`Reason::Application`]). A code this version does
 /// not know decodes as [`Reason::Unknown`], never as an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ pub use client::{
 };
 pub use codec::{
     DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE, MAX_FRAME_LIMIT,
+    MIN_FRAME_LIMIT,
 };
 pub use message::{ChannelKind, Message, PlayerId, Reason, TOKEN_LEN, Token};
 pub use registry::SessionRegistry;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::codec::conn_failed;
+use super::codec::{MIN_FRAME_LIMIT, conn_failed};
 use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
 use super::session::{FrameLimits, InboundRules};
 use super::token::{Entropy, IssuedToken, TokenError};
@@ -261,13 +261,23 @@ impl ServerHandshake {
                     credentials,
                 },
             ) => {
+                let peer_limits = FrameLimits {
+                    main: max_main_frame,
+                    feed: max_feed_frame,
+                };
+                if !peer_limits.is_valid_announcement() {
+                    return Err(Failure::new(
+                        ChannelKind::Main,
+                        Reason::MalformedMessage,
+                        format!(
+                            "CONN_INIT announces frame limits {max_main_frame}/{max_feed_frame}, below {MIN_FRAME_LIMIT}"
+                        ),
+                    ));
+                }
                 self.outputs
                     .push_back(ServerOutput::Authenticate { credentials });
                 Ok(State::ExpectAuthDecision(ExpectAuthDecision {
-                    peer_limits: FrameLimits {
-                        main: max_main_frame,
-                        feed: max_feed_frame,
-                    },
+                    peer_limits,
                 }))
             }
             (channel, other) => Err(Failure::unexpected(

@@ -22,6 +22,11 @@ pub struct FrameLimits {
 }
 
 impl FrameLimits {
+    /// Whether both limits are at least [`MIN_FRAME_LIMIT`](super::codec::MIN_FRAME_LIMIT).
+    pub fn is_valid_announcement(&self) -> bool {
+        self.main >= super::codec::MIN_FRAME_LIMIT && self.feed >= super::codec::MIN_FRAME_LIMIT
+    }
+
     /// The limit for `channel`, as a `usize`.
     pub fn get(&self, channel: super::ChannelKind) -> usize {
         let limit = match channel {

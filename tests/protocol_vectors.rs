@@ -1,0 +1,439 @@
+//! Proves that `PROTOCOL.md` and the implementation agree byte for byte.
+//!
+//! The document's `vectors` block lists complete frames (length prefix included) and the two
+//! stream declaration bytes. For every vector this test builds the message its name stands for,
+//! checks that the real encoder produces exactly those bytes and that the real decoder turns
+//! them back into the same message; it checks that every message tag is covered and that the
+//! declaration bytes are the ones the code writes. It also checks the document's `reasons` block
+//! against [`Reason::from_code`], and the framing (§4) and varint decoding (§5.1) rules the
+//! document states against the real decoder.
+
+use std::collections::BTreeSet;
+
+use bytes::{Bytes, BytesMut};
+use quicfeed::protocol::codec::{self, HANDSHAKE_FRAME_LIMIT, MAX_FRAME_LIMIT};
+use quicfeed::protocol::{ChannelKind, DecodeError, Message, PlayerId, Reason, Token};
+
+const DOC: &str = include_str!("../PROTOCOL.md");
+
+/// Token A of the vectors: `a0 a1 … af`.
+const TOKEN_A: Token = Token([
+    0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
+]);
+
+/// Token B of the vectors: `b0 b1 … bf`.
+const TOKEN_B: Token = Token([
+    0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf,
+]);
+
+/// The value whose bincode encoding is the payload of the `data_typed_u64_str` vector.
+fn typed_value() -> (u64, &'static str) {
+    (1000, "hi")
+}
+
+/// The message a vector name stands for, or `None` for a name this test does not know.
+fn message_for(name: &str) -> Option<Message> {
+    let message = match name {
+        "conn_init_empty" => Message::ConnInit {
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+            credentials: Bytes::new(),
+        },
+        "conn_init_credentials" => Message::ConnInit {
+            max_main_frame: 1000,
+            max_feed_frame: 65536,
+            credentials: Bytes::from_static(b"ticket-42"),
+        },
+        "conn_init_reply_small_id" => Message::ConnInitReply {
+            player_id: PlayerId(1),
+            token_a: TOKEN_A,
+        },
+        "conn_init_reply_id_300" => Message::ConnInitReply {
+            player_id: PlayerId(300),
+            token_a: TOKEN_A,
+        },
+        "conn_init_reply_id_2pow32" => Message::ConnInitReply {
+            player_id: PlayerId(1 << 32),
+            token_a: TOKEN_A,
+        },
+        "feed_init" => Message::FeedInit {
+            player_id: PlayerId(1),
+            token_a: TOKEN_A,
+        },
+        "feed_init_id_300" => Message::FeedInit {
+            player_id: PlayerId(300),
+            token_a: TOKEN_A,
+        },
+        "feed_init_reply" => Message::FeedInitReply { token_b: TOKEN_B },
+        "final_auth" => Message::FinalAuth { token_b: TOKEN_B },
+        "conn_ok" => Message::ConnOk {
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+        },
+        "conn_ok_mixed_limits" => Message::ConnOk {
+            max_main_frame: 256,
+            max_feed_frame: 16 * 1024 * 1024,
+        },
+        "conn_failed_server_full" => Message::ConnFailed {
+            reason: Reason::ServerFull,
+            message: "server full".to_owned(),
+        },
+        "conn_failed_empty_message" => Message::ConnFailed {
+            reason: Reason::InvalidToken,
+            message: String::new(),
+        },
+        "conn_failed_application" => Message::ConnFailed {
+            reason: Reason::Application(0x1234),
+            message: "banned".to_owned(),
+        },
+        "data_empty" => Message::Data(Bytes::new()),
+        "data_short" => Message::Data(Bytes::from_static(b"hello")),
+        "data_251_zero_bytes" => Message::Data(Bytes::from(vec![0u8; 251])),
+        "data_typed_u64_str" => {
+            Message::Data(Bytes::from_static(&[0xfb, 0xe8, 0x03, 0x02, b'h', b'i']))
+        }
+        _ => return None,
+    };
+    Some(message)
+}
+
+/// The library reason a `reasons` line names, or `None` for an unknown name.
+fn reason_named(name: &str) -> Option<Reason> {
+    let reason = match name {
+        "NORMAL" => Reason::Normal,
+        "UNEXPECTED_MESSAGE" => Reason::UnexpectedMessage,
+        "MALFORMED_MESSAGE" => Reason::MalformedMessage,
+        "UNKNOWN_MESSAGE" => Reason::UnknownMessage,
+        "FRAME_TOO_LARGE" => Reason::FrameTooLarge,
+        "INVALID_STREAM" => Reason::InvalidStream,
+        "INVALID_TOKEN" => Reason::InvalidToken,
+        "TOKEN_EXPIRED" => Reason::TokenExpired,
+        "TOKEN_REUSED" => Reason::TokenReused,
+        "PLAYER_MISMATCH" => Reason::PlayerMismatch,
+        "HANDSHAKE_TIMEOUT" => Reason::HandshakeTimeout,
+        "AUTH_REFUSED" => Reason::AuthRefused,
+        "SERVER_FULL" => Reason::ServerFull,
+        "PLAYER_ID_IN_USE" => Reason::PlayerIdInUse,
+        "SERVER_SHUTDOWN" => Reason::ServerShutdown,
+        "INTERNAL_ERROR" => Reason::InternalError,
+        _ => return None,
+    };
+    Some(reason)
+}
+
+/// The lines of the one fenced code block whose info string is exactly `info`.
+fn fenced_block(info: &str) -> Vec<&'static str> {
+    let opening = format!("```{info}");
+    let mut blocks = Vec::new();
+    let mut lines = DOC.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_end() == opening {
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.trim_start().starts_with("```"))
+                .collect();
+            blocks.push(body);
+        }
+    }
+    assert_eq!(
+        blocks.len(),
+        1,
+        "PROTOCOL.md must have exactly one `{info}` block"
+    );
+    blocks.pop().unwrap()
+}
+
+/// The block's `name: value` entries, skipping blank and `#` comment lines.
+fn entries(info: &str) -> Vec<(&'static str, &'static str)> {
+    fenced_block(info)
+        .into_iter()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("not `name: hex`: {l:?}"));
+            (name.trim(), value.trim())
+        })
+        .collect()
+}
+
+/// Lowercase hex, no separators.
+fn hex_decode(hex: &str) -> Vec<u8> {
+    assert!(
+        hex.len() % 2 == 0 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "not lowercase hex with an even number of digits: {hex:?}"
+    );
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Splits exactly one frame off `bytes` and decodes it; nothing may be left over.
+fn decode_one(bytes: &[u8]) -> Message {
+    let mut buf = BytesMut::from(bytes);
+    let body = codec::decode_frame(&mut buf, MAX_FRAME_LIMIT)
+        .unwrap()
+        .expect("a whole frame");
+    assert!(buf.is_empty(), "bytes left after the frame");
+    codec::decode_message(body).unwrap()
+}
+
+#[test]
+fn every_vector_encodes_and_decodes_exactly() {
+    let vectors = entries("vectors");
+    assert!(!vectors.is_empty());
+    let mut names = BTreeSet::new();
+    for (name, hex) in vectors {
+        assert!(names.insert(name), "vector {name} listed twice");
+        let bytes = hex_decode(hex);
+        match name {
+            "decl_main" => assert_eq!(bytes, [ChannelKind::Main.tag()], "{name}"),
+            "decl_feed" => assert_eq!(bytes, [ChannelKind::Feed.tag()], "{name}"),
+            _ => {
+                let message =
+                    message_for(name).unwrap_or_else(|| panic!("unknown vector name {name}"));
+                let encoded = codec::encode_message(&message).unwrap();
+                assert_eq!(&encoded[..], &bytes[..], "{name}: encoding differs");
+                assert_eq!(decode_one(&bytes), message, "{name}: decoding differs");
+                if let Message::Data(payload) = &message {
+                    let fast = codec::encode_data_bytes(payload, MAX_FRAME_LIMIT).unwrap();
+                    assert_eq!(&fast[..], &bytes[..], "{name}: encode_data_bytes differs");
+                }
+                if name == "data_typed_u64_str" {
+                    let typed = codec::encode_data_value(&typed_value(), MAX_FRAME_LIMIT).unwrap();
+                    assert_eq!(&typed[..], &bytes[..], "{name}: encode_data_value differs");
+                }
+                if !matches!(message, Message::Data(_)) {
+                    // Every handshake message vector fits the handshake frame limit.
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    assert!(
+                        codec::decode_frame(&mut buf, HANDSHAKE_FRAME_LIMIT)
+                            .unwrap()
+                            .is_some()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_message_tag_and_both_declarations_are_covered() {
+    let mut tags = BTreeSet::new();
+    let mut declarations = BTreeSet::new();
+    for (name, hex) in entries("vectors") {
+        let bytes = hex_decode(hex);
+        match name {
+            "decl_main" | "decl_feed" => {
+                let channel = ChannelKind::from_tag(bytes[0]).expect("a channel");
+                declarations.insert(channel.name());
+            }
+            _ => {
+                tags.insert(decode_one(&bytes).tag());
+            }
+        }
+    }
+    assert_eq!(
+        tags,
+        (0..=Message::DATA_TAG).collect::<BTreeSet<u8>>(),
+        "every message tag 0..=7 needs a vector"
+    );
+    assert_eq!(declarations, BTreeSet::from(["main", "feed"]));
+}
+
+#[test]
+fn reason_table_matches_the_code() {
+    let mut codes = BTreeSet::new();
+    for line in fenced_block("reasons") {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(code), Some(name), None) = (words.next(), words.next(), words.next()) else {
+            panic!("not `0xNNNN NAME`: {line:?}");
+        };
+        let digits = code
+            .strip_prefix("0x")
+            .unwrap_or_else(|| panic!("code without 0x: {line:?}"));
+        assert_eq!(digits.len(), 4, "{line:?}");
+        let code = u16::from_str_radix(digits, 16).unwrap();
+        let reason = reason_named(name).unwrap_or_else(|| panic!("unknown reason name {name}"));
+        assert_eq!(Reason::from_code(code), reason, "{line:?}");
+        assert_eq!(reason.code(), code, "{line:?}");
+        assert!(codes.insert(code), "code 0x{code:04x} listed twice");
+    }
+    assert_eq!(
+        codes,
+        (0x0000..=0x000f).collect::<BTreeSet<u16>>(),
+        "every library code 0x0000..=0x000f, and only those"
+    );
+    // The ranges the document describes around the table.
+    assert_eq!(Reason::from_code(0x0010), Reason::Unknown(0x0010));
+    assert_eq!(Reason::from_code(0x0fff), Reason::Unknown(0x0fff));
+    assert_eq!(Reason::from_code(0x1000), Reason::Application(0x1000));
+    assert_eq!(Reason::from_code(0xffff), Reason::Application(0xffff));
+}
+
+/// Decodes a frame body and returns the message or the reason it is refused with.
+fn decode_body(body: &[u8]) -> Result<Message, Reason> {
+    codec::decode_message(Bytes::copy_from_slice(body)).map_err(|e| e.reason())
+}
+
+fn with_token(head: &[u8], token: Token) -> Vec<u8> {
+    let mut body = head.to_vec();
+    body.extend_from_slice(&token.0);
+    body
+}
+
+#[test]
+fn decoders_follow_the_varint_rules_of_section_5_1() {
+    use Reason::{MalformedMessage, UnknownMessage};
+
+    // Longer-than-necessary forms are accepted, up to the width of the field's type.
+    assert_eq!(
+        decode_body(&with_token(&[0xfb, 0x04, 0x00], TOKEN_B)),
+        Ok(Message::FinalAuth { token_b: TOKEN_B }),
+        "tag 4 as 251 + u16"
+    );
+    assert_eq!(
+        decode_body(&[0x06, 0xfb, 0x0c, 0x00, 0x00]),
+        Ok(Message::ConnFailed {
+            reason: Reason::ServerFull,
+            message: String::new()
+        }),
+        "u16 reason as 251 + u16"
+    );
+    assert_eq!(
+        decode_body(&[0x05, 0xfc, 0x00, 0x01, 0x00, 0x00, 0xfb, 0x00, 0x01]),
+        Ok(Message::ConnOk {
+            max_main_frame: 256,
+            max_feed_frame: 256
+        }),
+        "u32 fields as 252 + u32 and 251 + u16"
+    );
+    assert_eq!(
+        decode_body(&with_token(
+            &[0x02, 0xfd, 0x01, 0, 0, 0, 0, 0, 0, 0],
+            TOKEN_A
+        )),
+        Ok(Message::FeedInit {
+            player_id: PlayerId(1),
+            token_a: TOKEN_A
+        }),
+        "u64 player ID as 253 + u64"
+    );
+    assert_eq!(
+        decode_body(&[0x06, 0x0c, 0xfd, 0x02, 0, 0, 0, 0, 0, 0, 0, b'o', b'k']),
+        Ok(Message::ConnFailed {
+            reason: Reason::ServerFull,
+            message: "ok".to_owned()
+        }),
+        "string length as 253 + u64"
+    );
+    assert_eq!(
+        decode_body(&[0x07, 0xfb, 0x02, 0x00, b'h', b'i']),
+        Ok(Message::Data(Bytes::from_static(b"hi"))),
+        "DATA length as 251 + u16"
+    );
+    assert_eq!(
+        decode_body(&[
+            0xfb, 0x07, 0x00, 0xfd, 0x02, 0, 0, 0, 0, 0, 0, 0, b'h', b'i'
+        ]),
+        Ok(Message::Data(Bytes::from_static(b"hi"))),
+        "DATA tag as 251 + u16, length as 253 + u64"
+    );
+
+    // A marker wider than the field's type, or a reserved marker, is malformed.
+    assert_eq!(
+        decode_body(&[0x06, 0xfc, 0x0c, 0, 0, 0, 0x00]),
+        Err(MalformedMessage),
+        "252 in a u16 field"
+    );
+    assert_eq!(
+        decode_body(&[0x05, 0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0x00]),
+        Err(MalformedMessage),
+        "253 in a u32 field"
+    );
+    assert_eq!(
+        decode_body(&with_token(
+            &[0x01, 0xfe, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            TOKEN_A
+        )),
+        Err(MalformedMessage),
+        "254 in a u64 field"
+    );
+    assert_eq!(
+        decode_body(&with_token(&[0x01, 0xff], TOKEN_A)),
+        Err(MalformedMessage),
+        "255 anywhere"
+    );
+
+    // Tags: any u32 value of 8 or more is unknown; a tag that is not a u32 varint is malformed.
+    assert_eq!(decode_body(&[0x08]), Err(UnknownMessage));
+    assert_eq!(decode_body(&[0xfa]), Err(UnknownMessage));
+    assert_eq!(decode_body(&[0xfb, 0x08, 0x00]), Err(UnknownMessage));
+    assert_eq!(
+        decode_body(&[0xfc, 0xff, 0xff, 0xff, 0xff]),
+        Err(UnknownMessage)
+    );
+    assert_eq!(
+        decode_body(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Err(MalformedMessage)
+    );
+    assert_eq!(decode_body(&[0xff]), Err(MalformedMessage));
+    assert_eq!(decode_body(&[0xfb, 0x04]), Err(MalformedMessage));
+
+    // A body is exactly one message.
+    let mut trailing = with_token(&[0x04], TOKEN_B);
+    trailing.push(0x00);
+    assert_eq!(
+        decode_body(&trailing),
+        Err(MalformedMessage),
+        "trailing byte"
+    );
+    assert_eq!(
+        decode_body(&with_token(&[0x04], TOKEN_B)[..16]),
+        Err(MalformedMessage),
+        "truncated token"
+    );
+    assert_eq!(
+        decode_body(&[0x07, 0x03, b'h', b'i']),
+        Err(MalformedMessage),
+        "DATA shorter than its length"
+    );
+    assert_eq!(
+        decode_body(&[0x07, 0x01, b'h', b'i']),
+        Err(MalformedMessage),
+        "DATA longer than its length"
+    );
+    assert_eq!(
+        decode_body(&[0x06, 0x0c, 0x01, 0xff]),
+        Err(MalformedMessage),
+        "CONN_FAILED text that is not UTF-8"
+    );
+}
+
+#[test]
+fn the_length_prefix_is_checked_before_the_body_arrives() {
+    // 4097 > 4096: refused from the four prefix bytes alone.
+    let mut buf = BytesMut::from(&[0x00, 0x00, 0x10, 0x01][..]);
+    let err = codec::decode_frame(&mut buf, HANDSHAKE_FRAME_LIMIT).unwrap_err();
+    assert!(matches!(err, DecodeError::FrameTooLarge { len: 4097, .. }));
+    assert_eq!(err.reason(), Reason::FrameTooLarge);
+    // Exactly at the limit: waits for the body.
+    let mut buf = BytesMut::from(&[0x00, 0x00, 0x10, 0x00][..]);
+    assert_eq!(
+        codec::decode_frame(&mut buf, HANDSHAKE_FRAME_LIMIT),
+        Ok(None)
+    );
+    // An empty body is malformed.
+    let mut buf = BytesMut::from(&[0x00, 0x00, 0x00, 0x00][..]);
+    let err = codec::decode_frame(&mut buf, HANDSHAKE_FRAME_LIMIT).unwrap_err();
+    assert_eq!(err.reason(), Reason::MalformedMessage);
+    // No configuration accepts more than 16 MiB.
+    assert_eq!(MAX_FRAME_LIMIT, 16 * 1024 * 1024);
+    assert_eq!(HANDSHAKE_FRAME_LIMIT, 4096);
+}
