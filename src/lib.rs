@@ -34,6 +34,8 @@
 //! - [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]: configuration with documented
 //!   defaults tuned for games.
 //! - [`Identity`], [`Trust`], [`Fingerprint`]: certificates, pinning and CA trust.
+//! - [`conditioner`]: an in-process UDP relay that adds latency, jitter, loss, duplication,
+//!   reordering, blackholes and NAT rebindings to a loopback link, for tests and benchmarks.
 //! - [`Authenticator`]: the server hook that admits clients and chooses player IDs.
 //! - Errors: [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
 //!
@@ -85,6 +87,7 @@
 mod auth;
 pub mod certs;
 mod client;
+pub mod conditioner;
 pub mod config;
 mod driver;
 mod error;
