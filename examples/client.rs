@@ -96,6 +96,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     handle.close(Reason::Normal, "client done");
     let snapshots = feed_reader.await?;
+    // Returns once the close has gone out, so the server sees it rather than a timeout.
+    handle.closed().await;
     println!("received {snapshots} feed snapshots; bye");
     Ok(())
 }

@@ -268,6 +268,9 @@ impl FromStr for Fingerprint {
             return Err(err());
         }
         let mut out = [0u8; 32];
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(err());
+        }
         for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
             let text = std::str::from_utf8(pair).map_err(|_| err())?;
             *byte = u8::from_str_radix(text, 16).map_err(|_| err())?;
@@ -502,6 +505,7 @@ mod tests {
         );
         assert!("AB:CD".parse::<Fingerprint>().is_err());
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+        assert!("+f".repeat(32).parse::<Fingerprint>().is_err(), "no signs");
     }
 
     #[test]

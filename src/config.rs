@@ -52,8 +52,10 @@ pub struct TransportConfig {
     pub initial_rtt: Duration,
     /// Bytes the peer may send on one stream ahead of the application reading. Default 256 KiB.
     pub stream_receive_window: u32,
-    /// Bytes the peer may send on the whole connection ahead of the application reading; this
-    /// bounds the memory one connection can pin. Default 384 KiB (quinn: unbounded).
+    /// Bytes the peer may send on the whole connection ahead of the application reading.
+    /// Default 384 KiB (quinn: unbounded). What one connection can pin on the receiving side is
+    /// about this plus, per channel, one frame being reassembled (up to the frame limit) and
+    /// one 64 KiB read.
     pub receive_window: u32,
     /// Bytes this side may have in flight unacknowledged. Default 2 MiB.
     pub send_window: u64,
@@ -122,8 +124,11 @@ pub struct ServerConfig {
     /// How long tokens A and B stay valid after being issued. Default 5 s: a handshake needs
     /// them for about one round trip each.
     pub token_lifetime: Duration,
-    /// Most sessions (handshakes in progress included); further `CONN_INIT`s get
-    /// `CONN_FAILED(SERVER_FULL)`. Default 1024.
+    /// Most sessions; further `CONN_INIT`s get `CONN_FAILED(SERVER_FULL)`. Default 1024.
+    ///
+    /// A connection counts from the moment its `CONN_INIT` is admitted, so handshakes past that
+    /// step count too. Connections that have not sent `CONN_INIT` yet do not: they are bounded
+    /// only by `handshake_timeout` for now.
     pub max_sessions: usize,
     /// Largest frame bodies accepted from clients after `CONN_OK`. Default 64 KiB each.
     pub frame_limits: FrameLimits,

@@ -89,22 +89,47 @@ impl Server {
     ///
     /// Cancel-safe. Sessions queue (up to 64) until accepted; handshakes wait beyond that.
     pub async fn accept(&self) -> Option<Session> {
-        self.sessions.lock().await.recv().await
+        let session = self.sessions.lock().await.recv().await?;
+        // A session still queued when shutdown began has been closed by it.
+        self.shared.shutdown.borrow().is_none().then_some(session)
     }
 
-    /// Number of live sessions, handshakes in progress included.
+    /// Number of live sessions, counting handshakes from the admission of their `CONN_INIT`.
     pub fn session_count(&self) -> usize {
         self.shared.registry().len()
     }
 
     /// Shuts the server down: stops accepting connections, refuses handshakes in progress with
-    /// `CONN_FAILED(reason)`, closes every session with `reason` and `message`, and waits (at
-    /// most 2 s) for the closes to reach the clients. [`accept`](Self::accept) then returns
+    /// `CONN_FAILED(reason)`, closes every session with `reason` and `message`, and waits for
+    /// the closes to reach the clients: about 4 s at most (up to 2 s for connection tasks to
+    /// finish, then up to 2 s for the endpoint to drain). [`accept`](Self::accept) then returns
     /// `None`. Calling it again does nothing.
     ///
-    /// Messages still in flight are discarded, as with any QUIC close: to be sure a final
-    /// message arrives, wait for the client's reply before shutting down.
+    /// Sessions are closed at once: messages still in flight are discarded, as with any QUIC
+    /// close. To be sure a final message arrives, close those sessions with
+    /// [`Session::close_gracefully`] first.
     pub async fn shutdown(&self, reason: Reason, message: &str) {
+        self.request_shutdown(reason, message);
+        let task = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            // The loop closes the endpoint itself once every connection is closed; a task stuck
+            // on an unresponsive client is cut short by closing the endpoint here.
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
+        }
+        self.endpoint.close(
+            reason.code().into(),
+            crate::driver::link::truncate(message).as_bytes(),
+        );
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
+        tracing::info!(address = %self.local_addr, %reason, "quicfeed server shut down");
+    }
+
+    /// Tells every connection task to close with `reason`; the first request wins.
+    fn request_shutdown(&self, reason: Reason, message: &str) {
         self.shared.shutdown.send_if_modified(|current| {
             current.is_none() && {
                 *current = Some(driver::Shutdown {
@@ -114,37 +139,14 @@ impl Server {
                 true
             }
         });
-        let task = self
-            .accept_task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        self.endpoint.close(
-            reason.code().into(),
-            crate::driver::link::truncate(message).as_bytes(),
-        );
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
-        tracing::info!(address = %self.local_addr, %reason, "quicfeed server shut down");
     }
 }
 
 impl Drop for Server {
-    /// Dropping a server without [`shutdown`](Server::shutdown) closes every connection at
-    /// once with [`Reason::ServerShutdown`].
+    /// Dropping a server without [`shutdown`](Server::shutdown) starts the same shutdown with
+    /// [`Reason::ServerShutdown`] in the background (in the tokio runtime, which must still be
+    /// running), without waiting for it.
     fn drop(&mut self) {
-        self.shared.shutdown.send_if_modified(|current| {
-            current.is_none() && {
-                *current = Some(driver::Shutdown {
-                    reason: Reason::ServerShutdown,
-                    message: "server dropped".to_owned(),
-                });
-                true
-            }
-        });
-        self.endpoint
-            .close(Reason::ServerShutdown.code().into(), b"server dropped");
+        self.request_shutdown(Reason::ServerShutdown, "server dropped");
     }
 }

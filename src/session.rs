@@ -140,6 +140,7 @@ impl Session {
 
     /// Closes the session after the peer has received everything already sent on both
     /// channels (waiting at most 2 s for its acknowledgement), with `reason` and `message`.
+    /// On a client, returns once the close has gone out, so the program may exit right after.
     pub async fn close_gracefully(mut self, reason: Reason, message: &str) {
         let writers = [
             self.main.sender.writer.take(),
@@ -147,6 +148,7 @@ impl Session {
         ];
         finish_all(writers.into_iter().flatten(), CLOSE_LINGER).await;
         self.handle.close(reason, message);
+        self.handle.closed().await;
     }
 
     /// Waits until the session ends and says why.
@@ -181,11 +183,15 @@ impl SessionHandle {
     /// Closes the session at once with `reason` (sent to the peer as the QUIC application error
     /// code, with `message`). Data not yet delivered is discarded, as with any QUIC close; use
     /// [`Session::close_gracefully`] to deliver it first.
+    ///
+    /// The close is sent in the background: a client about to exit should then await
+    /// [`closed`](Self::closed), which returns once it has gone out.
     pub fn close(&self, reason: Reason, message: &str) {
         self.link.close(reason, message);
     }
 
-    /// Waits until the session ends and says why.
+    /// Waits until the session ends and says why. After a local close on a client, it also
+    /// waits (at most 2 s) until the close has been sent.
     pub async fn closed(&self) -> Disconnect {
         self.link.closed().await
     }
@@ -258,10 +264,11 @@ impl Sender {
         self.kind
     }
 
-    /// The largest encoded message the peer accepts on this channel, in bytes (the frame body:
-    /// the payload plus 2 to 10 bytes of header).
-    pub fn max_message_size(&self) -> usize {
-        self.max
+    /// The largest payload, in bytes, the peer accepts in one message on this channel: for
+    /// [`send_bytes`](Self::send_bytes) the slice length, for [`send`](Self::send) the value's
+    /// bincode encoding. Larger messages fail with [`SendError::TooLarge`].
+    pub fn max_payload_size(&self) -> usize {
+        codec::max_data_payload(self.max)
     }
 
     /// Encodes `value` with bincode (standard configuration) and sends it.

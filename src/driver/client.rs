@@ -27,19 +27,17 @@ struct Stream {
 /// Connects to `config.server` and completes the handshake.
 pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
     config.validate()?;
-    let deadline = Instant::now()
-        .checked_add(config.handshake_timeout)
-        .unwrap_or_else(Instant::now);
+    let deadline = super::deadline_after(config.handshake_timeout);
     let endpoint = endpoint::client(config)?;
     let connecting = endpoint.connect(config.server, &config.server_name)?;
     let conn = match tokio::time::timeout_at(deadline.into(), connecting).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(ConnectError::Transport(e)),
-        Err(_) => {
+        Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => {
             return Err(ConnectError::TimedOut {
                 step: HandshakeStep::Quic,
             });
         }
+        Ok(Err(e)) => return Err(ConnectError::Transport(e)),
     };
     let link = Link::new(Closer::new(conn), Some(endpoint));
     let result = handshake(link.clone(), config, deadline).await;
@@ -174,16 +172,22 @@ fn on_frame(
         Err(ReadFailure::StreamEnded(detail)) => {
             core.handle_violation(Reason::InvalidStream, format!("{channel}: {detail}"))
         }
-        Err(ReadFailure::Connection(e)) => return Err(lost(e)),
+        Err(ReadFailure::Connection(e)) => {
+            return Err(lost(e, core.step().unwrap_or(HandshakeStep::FinalAuth)));
+        }
     }
     Ok(())
 }
 
-/// The error for a connection lost mid-handshake: a server that closed with a reason refused
-/// us (its `CONN_FAILED` may not have been read yet); anything else is a transport failure.
-fn lost(error: quinn::ConnectionError) -> ConnectError {
+/// The error for a connection lost mid-handshake at `step`: a server that closed with a reason
+/// refused us (its `CONN_FAILED` may not have been read yet); a silent path timed out; anything
+/// else, a plain close included, is a transport failure.
+fn lost(error: quinn::ConnectionError, step: HandshakeStep) -> ConnectError {
     match disconnect_from_peer(&error) {
-        Disconnect::ByPeer { reason, message } => ConnectError::Refused { reason, message },
+        Disconnect::ByPeer { reason, message } if reason != Reason::Normal => {
+            ConnectError::Refused { reason, message }
+        }
+        Disconnect::TimedOut => ConnectError::TimedOut { step },
         _ => ConnectError::Transport(error),
     }
 }
@@ -210,14 +214,17 @@ async fn write(
                     reader: FrameReader::new(recv, HANDSHAKE_FRAME_LIMIT),
                     writer: FrameWriter::new(send),
                 });
-                let declaration = Bytes::copy_from_slice(&[channel.tag()]);
-                stream.writer.write_all(&mut [declaration, frame]).await
+                // The declaration byte and the first frame in one write.
+                let mut first = bytes::BytesMut::with_capacity(frame.len().saturating_add(1));
+                first.extend_from_slice(&[channel.tag()]);
+                first.extend_from_slice(&frame);
+                stream.writer.write(first.freeze()).await
             }
         }
     };
     match tokio::time::timeout_at(deadline.into(), write).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e)),
+        Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e, step)),
         Ok(Err(e)) => Err(ConnectError::ServerViolation {
             reason: Reason::InvalidStream,
             message: format!("{channel}: {e}"),

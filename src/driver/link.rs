@@ -57,7 +57,7 @@ impl Drop for LinkInner {
                     closer.close(Reason::Normal, "");
                     // Dropping readers before the close would send STOP_SENDING to the peer.
                     drop(parked.readers);
-                    drop(endpoint);
+                    drain(endpoint.as_ref()).await;
                 });
             }
             _ => closer.close(Reason::Normal, ""),
@@ -65,19 +65,28 @@ impl Drop for LinkInner {
     }
 }
 
-/// Finishes every writer, then waits until the peer has acknowledged all of them or `linger`
-/// has passed.
+/// Lets a client's endpoint send its close and drain, for at most [`CLOSE_LINGER`]. (A server's
+/// endpoint is shared by every connection; it drains in `Server::shutdown`.)
+async fn drain(endpoint: Option<&quinn::Endpoint>) {
+    if let Some(endpoint) = endpoint {
+        let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+    }
+}
+
+/// Flushes and finishes every writer, then waits until the peer has acknowledged all of them,
+/// for at most `linger` in all.
 pub(crate) async fn finish_all(writers: impl IntoIterator<Item = FrameWriter>, linger: Duration) {
     let mut writers: Vec<FrameWriter> = writers.into_iter().collect();
-    for writer in &mut writers {
-        writer.finish();
-    }
-    let acknowledged = async {
+    let _ = tokio::time::timeout(linger, async {
+        for writer in &mut writers {
+            let _ = writer.flush().await;
+            writer.finish();
+        }
         for writer in &mut writers {
             writer.acknowledged().await;
         }
-    };
-    let _ = tokio::time::timeout(linger, acknowledged).await;
+    })
+    .await;
 }
 
 impl Link {
@@ -126,9 +135,15 @@ impl Link {
         self.inner.closer.close(reason, message);
     }
 
-    /// Waits for the connection to end and says why.
+    /// Waits for the connection to end and says why. On a client that closed it, also waits
+    /// (at most [`CLOSE_LINGER`]) until the close has gone out, so that a program may exit
+    /// right after.
     pub(crate) async fn closed(&self) -> Disconnect {
-        self.inner.closer.closed().await
+        let why = self.inner.closer.closed().await;
+        if matches!(why, Disconnect::Locally { .. }) {
+            drain(self.inner.endpoint.as_ref()).await;
+        }
+        why
     }
 
     /// Why the connection ended, from quinn's error.
@@ -222,9 +237,5 @@ pub(crate) fn disconnect_from_peer(error: &ConnectionError) -> Disconnect {
 
 /// Cuts a close message to the protocol's limit at a character boundary.
 pub(crate) fn truncate(message: &str) -> &str {
-    let mut end = message.len().min(MAX_FAILURE_MESSAGE);
-    while !message.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    message.get(..end).unwrap_or_default()
+    crate::protocol::codec::truncate_utf8(message, MAX_FAILURE_MESSAGE)
 }

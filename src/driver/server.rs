@@ -96,6 +96,13 @@ pub(crate) async fn accept_loop(
     }
     drop(sessions);
     while tasks.join_next().await.is_some() {}
+    // Every connection has been closed with the shutdown's reason; refuse whatever comes next.
+    let reason = shared
+        .shutdown
+        .borrow()
+        .clone()
+        .map_or(Reason::ServerShutdown, |s| s.reason);
+    endpoint.close(reason.code().into(), reason.describe().as_bytes());
 }
 
 /// Resolves when shutdown is requested (never, if the server is gone without asking).
@@ -117,9 +124,7 @@ async fn serve(
     sessions: mpsc::Sender<Session>,
 ) {
     let remote = incoming.remote_address();
-    let deadline = Instant::now()
-        .checked_add(shared.config.handshake_timeout)
-        .unwrap_or_else(Instant::now);
+    let deadline = super::deadline_after(shared.config.handshake_timeout);
     let mut shutdown = shared.shutdown.subscribe();
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -238,10 +243,18 @@ async fn handshake(
         while let Some(output) = core.poll_output() {
             match output {
                 ServerOutput::Send(channel, message) => {
-                    if matches!(message, Message::ConnFailed { .. }) {
-                        failed_on = send(&mut streams, channel, &message, deadline).await;
-                    } else {
-                        send(&mut streams, channel, &message, deadline).await;
+                    let written = send(&mut streams, channel, &message, deadline).await;
+                    match (&message, written) {
+                        (Message::ConnFailed { .. }, written) => failed_on = written.ok(),
+                        (_, Ok(_)) => {}
+                        // A reply that cannot be written (a stopped stream, a client that
+                        // withholds flow-control credit) ends the handshake: nothing after it,
+                        // CONN_OK least of all, may go out on a half-written stream.
+                        (_, Err(reason)) => {
+                            debug!(%remote, %reason, message = message.name(), "handshake reply not written");
+                            close(conn, reason, reason.describe());
+                            return None;
+                        }
                     }
                 }
                 ServerOutput::Authenticate { credentials } => {
@@ -400,30 +413,29 @@ fn on_item(
 }
 
 /// Writes a handshake message on `channel`, or on main when that channel has no stream yet.
-/// Returns the channel written on. A write that cannot complete by the deadline (a client that
-/// withholds flow-control credit) is abandoned; the deadline then fails the handshake.
+/// Returns the channel written on, or the reason to close with when the write cannot be done:
+/// no stream to write on, a stopped or reset stream, or a write that cannot complete by the
+/// deadline (a client that withholds flow-control credit).
 async fn send(
     streams: &mut [Option<Stream>; 2],
     channel: ChannelKind,
     message: &Message,
     deadline: Instant,
-) -> Option<ChannelKind> {
-    let frame = match encode_message(message) {
-        Ok(frame) => frame,
-        Err(e) => {
-            warn!(error = %e, message = message.name(), "cannot encode a handshake message");
-            return None;
-        }
-    };
+) -> Result<ChannelKind, Reason> {
+    let frame = encode_message(message).map_err(|e| {
+        warn!(error = %e, message = message.name(), "cannot encode a handshake message");
+        Reason::InternalError
+    })?;
     let target = if find(streams, channel).is_some() {
         channel
     } else {
         ChannelKind::Main
     };
-    let stream = find(streams, target)?;
+    let stream = find(streams, target).ok_or(Reason::InvalidStream)?;
     let until = deadline.max(Instant::now().checked_add(FAIL_LINGER).unwrap_or(deadline));
     match tokio::time::timeout_at(until.into(), stream.writer.write(frame)).await {
-        Ok(Ok(())) => Some(target),
-        _ => None,
+        Ok(Ok(())) => Ok(target),
+        Ok(Err(_)) => Err(Reason::InvalidStream),
+        Err(_) => Err(Reason::HandshakeTimeout),
     }
 }

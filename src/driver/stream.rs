@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
 
-use crate::protocol::codec::{self, DecodeError, LENGTH_PREFIX_LEN};
+use crate::protocol::codec::{self, DecodeError};
 
 /// Most bytes taken from quinn in one read. Bounds the buffer to one frame plus this.
 const READ_CHUNK: usize = 64 * 1024;
@@ -73,15 +73,8 @@ impl FrameReader {
             {
                 return Ok(body);
             }
-            if let Some(len) =
-                codec::peek_frame_len(&self.buf, self.max_body).map_err(ReadFailure::Decode)?
-            {
-                // The length is within the limit: room for the whole frame now saves regrowth.
-                self.buf.reserve(
-                    len.saturating_add(LENGTH_PREFIX_LEN)
-                        .saturating_sub(self.buf.len()),
-                );
-            }
+            // The buffer grows with the bytes that arrive, never ahead of them: a length prefix
+            // only promises bytes (its limit was checked by `decode_frame` above).
             self.fill().await?;
         }
     }
@@ -98,27 +91,44 @@ impl FrameReader {
 }
 
 /// Writes whole frames to a stream.
+///
+/// Cancel-safe: a frame is written with quinn's cancel-safe `write_chunks`, and whatever part
+/// of it a cancelled write left unsent is kept and written first by the next call. A frame is
+/// therefore never cut short, and frames never interleave.
 #[derive(Debug)]
 pub(crate) struct FrameWriter {
     stream: SendStream,
+    /// The unsent rest of the frame being written.
+    pending: Bytes,
 }
 
 impl FrameWriter {
     pub(crate) fn new(stream: SendStream) -> Self {
-        FrameWriter { stream }
+        FrameWriter {
+            stream,
+            pending: Bytes::new(),
+        }
     }
 
-    /// Writes one encoded frame (not cancel-safe: a cancelled write may leave part of it sent).
+    /// Writes one encoded frame, after the rest of any frame a cancelled call left behind.
     pub(crate) async fn write(&mut self, frame: Bytes) -> Result<(), WriteError> {
-        self.stream.write_chunk(frame).await
+        self.flush().await?;
+        self.pending = frame;
+        self.flush().await
     }
 
-    /// Writes several encoded frames (or a declaration byte and a frame) in one go.
-    pub(crate) async fn write_all(&mut self, chunks: &mut [Bytes]) -> Result<(), WriteError> {
-        self.stream.write_all_chunks(chunks).await
+    /// Writes out the rest of a frame a cancelled [`write`](Self::write) left behind.
+    pub(crate) async fn flush(&mut self) -> Result<(), WriteError> {
+        while !self.pending.is_empty() {
+            self.stream
+                .write_chunks(std::slice::from_mut(&mut self.pending))
+                .await?;
+        }
+        Ok(())
     }
 
-    /// Finishes the stream: the peer reads its end after everything written so far.
+    /// Finishes the stream: the peer reads its end after everything written so far. A frame
+    /// left unsent by a cancelled write must be [flushed](Self::flush) first.
     pub(crate) fn finish(&mut self) {
         let _ = self.stream.finish();
     }
@@ -130,9 +140,13 @@ impl FrameWriter {
         let _ = self.stream.stopped().await;
     }
 
-    /// [`finish`](Self::finish), then [`acknowledged`](Self::acknowledged) for at most `linger`.
+    /// Flushes, finishes, and waits for the acknowledgement, for at most `linger` in all.
     pub(crate) async fn finish_and_linger(&mut self, linger: Duration) {
-        self.finish();
-        let _ = tokio::time::timeout(linger, self.acknowledged()).await;
+        let _ = tokio::time::timeout(linger, async {
+            let _ = self.flush().await;
+            self.finish();
+            self.acknowledged().await;
+        })
+        .await;
     }
 }

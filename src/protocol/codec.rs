@@ -203,14 +203,40 @@ pub fn encode_message(message: &Message) -> Result<Bytes, EncodeError> {
 /// Builds a `CONN_FAILED` message, cutting `message` to [`MAX_FAILURE_MESSAGE`] bytes at a
 /// character boundary.
 pub fn conn_failed(reason: Reason, message: &str) -> Message {
-    let mut end = message.len().min(MAX_FAILURE_MESSAGE);
-    while !message.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
     Message::ConnFailed {
         reason,
-        message: message.get(..end).unwrap_or_default().to_owned(),
+        message: truncate_utf8(message, MAX_FAILURE_MESSAGE).to_owned(),
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    text.get(..end).unwrap_or_default()
+}
+
+/// The largest payload a `DATA` frame with a body of at most `max_body` bytes can carry (the
+/// body is the tag, the payload's varint length, then the payload).
+pub fn max_data_payload(max_body: usize) -> usize {
+    // For each varint size, the payload lengths it encodes, and the largest that fits.
+    const CLASSES: [(usize, u64, u64); 4] = [
+        (1, 0, 250),
+        (3, 251, u16::MAX as u64),
+        (5, u16::MAX as u64 + 1, u32::MAX as u64),
+        (9, u32::MAX as u64 + 1, u64::MAX),
+    ];
+    CLASSES
+        .into_iter()
+        .filter_map(|(varint_len, least, most)| {
+            let room = max_body.checked_sub(varint_len.saturating_add(1))? as u64;
+            let len = room.min(most);
+            (len >= least).then(|| usize::try_from(len).unwrap_or(usize::MAX))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Encodes `value` with bincode as the payload of a `DATA` frame, in one allocation.
@@ -247,25 +273,48 @@ pub fn encode_data_bytes(payload: &[u8], max_body: usize) -> Result<Bytes, Encod
 
 /// Decodes an application payload (the bytes of a `DATA` message) as `T`.
 ///
-/// bincode runs with an allocation limit scaled to the payload's size, so a hostile length
-/// inside the payload cannot make it allocate more than a small multiple of what was received.
-/// Trailing bytes are an error.
+/// bincode runs with an allocation limit scaled to the payload: at most the smallest power of
+/// four from 4 KiB up that covers 9 bytes per payload byte. bincode counts each integer at its
+/// decoded size (8 bytes for a `u64`, even when its varint takes one byte), so 9 per byte covers
+/// any payload of integers up to 64 bits, strings and byte buffers; a payload dense in small
+/// `u128` values may exceed it and fail to decode. A hostile length inside the payload can
+/// therefore make the decoder allocate at most about 36 times the payload size (plus 4 KiB)
+/// before it fails. Trailing bytes are an error.
+///
+/// Types with sequences of zero-sized elements (`Vec<()>`, a `Vec` of a field-less struct) must
+/// not be decoded from untrusted input: bincode would loop over a hostile length without
+/// consuming input.
 pub fn decode_data_value<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
-    // bincode counts each integer at its decoded size (up to 16 bytes for a 1-byte varint) and
-    // each string or byte buffer at its length, which the input must then contain: 17 bytes of
-    // budget per input byte is never short for a well-formed payload.
+    /// Decodes under the first limit (powers of four from 4 KiB) that covers `budget`.
+    macro_rules! decode_within {
+        ($budget:expr, $payload:expr, $($limit:expr),+) => {{
+            let budget: usize = $budget;
+            $(
+                if budget <= $limit {
+                    bincode::serde::decode_from_slice($payload, standard().with_limit::<{ $limit }>())
+                } else
+            )+
+            {
+                Err(bincode::error::DecodeError::LimitExceeded)
+            }
+        }};
+    }
     const KIB: usize = 1024;
-    let budget = payload.len().saturating_mul(17);
-    let decoded = if budget <= 256 * KIB {
-        bincode::serde::decode_from_slice(payload, standard().with_limit::<{ 256 * KIB }>())
-    } else if budget <= 4 * KIB * KIB {
-        bincode::serde::decode_from_slice(payload, standard().with_limit::<{ 4 * KIB * KIB }>())
-    } else if budget <= 64 * KIB * KIB {
-        bincode::serde::decode_from_slice(payload, standard().with_limit::<{ 64 * KIB * KIB }>())
-    } else {
-        bincode::serde::decode_from_slice(payload, standard().with_limit::<{ 1024 * KIB * KIB }>())
-    };
-    let (value, used) = decoded.map_err(|e| DecodeError::malformed("payload", e))?;
+    let (value, used) = decode_within!(
+        payload.len().saturating_mul(9),
+        payload,
+        4 * KIB,
+        16 * KIB,
+        64 * KIB,
+        256 * KIB,
+        1024 * KIB,
+        4096 * KIB,
+        16384 * KIB,
+        65536 * KIB,
+        262144 * KIB,
+        1048576 * KIB
+    )
+    .map_err(|e: bincode::error::DecodeError| DecodeError::malformed("payload", e))?;
     if used != payload.len() {
         return Err(DecodeError::Malformed {
             what: "payload",
@@ -532,6 +581,19 @@ mod tests {
     }
 
     #[test]
+    fn payloads_dense_in_small_integers_fit_the_decode_budget() {
+        // One byte each on the wire, eight bytes each in bincode's accounting.
+        for n in [1usize, 100, 10_000, 200_000] {
+            let values: Vec<u64> = (0..n).map(|i| (i % 200) as u64).collect();
+            let payload = bincode::serde::encode_to_vec(&values, standard()).unwrap();
+            assert_eq!(decode_data_value::<Vec<u64>>(&payload).unwrap(), values);
+        }
+        let strings: Vec<String> = (0..1000).map(|i| format!("player {i}")).collect();
+        let payload = bincode::serde::encode_to_vec(&strings, standard()).unwrap();
+        assert_eq!(decode_data_value::<Vec<String>>(&payload).unwrap(), strings);
+    }
+
+    #[test]
     fn data_larger_than_the_peer_limit_is_refused_at_encode() {
         assert_eq!(
             encode_data_bytes(&[0; 100], 50),
@@ -541,6 +603,22 @@ mod tests {
             encode_data_value(&vec![0u8; 100], 50),
             Err(EncodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn max_data_payload_is_exactly_the_largest_payload_that_fits() {
+        for max_body in [256usize, 252, 253, 254, 255, 65536, 65540, 16 * 1024 * 1024] {
+            let fits = max_data_payload(max_body);
+            assert!(
+                encode_data_bytes(&vec![0; fits], max_body).is_ok(),
+                "{max_body}"
+            );
+            assert!(
+                encode_data_bytes(&vec![0; fits + 1], max_body).is_err(),
+                "{max_body}"
+            );
+        }
+        assert_eq!(max_data_payload(0), 0);
     }
 
     #[test]
