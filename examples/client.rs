@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let session = Client::connect(&ClientConfig::new(args.server, trust)).await?;
     println!(
         "connected to {} as {} in {:.1} ms",
-        session.remote_address(),
+        args.server,
         session.player_id(),
         started.elapsed().as_secs_f64() * 1e3
     );
@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Response::Pong { seq: got } if got == seq => println!(
                 "pong {seq}: {:.2} ms (QUIC RTT estimate {:.2} ms)",
                 sent.elapsed().as_secs_f64() * 1e3,
-                handle.rtt().as_secs_f64() * 1e3
+                handle.rtt().unwrap_or_default().as_secs_f64() * 1e3
             ),
             other => println!("unexpected reply: {other:?}"),
         }

@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             while let Some(session) = server.accept().await {
                 let (player, remote) = (session.player_id(), session.remote_address());
-                tracing::info!(%player, %remote, "player joined");
+                tracing::info!(%player, ?remote, "player joined");
                 tokio::spawn(async move {
                     let why = common::serve_session(session, args.tick_hz).await;
                     tracing::info!(%player, reason = %why, "player left");

@@ -151,12 +151,21 @@ impl Identity {
         Fingerprint::of(self.certificate())
     }
 
-    pub(crate) fn rustls_server_config(&self) -> Result<rustls::ServerConfig, ConfigError> {
+    pub(crate) fn rustls_server_config(
+        &self,
+        session_cache_size: usize,
+    ) -> Result<rustls::ServerConfig, ConfigError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.chain().cloned().collect(), self.key.clone_key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // 0-RTT (a resume in one round trip). rustls accepts early data only with stateful
+        // resumption, whose store hands each ticket out once: a replayed 0-RTT flight finds
+        // its ticket gone. Sized so that every session can hold its tickets.
+        config.max_early_data_size = u32::MAX;
+        config.session_storage =
+            rustls::server::ServerSessionMemoryCache::new(session_cache_size.max(256));
         Ok(config)
     }
 }
@@ -356,6 +365,9 @@ impl Trust {
         }
         .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // Resumes go in 0-RTT when the server gave this client a ticket (the config, and its
+        // ticket cache, live as long as the session's endpoint).
+        config.enable_early_data = true;
         Ok(config)
     }
 }

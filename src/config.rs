@@ -41,9 +41,15 @@ impl Default for FrameLimits {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TransportConfig {
-    /// How often to send a QUIC PING when nothing else is sent, so the idle timeout only fires
-    /// on a dead path. Default 1 s. Must be below `idle_timeout`.
+    /// How often to send a QUIC PING when nothing else is sent, so a live path always carries
+    /// packets. Default 500 ms. At most a third of `dead_path_timeout`.
     pub keep_alive_interval: Duration,
+    /// When nothing at all has been received for this long, the connection is declared dead:
+    /// a client abandons it and resumes the session on a new connection, a server starts the
+    /// session's grace period. Default 2 s. A shorter outage is ridden out by QUIC itself (the
+    /// connection survives); lower it for faster recovery, raise it for links with long
+    /// stalls.
+    pub dead_path_timeout: Duration,
     /// Close the connection when nothing has been heard for this long. Default 10 s (quinn's own
     /// default is 30 s). The effective value is the smaller of the two peers'.
     pub idle_timeout: Duration,
@@ -59,17 +65,24 @@ pub struct TransportConfig {
     pub receive_window: u32,
     /// Bytes this side may have in flight unacknowledged. Default 2 MiB.
     pub send_window: u64,
+    /// Bytes of sent messages kept per channel until the peer acknowledges them, to replay
+    /// after a resume. Default 512 KiB. When an outage lasts longer than this covers, the
+    /// oldest messages are dropped and the peer's receiver reports a
+    /// [`RecvError::Gap`](crate::RecvError::Gap). An idle session keeps nothing.
+    pub replay_buffer: usize,
 }
 
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
-            keep_alive_interval: Duration::from_secs(1),
+            keep_alive_interval: Duration::from_millis(500),
+            dead_path_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(100),
             stream_receive_window: 256 * 1024,
             receive_window: 384 * 1024,
             send_window: 2 * 1024 * 1024,
+            replay_buffer: 512 * 1024,
         }
     }
 }
@@ -80,6 +93,13 @@ impl TransportConfig {
             return Err(invalid(format!(
                 "keep_alive_interval ({:?}) must be non-zero and below idle_timeout ({:?})",
                 self.keep_alive_interval, self.idle_timeout
+            )));
+        }
+        let third = self.dead_path_timeout.checked_div(3).unwrap_or_default();
+        if self.dead_path_timeout.is_zero() || self.keep_alive_interval > third {
+            return Err(invalid(format!(
+                "keep_alive_interval ({:?}) must be at most a third of dead_path_timeout ({:?})",
+                self.keep_alive_interval, self.dead_path_timeout
             )));
         }
         if self.idle_timeout.as_millis() > u128::from(u32::MAX) {
@@ -124,6 +144,10 @@ pub struct ServerConfig {
     /// How long tokens A and B stay valid after being issued. Default 5 s: a handshake needs
     /// them for about one round trip each.
     pub token_lifetime: Duration,
+    /// How long a session whose connection was lost is kept for the client to resume it, with
+    /// its player ID, slot and unacknowledged messages. Default 15 s (a little longer than a
+    /// client's default resume budget).
+    pub grace_period: Duration,
     /// Most sessions; further `CONN_INIT`s get `CONN_FAILED(SERVER_FULL)`. Default 1024.
     ///
     /// A connection counts from the moment its `CONN_INIT` is admitted, so handshakes past that
@@ -160,6 +184,7 @@ impl ServerConfig {
             identity,
             handshake_timeout: Duration::from_secs(10),
             token_lifetime: Duration::from_secs(5),
+            grace_period: Duration::from_secs(15),
             max_sessions: 1024,
             frame_limits: FrameLimits::default(),
             transport: TransportConfig::default(),
@@ -180,6 +205,9 @@ impl ServerConfig {
             return Err(invalid(
                 "handshake_timeout and token_lifetime must be non-zero",
             ));
+        }
+        if self.grace_period.is_zero() {
+            return Err(invalid("grace_period must be non-zero"));
         }
         if self.max_sessions == 0 {
             return Err(invalid("max_sessions must be at least 1"));
@@ -214,8 +242,37 @@ pub struct ClientConfig {
     pub feed_init_attempts: u8,
     /// Largest frame bodies accepted from the server after `CONN_OK`. Default 64 KiB each.
     pub frame_limits: FrameLimits,
+    /// How to resume the session when its connection is lost.
+    pub resume: ResumePolicy,
     /// QUIC settings.
     pub transport: TransportConfig,
+}
+
+/// How a client resumes its session after losing the connection: attempts with exponential
+/// backoff and jitter, within a total budget.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ResumePolicy {
+    /// Total time to keep trying before giving up and ending the session. Default 10 s (keep
+    /// it below the server's `grace_period`, 15 s by default).
+    pub budget: Duration,
+    /// Time one attempt may take, QUIC handshake included. Default 2 s.
+    pub attempt_timeout: Duration,
+    /// Wait after the first failed attempt; doubled after each one. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts. Default 1 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for ResumePolicy {
+    fn default() -> Self {
+        ResumePolicy {
+            budget: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
 }
 
 impl ClientConfig {
@@ -231,6 +288,7 @@ impl ClientConfig {
             feed_init_timeout: Duration::from_secs(1),
             feed_init_attempts: 3,
             frame_limits: FrameLimits::default(),
+            resume: ResumePolicy::default(),
             transport: TransportConfig::default(),
         }
     }
@@ -238,6 +296,11 @@ impl ClientConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.transport.validate()?;
         validate_limits(&self.frame_limits)?;
+        if self.resume.attempt_timeout.is_zero() || self.resume.initial_backoff.is_zero() {
+            return Err(invalid(
+                "resume.attempt_timeout and resume.initial_backoff must be non-zero",
+            ));
+        }
         if self.handshake_timeout.is_zero() || self.feed_init_timeout.is_zero() {
             return Err(invalid(
                 "handshake_timeout and feed_init_timeout must be non-zero",

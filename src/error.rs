@@ -139,6 +139,16 @@ pub enum Disconnect {
     /// A QUIC-level error.
     #[error("transport error: {0}")]
     Transport(String),
+    /// A client could not resume the session after losing its connection: the server refused
+    /// (`reason`), or could not be reached within the resume budget
+    /// ([`Reason::HandshakeTimeout`]).
+    #[error("resume failed: {reason}: {message}")]
+    ResumeFailed {
+        /// Why.
+        reason: Reason,
+        /// Detail.
+        message: String,
+    },
 }
 
 /// Sending a message failed.
@@ -179,5 +189,13 @@ pub enum RecvError {
         reason: Reason,
         /// Detail.
         message: String,
+    },
+    /// After a resume, `missed` messages the peer sent on this channel could not be recovered
+    /// (its replay buffer had overflowed during the outage). The next `recv` continues with the
+    /// messages after them; resynchronise the application state if they mattered.
+    #[error("{missed} messages lost while disconnected")]
+    Gap {
+        /// How many messages were lost.
+        missed: u64,
     },
 }

@@ -91,6 +91,7 @@ pub mod conditioner;
 pub mod config;
 mod driver;
 mod error;
+pub mod events;
 pub mod protocol;
 mod server;
 mod session;
@@ -98,12 +99,13 @@ mod session;
 pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;
-pub use config::{ClientConfig, ServerConfig, TransportConfig};
+pub use config::{ClientConfig, ResumePolicy, ServerConfig, TransportConfig};
 pub use error::{
     CertError, ConfigError, ConnectError, Disconnect, RecvError, SendError, ServerError,
 };
+pub use events::{Events, ServerCounters, ServerEvent, SessionCounters, SessionEvent};
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
-pub use server::Server;
+pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
 
 /// Re-exported for [`Trust::Certificate`] and [`Identity::new`].

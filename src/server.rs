@@ -11,6 +11,7 @@ use crate::certs::Fingerprint;
 use crate::config::ServerConfig;
 use crate::driver::{endpoint, server as driver};
 use crate::error::ServerError;
+use crate::events::{ServerCounters, ServerEvent};
 use crate::protocol::Reason;
 use crate::session::Session;
 
@@ -94,7 +95,21 @@ impl Server {
         self.shared.shutdown.borrow().is_none().then_some(session)
     }
 
-    /// Number of live sessions, counting handshakes from the admission of their `CONN_INIT`.
+    /// Events of every session (migrations, lost connections, resumes), from now on. A
+    /// subscriber that falls more than 1024 events behind skips the oldest.
+    pub fn events(&self) -> ServerEvents {
+        ServerEvents {
+            events: self.shared.subscribe_events(),
+        }
+    }
+
+    /// Counts over every session since the server started.
+    pub fn counters(&self) -> ServerCounters {
+        self.shared.counters()
+    }
+
+    /// Number of live sessions, counting handshakes from the admission of their `CONN_INIT`
+    /// and sessions waiting for their client to resume.
     pub fn session_count(&self) -> usize {
         self.shared.registry().len()
     }
@@ -148,5 +163,24 @@ impl Drop for Server {
     /// running), without waiting for it.
     fn drop(&mut self) {
         self.request_shutdown(Reason::ServerShutdown, "server dropped");
+    }
+}
+
+/// The events of a server's sessions. See [`Server::events`].
+#[derive(Debug)]
+pub struct ServerEvents {
+    events: tokio::sync::broadcast::Receiver<ServerEvent>,
+}
+
+impl ServerEvents {
+    /// The next event, or `None` once the server is gone.
+    pub async fn next(&mut self) -> Option<ServerEvent> {
+        loop {
+            match self.events.recv().await {
+                Ok(event) => return Some(event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }

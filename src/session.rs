@@ -1,23 +1,31 @@
-//! An established session: its player ID, its two channels, and how it ends.
+//! An established session: its player ID, its two channels, its events, and how it ends.
 //!
 //! The same types serve both sides: a [`Server`](crate::Server) yields a [`Session`] per player,
-//! [`Client::connect`](crate::Client::connect) returns one.
+//! [`Client::connect`](crate::Client::connect) returns one. A session outlives its QUIC
+//! connections: when a client's path changes the connection migrates, and when a connection is
+//! lost the client resumes the session on a new one; the handles here keep working throughout,
+//! and every message is delivered exactly once, in order.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
-use crate::driver::link::{CLOSE_LINGER, Link, finish_all};
-use crate::driver::stream::{FrameReader, FrameWriter, ReadFailure};
+use crate::driver::link::{CLOSE_LINGER, drain, finish_all};
+use crate::driver::session::{ChannelCore, Role, SessionCore, lock, send_payload};
+use crate::driver::stream::{FrameReader, ReadFailure};
 use crate::error::{Disconnect, RecvError, SendError};
-use crate::protocol::codec::{self, EncodeError};
-use crate::protocol::{ChannelKind, FrameLimits, Inbound, InboundRules, PlayerId, Reason};
+use crate::events::{Events, SessionCounters};
+use crate::protocol::codec::{self, EncodeError, Payload};
+use crate::protocol::reliability::Arrival;
+use crate::protocol::{ChannelKind, Inbound, InboundRules, PlayerId, Reason};
 
-/// How long a receiver that saw the peer finish a channel waits for the connection close that
-/// should follow, before treating the half-closed channel as a violation.
+/// How long a receiver that saw the peer finish a channel waits for the session to end (or to
+/// move to a new connection) before treating the half-closed channel as a violation.
 const FINISH_GRACE: Duration = Duration::from_secs(3);
 
 /// One player's session: the player ID and the `main` and `feed` channels.
@@ -27,12 +35,11 @@ const FINISH_GRACE: Duration = Duration::from_secs(3);
 /// [`Channel::split`]) to its own task.
 ///
 /// Ending a session:
-/// - [`close_gracefully`](Session::close_gracefully) delivers everything already sent, then
-///   closes with a reason;
+/// - [`close_gracefully`](SessionHandle::close_gracefully) delivers everything already sent,
+///   then closes with a reason;
 /// - dropping every part of the session does the same in the background, with
-///   [`Reason::Normal`] (dropping only some parts changes nothing the peer can see: their
-///   streams stay open, unused, until the session ends);
-/// - [`close`](Session::close) closes at once, discarding anything still in flight.
+///   [`Reason::Normal`];
+/// - [`close`](SessionHandle::close) closes at once, discarding anything still in flight.
 #[derive(Debug)]
 pub struct Session {
     handle: SessionHandle,
@@ -40,67 +47,82 @@ pub struct Session {
     feed: Channel,
 }
 
-/// The pieces the driver assembles a channel from.
-pub(crate) struct ChannelParts {
-    kind: ChannelKind,
-    writer: FrameWriter,
-    reader: FrameReader,
-    rules: InboundRules,
-    peer_max: usize,
+/// Keeps the session open while any application handle exists; the last one dropped closes it
+/// gracefully.
+#[derive(Debug)]
+struct AppRef {
+    core: Arc<SessionCore>,
 }
 
-impl ChannelParts {
-    pub(crate) fn new(
-        kind: ChannelKind,
-        writer: FrameWriter,
-        mut reader: FrameReader,
-        rules: InboundRules,
-        local: FrameLimits,
-        peer: FrameLimits,
-    ) -> Self {
-        reader.set_limit(local.get(kind).min(codec::MAX_FRAME_LIMIT));
-        ChannelParts {
-            kind,
-            writer,
-            reader,
-            rules,
-            peer_max: peer.get(kind).min(codec::MAX_FRAME_LIMIT),
+impl Drop for AppRef {
+    fn drop(&mut self) {
+        if self.core.ended().is_some() {
+            return;
+        }
+        let core = self.core.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    close_gracefully(&core, Reason::Normal, "").await;
+                });
+            }
+            Err(_) => core.close(Reason::Normal, ""),
         }
     }
 }
 
+impl std::fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCore")
+            .field("player_id", &self.player_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finishes both channels' streams, waits (at most 2 s) for the peer to acknowledge them, then
+/// ends the session with `reason`; on a client, waits for the close to go out.
+async fn close_gracefully(core: &Arc<SessionCore>, reason: Reason, message: &str) {
+    let mut writers = Vec::with_capacity(2);
+    for channel in [&core.main, &core.feed] {
+        if let Some(writer) = channel.out.lock().await.writer.take() {
+            writers.push(writer);
+        }
+    }
+    finish_all(writers, CLOSE_LINGER).await;
+    core.close(reason, message);
+    if let Role::Client(resumer) = &core.role {
+        drain(resumer.endpoint()).await;
+    }
+}
+
 impl Session {
-    pub(crate) fn new(
-        link: Link,
-        player_id: PlayerId,
-        main: ChannelParts,
-        feed: ChannelParts,
-    ) -> Self {
-        let channel = |parts: ChannelParts| Channel {
+    pub(crate) fn new(core: Arc<SessionCore>) -> Self {
+        let app = Arc::new(AppRef { core: core.clone() });
+        let channel = |kind: ChannelKind| Channel {
             sender: Sender {
-                kind: parts.kind,
-                writer: Some(parts.writer),
-                max: parts.peer_max,
-                link: link.clone(),
+                app: app.clone(),
+                kind,
             },
             receiver: Receiver {
-                kind: parts.kind,
-                reader: Some(parts.reader),
-                rules: parts.rules,
-                link: link.clone(),
+                core: core.clone(),
+                app: Some(app.clone()),
+                kind,
+                reader: None,
+                readers: core.channel(kind).subscribe_readers(),
+                ended: core.subscribe_end(),
             },
         };
-        let (main, feed) = (channel(main), channel(feed));
+        let (main, feed) = (channel(ChannelKind::Main), channel(ChannelKind::Feed));
         Session {
-            handle: SessionHandle { link, player_id },
+            handle: SessionHandle { app },
             main,
             feed,
         }
     }
 
-    /// The player's ID, the same on both sides.
+    /// The player's ID, the same on both sides and for the session's whole life.
     pub fn player_id(&self) -> PlayerId {
-        self.handle.player_id
+        self.handle.player_id()
     }
 
     /// The `main` channel.
@@ -113,7 +135,7 @@ impl Session {
         &mut self.feed
     }
 
-    /// A cloneable handle for closing the session and reading its state.
+    /// A cloneable handle for closing the session, reading its state and its events.
     pub fn handle(&self) -> &SessionHandle {
         &self.handle
     }
@@ -123,13 +145,13 @@ impl Session {
         (self.handle, self.main, self.feed)
     }
 
-    /// The peer's current UDP address.
-    pub fn remote_address(&self) -> SocketAddr {
+    /// The peer's current UDP address (`None` while the connection is lost).
+    pub fn remote_address(&self) -> Option<SocketAddr> {
         self.handle.remote_address()
     }
 
-    /// The current smoothed round-trip time estimate.
-    pub fn rtt(&self) -> Duration {
+    /// The current smoothed round-trip time estimate (`None` while the connection is lost).
+    pub fn rtt(&self) -> Option<Duration> {
         self.handle.rtt()
     }
 
@@ -138,17 +160,10 @@ impl Session {
         self.handle.close(reason, message);
     }
 
-    /// Closes the session after the peer has received everything already sent on both
-    /// channels (waiting at most 2 s for its acknowledgement), with `reason` and `message`.
-    /// On a client, returns once the close has gone out, so the program may exit right after.
-    pub async fn close_gracefully(mut self, reason: Reason, message: &str) {
-        let writers = [
-            self.main.sender.writer.take(),
-            self.feed.sender.writer.take(),
-        ];
-        finish_all(writers.into_iter().flatten(), CLOSE_LINGER).await;
-        self.handle.close(reason, message);
-        self.handle.closed().await;
+    /// Closes the session after delivering what was sent; see
+    /// [`SessionHandle::close_gracefully`].
+    pub async fn close_gracefully(self, reason: Reason, message: &str) {
+        self.handle.close_gracefully(reason, message).await;
     }
 
     /// Waits until the session ends and says why.
@@ -157,48 +172,124 @@ impl Session {
     }
 }
 
-/// A cloneable handle to a session, for closing it or reading its state from any task.
+/// A cloneable handle to a session: close it, read its state and events, move a client to a
+/// new socket.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
-    link: Link,
-    player_id: PlayerId,
+    app: Arc<AppRef>,
 }
 
 impl SessionHandle {
+    fn core(&self) -> &Arc<SessionCore> {
+        &self.app.core
+    }
+
     /// The player's ID.
     pub fn player_id(&self) -> PlayerId {
-        self.player_id
+        self.core().player_id
     }
 
-    /// The peer's current UDP address.
-    pub fn remote_address(&self) -> SocketAddr {
-        self.link.remote_address()
+    /// The peer's current UDP address (`None` while the connection is lost).
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.core().remote_address()
     }
 
-    /// The current smoothed round-trip time estimate.
-    pub fn rtt(&self) -> Duration {
-        self.link.rtt()
+    /// The current smoothed round-trip time estimate (`None` while the connection is lost).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.core().connection().map(|c| c.rtt())
+    }
+
+    /// A client's local UDP address (the new one after [`rebind`](Self::rebind)); `None` on a
+    /// server-side session.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        match &self.core().role {
+            Role::Client(resumer) => resumer.endpoint().local_addr().ok(),
+            Role::Server(_) => None,
+        }
+    }
+
+    /// Whether the session has a live connection right now (it may be resuming otherwise).
+    pub fn is_connected(&self) -> bool {
+        self.core().connection().is_some()
+    }
+
+    /// The session's events (migrations, lost connections, resumes), from now on.
+    pub fn events(&self) -> Events {
+        Events {
+            events: self.core().subscribe_events(),
+            ended: self.core().subscribe_end(),
+        }
+    }
+
+    /// Counts of what happened to the session's connections so far.
+    pub fn counters(&self) -> SessionCounters {
+        self.core().counters.snapshot()
+    }
+
+    /// Moves a client's connection to `socket` (for example, after the device switched from
+    /// Wi-Fi to cellular), by QUIC connection migration: the session continues with no round
+    /// trip and nothing lost. A packet goes out at once from the new socket, so the server
+    /// learns the new path even if this client only receives. Reports
+    /// [`SessionEvent::Migrated`](crate::SessionEvent::Migrated) with the local addresses.
+    ///
+    /// Fails on a server-side session (servers cannot migrate) and if the socket is unusable.
+    pub async fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        let core = self.core();
+        let Role::Client(resumer) = &core.role else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "only a client can move to a new socket",
+            ));
+        };
+        let endpoint = resumer.endpoint();
+        let from = endpoint.local_addr()?;
+        endpoint.rebind(socket)?;
+        let to = endpoint.local_addr()?;
+        core.poke().await;
+        crate::driver::session::Counters::bump(&core.counters.migrations, 1);
+        core.emit(crate::events::SessionEvent::Migrated { from, to });
+        Ok(())
     }
 
     /// Closes the session at once with `reason` (sent to the peer as the QUIC application error
-    /// code, with `message`). Data not yet delivered is discarded, as with any QUIC close; use
-    /// [`Session::close_gracefully`] to deliver it first.
+    /// code, with `message`). Messages not yet delivered are discarded; use
+    /// [`close_gracefully`](Self::close_gracefully) to deliver them first.
     ///
     /// The close is sent in the background: a client about to exit should then await
     /// [`closed`](Self::closed), which returns once it has gone out.
     pub fn close(&self, reason: Reason, message: &str) {
-        self.link.close(reason, message);
+        self.core().close(reason, message);
+    }
+
+    /// Closes the session after the peer has received everything already sent on both
+    /// channels (waiting at most 2 s for its acknowledgement), with `reason` and `message`.
+    /// On a client, returns once the close has gone out, so the program may exit right after.
+    pub async fn close_gracefully(&self, reason: Reason, message: &str) {
+        close_gracefully(self.core(), reason, message).await;
     }
 
     /// Waits until the session ends and says why. After a local close on a client, it also
     /// waits (at most 2 s) until the close has been sent.
     pub async fn closed(&self) -> Disconnect {
-        self.link.closed().await
+        let mut ended = self.core().subscribe_end();
+        let why = loop {
+            if let Some(why) = ended.borrow_and_update().clone() {
+                break why;
+            }
+            if ended.changed().await.is_err() {
+                break Disconnect::Transport("session state lost".into());
+            }
+        };
+        if let (Disconnect::Locally { .. }, Role::Client(resumer)) = (&why, &self.core().role) {
+            drain(resumer.endpoint()).await;
+        }
+        why
     }
 }
 
-/// One channel of a session, both directions. Messages on a channel arrive reliably and in the
-/// order they were sent; the two channels are independent of each other.
+/// One channel of a session, both directions. Messages on a channel arrive reliably, exactly
+/// once and in the order they were sent, across migrations and resumes; the two channels are
+/// independent of each other.
 #[derive(Debug)]
 pub struct Channel {
     sender: Sender,
@@ -238,27 +329,17 @@ impl Channel {
 }
 
 /// The sending half of a channel.
-///
-/// Dropping it while other parts of the session live leaves the channel's stream open and
-/// unused; when every part is gone, the session closes gracefully (see [`Session`]).
 #[derive(Debug)]
 pub struct Sender {
+    app: Arc<AppRef>,
     kind: ChannelKind,
-    /// `None` only once [`Session::close_gracefully`] or `drop` has taken it.
-    writer: Option<FrameWriter>,
-    max: usize,
-    link: Link,
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            self.link.park_writer(writer);
-        }
-    }
 }
 
 impl Sender {
+    fn channel(&self) -> &ChannelCore {
+        self.app.core.channel(self.kind)
+    }
+
     /// Which channel this sends on.
     pub fn kind(&self) -> ChannelKind {
         self.kind
@@ -267,44 +348,35 @@ impl Sender {
     /// The largest payload, in bytes, the peer accepts in one message on this channel: for
     /// [`send_bytes`](Self::send_bytes) the slice length, for [`send`](Self::send) the value's
     /// bincode encoding. Larger messages fail with [`SendError::TooLarge`].
-    pub fn max_payload_size(&self) -> usize {
-        codec::max_data_payload(self.max)
+    pub async fn max_payload_size(&self) -> usize {
+        codec::max_data_payload(self.channel().out.lock().await.peer_max)
     }
 
     /// Encodes `value` with bincode (standard configuration) and sends it.
     ///
-    /// Returns once the message is queued in the connection's send buffer, waiting if flow
-    /// control or the send window is full. Not cancel-safe: if the future is dropped part of
-    /// the message may have been queued, and the channel must then not be used again.
+    /// Returns once the message is numbered, kept for a replay, and queued on the current
+    /// connection; it waits while flow control or the send window is full. While the session is
+    /// between connections, the message is kept and sent after the resume (if the outage
+    /// outlasts the replay buffer, the oldest kept messages are dropped and the peer is told).
+    ///
+    /// Cancel-safe in the sense that matters: a message is never cut short; if the future is
+    /// dropped after the message was queued, it is still sent.
     pub async fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
-        let frame = codec::encode_data_value(value, self.max).map_err(encode_error)?;
-        self.write(frame).await
+        let payload = Payload::encode(value).map_err(encode_error)?;
+        self.send_payload(payload).await
     }
 
     /// Sends raw bytes. Same guarantees as [`send`](Self::send).
     pub async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        let frame = codec::encode_data_bytes(payload, self.max).map_err(encode_error)?;
-        self.write(frame).await
+        self.send_payload(Payload::from_bytes(payload)).await
     }
 
-    async fn write(&mut self, frame: Bytes) -> Result<(), SendError> {
-        let Some(writer) = self.writer.as_mut() else {
-            return Err(SendError::Closed(Disconnect::Locally {
-                reason: Reason::Normal,
-                message: "session closing".into(),
-            }));
-        };
-        writer.write(frame).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(e) => SendError::Closed(self.link.disconnect(&e)),
-            other => {
-                let message = format!("{} stream: {other}", self.kind);
-                self.link.close(Reason::InvalidStream, &message);
-                SendError::Closed(Disconnect::Locally {
-                    reason: Reason::InvalidStream,
-                    message,
-                })
-            }
-        })
+    async fn send_payload(&mut self, payload: Payload) -> Result<(), SendError> {
+        if let Some(ended) = self.app.core.ended() {
+            return Err(SendError::Closed(ended));
+        }
+        let mut out = self.channel().out.lock().await;
+        send_payload(&mut out, payload).await.map_err(encode_error)
     }
 }
 
@@ -317,26 +389,52 @@ fn encode_error(e: EncodeError) -> SendError {
 
 /// The receiving half of a channel.
 ///
-/// Dropping it while other parts of the session live leaves the stream open and unread: the
-/// peer's sends on this channel then stop once flow control is exhausted.
+/// Dropping it while the session lives makes the channel discard what arrives on it from then
+/// on (still processing the peer's acknowledgements, so the session's replay buffers stay
+/// small): drop it only if this side never wants the peer's messages on this channel.
 #[derive(Debug)]
 pub struct Receiver {
+    core: Arc<SessionCore>,
+    /// Keeps the session open; `None` in the background task that drains a dropped receiver.
+    app: Option<Arc<AppRef>>,
     kind: ChannelKind,
-    /// `None` only once `drop` has taken it.
-    reader: Option<FrameReader>,
-    rules: InboundRules,
-    link: Link,
+    /// The stream currently read, and its rules.
+    reader: Option<(FrameReader, InboundRules)>,
+    readers: watch::Receiver<u64>,
+    ended: watch::Receiver<Option<Disconnect>>,
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            self.link.park_reader(reader);
+        if self.app.is_none() || self.core.ended().is_some() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // The drain holds the session, not the application's hold on it: once the application
+        // drops everything else, the session still closes.
+        let mut drain = Receiver {
+            core: self.core.clone(),
+            app: None,
+            kind: self.kind,
+            reader: self.reader.take(),
+            readers: self.readers.clone(),
+            ended: self.ended.clone(),
+        };
+        runtime.spawn(async move {
+            while let Ok(_) | Err(RecvError::Gap { .. } | RecvError::Decode(_)) =
+                drain.next_message().await
+            {}
+        });
     }
 }
 
 impl Receiver {
+    fn core(&self) -> &Arc<SessionCore> {
+        &self.core
+    }
+
     /// Which channel this receives from.
     pub fn kind(&self) -> ChannelKind {
         self.kind
@@ -353,60 +451,160 @@ impl Receiver {
 
     /// Receives the next message as raw bytes.
     ///
-    /// Anything the protocol does not allow (a malformed or oversize frame, a handshake message
-    /// after `CONN_OK`) closes the session with the matching [`Reason`] and returns
-    /// [`RecvError::Violation`]. Cancel-safe: a message is never half-consumed.
+    /// Waits across migrations and resumes. Returns [`RecvError::Gap`] once if messages were
+    /// lost in an outage, and [`RecvError::Closed`] when the session has ended. Anything the
+    /// protocol does not allow (a malformed or oversize frame, a handshake message after
+    /// `CONN_OK`, a sequence number out of order) closes the session with the matching
+    /// [`Reason`] and returns [`RecvError::Violation`]. Cancel-safe: a message is never
+    /// half-consumed.
     pub async fn recv_bytes(&mut self) -> Result<Bytes, RecvError> {
+        self.next_message().await
+    }
+
+    async fn next_message(&mut self) -> Result<Bytes, RecvError> {
         loop {
-            let Some(reader) = self.reader.as_mut() else {
-                return Err(RecvError::Closed(Disconnect::Locally {
-                    reason: Reason::Normal,
-                    message: "session closing".into(),
-                }));
+            if let Some(why) = self.ended.borrow().clone() {
+                return Err(RecvError::Closed(why));
+            }
+            // A newer stream (after a resume) replaces the current one; without a stream, take
+            // whatever the session attached (possibly before this receiver subscribed).
+            if self.reader.is_none() || self.readers.has_changed().unwrap_or(false) {
+                self.readers.borrow_and_update();
+                if let Some(newer) = self.core().channel(self.kind).take_reader() {
+                    self.reader = Some(newer);
+                }
+            }
+            let Some((reader, _)) = self.reader.as_mut() else {
+                self.wait_for_stream().await?;
+                continue;
             };
-            let body = match reader.next_frame().await {
-                Ok(body) => body,
+            let read = tokio::select! {
+                biased;
+                changed = self.readers.changed() => {
+                    if changed.is_err() {
+                        return Err(self.closed());
+                    }
+                    // Loop round: the new stream is picked up above (borrow_and_update there).
+                    self.readers.mark_changed();
+                    continue;
+                }
+                _ = self.ended.changed() => continue,
+                read = reader.next_frame() => read,
+            };
+            match read {
+                Ok(body) => {
+                    if let Some(payload) = self.on_frame(body).await? {
+                        return Ok(payload);
+                    }
+                }
+                // This connection is done; the session moves to the next one or ends.
+                Err(ReadFailure::Connection(_)) => self.reader = None,
+                Err(ReadFailure::Finished) => {
+                    self.reader = None;
+                    self.peer_finished().await?;
+                }
                 Err(ReadFailure::Decode(e)) => {
                     return Err(self.violation(e.reason(), e.to_string()));
                 }
-                Err(ReadFailure::Finished) => return Err(self.peer_finished().await),
                 Err(ReadFailure::StreamEnded(detail)) => {
+                    // A client whose channel stream alone failed drops the connection (both
+                    // channels) and resumes the session on a new one; for a server it is the
+                    // client breaking the protocol.
+                    if matches!(self.core().role, Role::Client(_)) {
+                        self.reader = None;
+                        let message = format!("{} stream failed ({detail}); resuming", self.kind);
+                        self.core().detach(Reason::Superseded, &message);
+                        continue;
+                    }
                     return Err(self.violation(Reason::InvalidStream, detail));
                 }
-                Err(ReadFailure::Connection(e)) => {
-                    return Err(RecvError::Closed(self.link.disconnect(&e)));
-                }
-            };
-            let message = match codec::decode_message(body) {
-                Ok(message) => message,
-                Err(e) => return Err(self.violation(e.reason(), e.to_string())),
-            };
-            match self.rules.classify(message) {
-                Inbound::Data(payload) => return Ok(payload),
-                Inbound::Ignored => continue,
-                Inbound::Violation { reason, message } => {
-                    return Err(self.violation(reason, message));
-                }
+                Err(ReadFailure::ZeroRttRejected) => self.reader = None,
             }
         }
     }
 
-    /// The peer finished the channel: it is closing gracefully, and its connection close
-    /// follows once it has our acknowledgements. Report that close.
-    async fn peer_finished(&self) -> RecvError {
-        match tokio::time::timeout(FINISH_GRACE, self.link.closed()).await {
-            Ok(disconnect) => RecvError::Closed(disconnect),
-            Err(_) => self.violation(
+    /// Handles one frame; returns a payload to deliver, if it is one.
+    async fn on_frame(&mut self, body: Bytes) -> Result<Option<Bytes>, RecvError> {
+        let message =
+            codec::decode_message(body).map_err(|e| self.violation(e.reason(), e.to_string()))?;
+        let Some((_, rules)) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let channel = self.core.channel(self.kind);
+        match rules.classify(message) {
+            Inbound::Data { seq, payload } => {
+                let arrival = lock(&channel.inbound).arrive(seq, payload.len());
+                match arrival {
+                    Ok(Arrival::Deliver) => {
+                        if lock(&channel.inbound).ack_due() {
+                            channel.try_ack().await;
+                        }
+                        Ok(Some(payload))
+                    }
+                    Ok(Arrival::Duplicate) => Ok(None),
+                    Err(e) => Err(self.violation(Reason::SequenceError, e.to_string())),
+                }
+            }
+            Inbound::Ack(next) => {
+                let acked = channel.out.lock().await.outbound.ack(next);
+                acked.map_err(|e| self.violation(Reason::SequenceError, e.to_string()))?;
+                Ok(None)
+            }
+            Inbound::Gap(next) => {
+                let missed = lock(&channel.inbound).gap(next);
+                if missed > 0 {
+                    return Err(RecvError::Gap { missed });
+                }
+                Ok(None)
+            }
+            Inbound::Ignored => Ok(None),
+            Inbound::Violation { reason, message } => Err(self.violation(reason, message)),
+        }
+    }
+
+    /// Waits for the session to attach a stream for this channel, or to end.
+    async fn wait_for_stream(&mut self) -> Result<(), RecvError> {
+        tokio::select! {
+            changed = self.readers.changed() => {
+                if changed.is_err() {
+                    return Err(self.closed());
+                }
+                self.readers.mark_changed();
+                Ok(())
+            }
+            changed = self.ended.changed() => {
+                if changed.is_err() {
+                    return Err(self.closed());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The peer finished this channel's stream: a graceful close, whose connection close (or a
+    /// new connection) should follow. Waits for either, at most [`FINISH_GRACE`].
+    async fn peer_finished(&mut self) -> Result<(), RecvError> {
+        match tokio::time::timeout(FINISH_GRACE, self.wait_for_stream()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.violation(
                 Reason::InvalidStream,
                 "stream finished but the session stayed open",
-            ),
+            )),
         }
+    }
+
+    fn closed(&self) -> RecvError {
+        RecvError::Closed(
+            self.core()
+                .ended()
+                .unwrap_or_else(|| Disconnect::Transport("session state lost".into())),
+        )
     }
 
     fn violation(&self, reason: Reason, message: impl Into<String>) -> RecvError {
         let message = format!("{}: {}", self.kind, message.into());
         tracing::debug!(%reason, %message, "peer violated the protocol; closing");
-        self.link.close(reason, &message);
+        self.core().close(reason, &message);
         RecvError::Violation { reason, message }
     }
 }

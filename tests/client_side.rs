@@ -48,7 +48,7 @@ async fn scripted_server(server: &RawServer, ignore: usize) -> usize {
             message = main.recv() => match message {
                 Some(Message::FinalAuth { token_b: shown }) => {
                     assert_eq!(shown, token_b);
-                    main.send(&Message::ConnOk { max_main_frame: 65536, max_feed_frame: 65536 }).await;
+                    main.send(&Message::ConnOk { max_main_frame: 65536, max_feed_frame: 65536, credential: Token([0xcc; 16]), main_next: 0, feed_next: 0 }).await;
                     // Stay up until the client is done with us.
                     let _ = within(conn.closed()).await;
                     return seen;
@@ -134,6 +134,9 @@ async fn server_refusals_and_violations_are_typed_errors() {
     main.send(&Message::ConnOk {
         max_main_frame: 1,
         max_feed_frame: 1,
+        credential: Token([0xcc; 16]),
+        main_next: 0,
+        feed_next: 0,
     })
     .await;
     let err = within(client).await.unwrap().unwrap_err();

@@ -51,7 +51,7 @@ async fn latency_is_added_in_each_direction() {
     assert!(rtt >= one_way * 2, "{rtt:?}");
     assert!(rtt < one_way * 2 + Duration::from_millis(60), "{rtt:?}");
     assert!(
-        client.rtt() >= one_way * 2 - Duration::from_millis(2),
+        client.rtt().unwrap() >= one_way * 2 - Duration::from_millis(2),
         "{:?}",
         client.rtt()
     );
@@ -134,12 +134,12 @@ async fn a_blackhole_drops_everything_then_the_link_recovers() {
 async fn a_rebind_changes_the_address_the_server_sees() {
     let (relay, mut client, mut server) = pair(Conditions::default(), Conditions::default()).await;
     round_trip(&mut client, &mut server, 1).await;
-    let before = server.remote_address();
+    let before = server.remote_address().unwrap();
     assert_eq!(relay.upstream_addrs(), vec![before]);
     let after = relay.rebind().await.unwrap();
     assert_eq!(after.len(), 1);
     assert_ne!(after[0], before);
     round_trip(&mut client, &mut server, 3).await;
-    assert_eq!(server.remote_address(), after[0]);
+    assert_eq!(server.remote_address(), Some(after[0]));
     assert_eq!(relay.stats().rebinds, 1);
 }

@@ -143,11 +143,20 @@ async fn a_repeated_feed_init_is_handled_safely() {
     assert!(matches!(raw.recv(MAIN).await, Some(Message::ConnOk { .. })));
     raw.send(FEED, &Message::FeedInit { player_id, token_a })
         .await;
-    raw.send(FEED, &Message::Data(Bytes::from_static(b"after")))
-        .await;
+    raw.send(
+        FEED,
+        &Message::Data {
+            seq: 0,
+            payload: Bytes::from_static(b"after"),
+        },
+    )
+    .await;
     assert_eq!(
         raw.recv(FEED).await,
-        Some(Message::Data(Bytes::from_static(b"after"))),
+        Some(Message::Data {
+            seq: 0,
+            payload: Bytes::from_static(b"after")
+        }),
         "the late retry was skipped and the session works"
     );
     still_healthy(&mut healthy).await;
@@ -348,7 +357,13 @@ async fn protocol_violations_close_only_the_offending_session() {
     let (mut fixture, mut healthy) = with_healthy(|_| {}).await;
     let mut early = fixture.raw().await;
     early
-        .send(MAIN, &Message::Data(Bytes::from_static(b"too soon")))
+        .send(
+            MAIN,
+            &Message::Data {
+                seq: 0,
+                payload: Bytes::from_static(b"too soon"),
+            },
+        )
         .await;
     early.expect_failed(MAIN, Reason::UnexpectedMessage).await;
 

@@ -1,27 +1,69 @@
-//! The client driver: connects over quinn and runs [`ClientHandshake`] to a [`Session`].
+//! The client driver: connects over quinn, runs [`ClientHandshake`] to a session, and keeps the
+//! session alive across connections (the resume loop).
 
 use std::future::pending;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tracing::debug;
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, info};
 
 use super::endpoint;
-use super::link::{Closer, Link, disconnect_from_peer};
+use super::link::{Closer, disconnect_from_peer};
+use super::session::{Attach, Counters, Role, SessionCore, SessionParams, StreamPair, WatchEnd};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, ResumePolicy};
 use crate::error::{ConnectError, Disconnect};
+use crate::events::SessionEvent;
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
-    ChannelKind, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
-    HANDSHAKE_FRAME_LIMIT, HandshakeStep, Reason,
+    ChannelKind, ClientEstablished, ClientFailure, ClientHandshake, ClientHandshakeConfig,
+    ClientOutput, FrameLimits, HANDSHAKE_FRAME_LIMIT, HandshakeStep, Reason, ResumeTicket,
 };
-use crate::session::{ChannelParts, Session};
+use crate::session::Session;
 
-/// One of the client's two streams.
+/// One of the client's two streams during a handshake.
 struct Stream {
     reader: FrameReader,
     writer: FrameWriter,
+}
+
+/// A connection whose handshake completed.
+struct Handshaken {
+    established: ClientEstablished,
+    main: Stream,
+    feed: Stream,
+}
+
+/// Why a handshake attempt failed.
+enum HandshakeError {
+    /// For the caller's error.
+    Failed(ConnectError),
+    /// The 0-RTT data was rejected: the same connection can try again in 1-RTT.
+    ZeroRttRejected,
+}
+
+impl From<ConnectError> for HandshakeError {
+    fn from(e: ConnectError) -> Self {
+        HandshakeError::Failed(e)
+    }
+}
+
+/// Everything a client session needs to open new connections to its server.
+pub(crate) struct Resumer {
+    endpoint: quinn::Endpoint,
+    server: SocketAddr,
+    server_name: String,
+    handshake: ClientHandshakeConfig,
+    policy: ResumePolicy,
+}
+
+impl Resumer {
+    /// The client's endpoint (for rebinding it to a new socket).
+    pub(crate) fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
 }
 
 /// Connects to `config.server` and completes the handshake.
@@ -39,83 +81,341 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         }
         Ok(Err(e)) => return Err(ConnectError::Transport(e)),
     };
-    let link = Link::new(Closer::new(conn), Some(endpoint));
-    let result = handshake(link.clone(), config, deadline).await;
-    if let Err(error) = &result {
-        // Whatever stopped the handshake, the server learns why.
-        let reason = match error {
-            ConnectError::Refused { reason, .. } | ConnectError::ServerViolation { reason, .. } => {
-                Some(*reason)
-            }
-            ConnectError::TimedOut { .. } => Some(Reason::HandshakeTimeout),
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            link.close(reason, &error.to_string());
-        }
-    }
-    result
-}
-
-/// The token handshake on a connected link.
-async fn handshake(
-    link: Link,
-    config: &ClientConfig,
-    deadline: Instant,
-) -> Result<Session, ConnectError> {
-    let mut core = ClientHandshake::new(ClientHandshakeConfig {
+    let closer = Closer::new(conn.clone());
+    let handshake = ClientHandshakeConfig {
         deadline,
         credentials: config.credentials.clone(),
         feed_init_timeout: config.feed_init_timeout,
         feed_init_attempts: config.feed_init_attempts,
         local_limits: config.frame_limits,
-    });
+    };
+    let done = match run_handshake(
+        &conn,
+        ClientHandshake::new(handshake.clone()),
+        deadline,
+        false,
+    )
+    .await
+    {
+        Ok(done) => done,
+        Err(error) => {
+            let error = match error {
+                HandshakeError::Failed(e) => e,
+                HandshakeError::ZeroRttRejected => ConnectError::TimedOut {
+                    step: HandshakeStep::Quic,
+                },
+            };
+            close_for(&closer, &error);
+            return Err(error);
+        }
+    };
+    let params = SessionParams {
+        replay_capacity: config.transport.replay_buffer,
+        dead_path_timeout: config.transport.dead_path_timeout,
+        local_limits: config.frame_limits,
+    };
+    let role = Role::Client(Box::new(Resumer {
+        endpoint,
+        server: config.server,
+        server_name: config.server_name.clone(),
+        handshake,
+        policy: config.resume.clone(),
+    }));
+    let player_id = done.established.player_id;
+    let core = SessionCore::new(player_id, params, role);
+    core.set_credential(done.established.credential);
+    let attached = core
+        .attach(attachment(conn, closer, done, config.frame_limits))
+        .await
+        .map_err(|d| ConnectError::ServerViolation {
+            reason: Reason::SequenceError,
+            message: d.to_string(),
+        })?;
+    debug!(%player_id, "handshake complete");
+    tokio::spawn(run_session(core.clone(), attached.generation));
+    Ok(Session::new(core))
+}
+
+/// Closes a failed handshake's connection with the reason the error calls for, so the server
+/// learns why.
+fn close_for(closer: &Closer, error: &ConnectError) {
+    let reason = match error {
+        ConnectError::Refused { reason, .. } | ConnectError::ServerViolation { reason, .. } => {
+            Some(*reason)
+        }
+        ConnectError::TimedOut { .. } => Some(Reason::HandshakeTimeout),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        closer.close(reason, &error.to_string());
+    }
+}
+
+fn attachment(
+    conn: quinn::Connection,
+    closer: Closer,
+    done: Handshaken,
+    local: FrameLimits,
+) -> Attach {
+    let pair = |stream: Stream, kind: ChannelKind, rules| {
+        let mut reader = stream.reader;
+        reader.set_limit(local.get(kind));
+        StreamPair {
+            writer: stream.writer,
+            reader,
+            rules,
+        }
+    };
+    let established = done.established;
+    Attach {
+        conn,
+        closer,
+        main: pair(done.main, ChannelKind::Main, established.main_rules),
+        feed: pair(done.feed, ChannelKind::Feed, established.feed_rules),
+        peer_limits: established.peer_limits,
+        peer_next: (established.main_next, established.feed_next),
+    }
+}
+
+/// A client session's life after its first handshake: watch the connection, resume when it is
+/// lost, until the session ends.
+async fn run_session(core: Arc<SessionCore>, mut generation: u64) {
+    loop {
+        match core.watch(generation).await {
+            WatchEnd::Ended | WatchEnd::Superseded => return,
+            WatchEnd::Lost(why) => {
+                info!(player_id = %core.player_id, %why, "connection lost; resuming");
+                core.lost(generation, &why);
+                let Role::Client(resumer) = &core.role else {
+                    return;
+                };
+                match resumer.resume(&core).await {
+                    Ok(next) => generation = next,
+                    Err((reason, message)) => {
+                        Counters::bump(&core.counters.resume_failures, 1);
+                        core.emit(SessionEvent::ResumeFailed {
+                            reason,
+                            message: message.clone(),
+                        });
+                        core.end(
+                            Disconnect::ResumeFailed { reason, message },
+                            Reason::Normal,
+                            "",
+                        );
+                        super::link::drain(resumer.endpoint()).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How one resume attempt failed.
+enum AttemptError {
+    /// Final: the server refused (or the session ended meanwhile).
+    Refused(Reason, String),
+    /// Worth another attempt: the server was not reached, or did not answer in time.
+    Retry(String),
+}
+
+impl Resumer {
+    /// Resumes `core` on a new connection, retrying with exponential backoff and jitter within
+    /// the budget. Returns the new attachment's generation, or the final reason.
+    async fn resume(&self, core: &Arc<SessionCore>) -> Result<u64, (Reason, String)> {
+        let started = Instant::now();
+        let budget_end = super::deadline_after(self.policy.budget);
+        let mut backoff = self.policy.initial_backoff;
+        let mut attempts = 0u32;
+        loop {
+            if let Some(ended) = core.ended() {
+                return Err((Reason::Normal, ended.to_string()));
+            }
+            attempts = attempts.saturating_add(1);
+            let deadline = super::deadline_after(self.policy.attempt_timeout).min(budget_end);
+            match self.attempt(core, deadline).await {
+                Ok((generation, replayed, lost, zero_rtt)) => {
+                    let outage = started.elapsed();
+                    Counters::bump(&core.counters.resumes, 1);
+                    if zero_rtt {
+                        Counters::bump(&core.counters.resumes_0rtt, 1);
+                    }
+                    info!(player_id = %core.player_id, attempts, ?outage, replayed, lost, "session resumed");
+                    core.emit(SessionEvent::Resumed {
+                        outage,
+                        replayed,
+                        lost,
+                        zero_rtt,
+                    });
+                    return Ok(generation);
+                }
+                Err(AttemptError::Refused(reason, message)) => return Err((reason, message)),
+                Err(AttemptError::Retry(why)) => {
+                    debug!(player_id = %core.player_id, attempts, %why, "resume attempt failed");
+                    let wait = jitter(backoff);
+                    if Instant::now()
+                        .checked_add(wait)
+                        .is_none_or(|t| t >= budget_end)
+                    {
+                        return Err((
+                            Reason::HandshakeTimeout,
+                            format!(
+                                "could not resume within {} s ({attempts} attempts; last: {why})",
+                                self.policy.budget.as_secs_f32()
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(wait).await;
+                    backoff = backoff.saturating_mul(2).min(self.policy.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// One resume attempt: a new connection (in 0-RTT when the TLS session allows), `RESUME`
+    /// on main, and the attachment on `CONN_OK`. Returns (generation, replayed, lost, whether
+    /// the request went in accepted 0-RTT data).
+    async fn attempt(
+        &self,
+        core: &Arc<SessionCore>,
+        deadline: Instant,
+    ) -> Result<(u64, u64, u64, bool), AttemptError> {
+        let credential = core
+            .credential()
+            .ok_or_else(|| AttemptError::Refused(Reason::InternalError, "no credential".into()))?;
+        let connecting = self
+            .endpoint
+            .connect(self.server, &self.server_name)
+            .map_err(|e| AttemptError::Retry(e.to_string()))?;
+        let (conn, accepted) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => (conn, Some(accepted)),
+            Err(connecting) => match tokio::time::timeout_at(deadline.into(), connecting).await {
+                Ok(Ok(conn)) => (conn, None),
+                Ok(Err(e)) => return Err(AttemptError::Retry(e.to_string())),
+                Err(_) => return Err(AttemptError::Retry("QUIC handshake timed out".into())),
+            },
+        };
+        let closer = Closer::new(conn.clone());
+        // The positions are read as late as possible: whatever arrives on the old connection
+        // after this is a duplicate the receivers drop.
+        let ticket = || ResumeTicket {
+            player_id: core.player_id,
+            credential,
+            main_next: core.main.inbound_next(),
+            feed_next: core.feed.inbound_next(),
+        };
+        let mut config = self.handshake.clone();
+        config.deadline = deadline;
+        let first = run_handshake(
+            &conn,
+            ClientHandshake::resume(config.clone(), &ticket()),
+            deadline,
+            true,
+        )
+        .await;
+        let result = match first {
+            Err(HandshakeError::ZeroRttRejected) if accepted.is_some() => {
+                debug!(player_id = %core.player_id, "0-RTT rejected; resuming in 1-RTT");
+                run_handshake(
+                    &conn,
+                    ClientHandshake::resume(config, &ticket()),
+                    deadline,
+                    true,
+                )
+                .await
+            }
+            other => other,
+        };
+        let done = match result {
+            Ok(done) => done,
+            Err(HandshakeError::Failed(error)) => {
+                close_for(&closer, &error);
+                return Err(match error {
+                    ConnectError::Refused { reason, message } => {
+                        AttemptError::Refused(reason, message)
+                    }
+                    ConnectError::ServerViolation { reason, message } => {
+                        AttemptError::Refused(reason, message)
+                    }
+                    other => AttemptError::Retry(other.to_string()),
+                });
+            }
+            Err(HandshakeError::ZeroRttRejected) => {
+                closer.close(Reason::HandshakeTimeout, "0-RTT rejected twice");
+                return Err(AttemptError::Retry("0-RTT rejected".into()));
+            }
+        };
+        // CONN_OK came with the server's handshake flight, so whether 0-RTT was accepted is
+        // known by now.
+        let zero_rtt = match accepted {
+            Some(accepted) => tokio::time::timeout(Duration::from_millis(100), accepted)
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
+        core.set_credential(done.established.credential);
+        let attached = core
+            .attach(attachment(conn, closer, done, core.params.local_limits))
+            .await
+            .map_err(|d| AttemptError::Refused(Reason::SequenceError, d.to_string()))?;
+        Ok((
+            attached.generation,
+            attached.replayed,
+            attached.lost,
+            zero_rtt,
+        ))
+    }
+}
+
+/// `base` scaled by a random factor in 0.5..1.5, so that clients cut off together do not all
+/// come back at the same instant.
+fn jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    base.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+}
+
+/// Runs a client handshake (new or resume) on `conn` until it is established or fails. With
+/// `open_feed_early` (a resume), the feed stream is opened right after the first message, so
+/// the server can replay on it as soon as it answers.
+async fn run_handshake(
+    conn: &quinn::Connection,
+    mut core: ClientHandshake,
+    deadline: Instant,
+    open_feed_early: bool,
+) -> Result<Handshaken, HandshakeError> {
     let mut main: Option<Stream> = None;
     let mut feed: Option<Stream> = None;
-
     loop {
         while let Some(output) = core.poll_output() {
             match output {
                 ClientOutput::Send(channel, message) => {
-                    let frame = encode_message(&message)
-                        .map_err(|e| crate::error::ConfigError::Invalid(e.to_string()))?;
+                    let frame = encode_message(&message).map_err(|e| {
+                        ConnectError::Config(crate::error::ConfigError::Invalid(e.to_string()))
+                    })?;
+                    let step = core.step().unwrap_or(HandshakeStep::FinalAuth);
                     let slot = match channel {
                         ChannelKind::Main => &mut main,
                         ChannelKind::Feed => &mut feed,
                     };
-                    let step = core.step().unwrap_or(HandshakeStep::FinalAuth);
-                    write(&link, slot, channel, frame, deadline, step).await?;
+                    write(conn, slot, channel, Some(frame), deadline, step).await?;
+                    if open_feed_early && feed.is_none() {
+                        write(conn, &mut feed, ChannelKind::Feed, None, deadline, step).await?;
+                    }
                 }
                 ClientOutput::Established(established) => {
                     let (Some(main), Some(feed)) = (main, feed) else {
                         return Err(ConnectError::ServerViolation {
                             reason: Reason::UnexpectedMessage,
                             message: "CONN_OK before both channels were open".into(),
-                        });
+                        }
+                        .into());
                     };
-                    let local = config.frame_limits;
-                    let peer = established.peer_limits;
-                    debug!(player_id = %established.player_id, "handshake complete");
-                    return Ok(Session::new(
-                        link,
-                        established.player_id,
-                        ChannelParts::new(
-                            ChannelKind::Main,
-                            main.writer,
-                            main.reader,
-                            established.main_rules,
-                            local,
-                            peer,
-                        ),
-                        ChannelParts::new(
-                            ChannelKind::Feed,
-                            feed.writer,
-                            feed.reader,
-                            established.feed_rules,
-                            local,
-                            peer,
-                        ),
-                    ));
+                    return Ok(Handshaken {
+                        established,
+                        main,
+                        feed,
+                    });
                 }
                 ClientOutput::Failed(failure) => {
                     return Err(match failure {
@@ -126,14 +426,15 @@ async fn handshake(
                         ClientFailure::ServerViolation { reason, message } => {
                             ConnectError::ServerViolation { reason, message }
                         }
-                    });
+                    }
+                    .into());
                 }
             }
         }
 
         let timer = core.poll_timeout().unwrap_or(deadline);
         let read_main = core.wants_to_read(ChannelKind::Main);
-        let read_feed = core.wants_to_read(ChannelKind::Feed);
+        let read_feed = core.wants_to_read(ChannelKind::Feed) && !open_feed_early;
         tokio::select! {
             result = next_frame(&mut main), if read_main => {
                 on_frame(&mut core, ChannelKind::Main, result)?;
@@ -153,12 +454,12 @@ async fn next_frame(stream: &mut Option<Stream>) -> Result<Bytes, ReadFailure> {
     }
 }
 
-/// Feeds a read result to the handshake. A lost connection ends the connect call.
+/// Feeds a read result to the handshake. A lost connection ends it.
 fn on_frame(
     core: &mut ClientHandshake,
     channel: ChannelKind,
     result: Result<Bytes, ReadFailure>,
-) -> Result<(), ConnectError> {
+) -> Result<(), HandshakeError> {
     match result {
         Ok(body) => match decode_message(body) {
             Ok(message) => core.handle_message(channel, message, Instant::now()),
@@ -170,10 +471,12 @@ fn on_frame(
             format!("{channel}: finished during the handshake"),
         ),
         Err(ReadFailure::StreamEnded(detail)) => {
-            core.handle_violation(Reason::InvalidStream, format!("{channel}: {detail}"))
+            core.handle_violation(Reason::InvalidStream, format!("{channel}: {detail}"));
         }
+        Err(ReadFailure::ZeroRttRejected) => return Err(HandshakeError::ZeroRttRejected),
         Err(ReadFailure::Connection(e)) => {
-            return Err(lost(e, core.step().unwrap_or(HandshakeStep::FinalAuth)));
+            let step = core.step().unwrap_or(HandshakeStep::FinalAuth);
+            return Err(lost(e, step).into());
         }
     }
     Ok(())
@@ -192,21 +495,24 @@ fn lost(error: quinn::ConnectionError, step: HandshakeStep) -> ConnectError {
     }
 }
 
-/// Writes a handshake frame on `channel`, opening and declaring its stream first if needed.
+/// Writes a handshake frame (or, with `None`, just the declaration) on `channel`, opening and
+/// declaring its stream first if needed.
 async fn write(
-    link: &Link,
+    conn: &quinn::Connection,
     slot: &mut Option<Stream>,
     channel: ChannelKind,
-    frame: Bytes,
+    frame: Option<Bytes>,
     deadline: Instant,
     step: HandshakeStep,
-) -> Result<(), ConnectError> {
+) -> Result<(), HandshakeError> {
     let write = async {
         match slot {
-            Some(stream) => stream.writer.write(frame).await,
+            Some(stream) => match frame {
+                Some(frame) => stream.writer.write(frame).await,
+                None => Ok(()),
+            },
             None => {
-                let (send, recv) = link
-                    .connection()
+                let (send, recv) = conn
                     .open_bi()
                     .await
                     .map_err(quinn::WriteError::ConnectionLost)?;
@@ -215,7 +521,8 @@ async fn write(
                     writer: FrameWriter::new(send),
                 });
                 // The declaration byte and the first frame in one write.
-                let mut first = bytes::BytesMut::with_capacity(frame.len().saturating_add(1));
+                let frame = frame.unwrap_or_default();
+                let mut first = BytesMut::with_capacity(frame.len().saturating_add(1));
                 first.extend_from_slice(&[channel.tag()]);
                 first.extend_from_slice(&frame);
                 stream.writer.write(first.freeze()).await
@@ -224,11 +531,13 @@ async fn write(
     };
     match tokio::time::timeout_at(deadline.into(), write).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e, step)),
+        Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e, step).into()),
+        Ok(Err(quinn::WriteError::ZeroRttRejected)) => Err(HandshakeError::ZeroRttRejected),
         Ok(Err(e)) => Err(ConnectError::ServerViolation {
             reason: Reason::InvalidStream,
             message: format!("{channel}: {e}"),
-        }),
-        Err(_) => Err(ConnectError::TimedOut { step }),
+        }
+        .into()),
+        Err(_) => Err(ConnectError::TimedOut { step }.into()),
     }
 }

@@ -14,7 +14,9 @@ const CLIENT_STREAMS: u32 = 2;
 
 /// A bound server endpoint.
 pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerError> {
-    let tls = config.identity.rustls_server_config()?;
+    let tls = config
+        .identity
+        .rustls_server_config(config.max_sessions.saturating_mul(4))?;
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

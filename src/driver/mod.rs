@@ -7,6 +7,7 @@ pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod link;
 pub(crate) mod server;
+pub(crate) mod session;
 pub(crate) mod stream;
 
 use std::time::{Duration, Instant};

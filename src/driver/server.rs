@@ -1,32 +1,42 @@
-//! The server driver: accepts connections and runs each one's handshake over quinn.
+//! The server driver: accepts connections and runs each one's handshake over quinn, then the
+//! session it belongs to.
 //!
-//! One task per connection. It drives [`ServerHandshake`] (deciding nothing itself), hands
-//! the established [`Session`] to the application, then waits for the connection to end to
-//! free the player's slot.
+//! One task per connection. It drives [`ServerHandshake`] (deciding nothing itself). A new
+//! session is handed to the application; a resume is attached to its existing session. The task
+//! then watches its connection for as long as it is the session's connection, and if it is lost,
+//! waits for the client's return until the grace period ends.
 
 use std::future::pending;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::link::{Closer, Link, truncate};
+use super::link::{Closer, truncate};
+use super::session::{Attach, Role, ServerSide, SessionCore, SessionParams, StreamPair, WatchEnd};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::auth::{AuthDecision, AuthRequest, PendingDecision};
 use crate::config::ServerConfig;
+use crate::error::Disconnect;
+use crate::events::{ServerCounters, ServerEvent, SessionEvent};
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
-    ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, PlayerId, Reason, ServerEstablished,
-    ServerHandshake, ServerHandshakeConfig, ServerOutput, SessionRegistry, SystemEntropy,
+    ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, PlayerId, Reason, ResumeRequest,
+    ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput, SessionRegistry,
+    SystemEntropy, random_token,
 };
-use crate::session::{ChannelParts, Session};
+use crate::session::Session;
 
 /// Longest wait for the client to acknowledge a `CONN_FAILED` before closing anyway.
 const FAIL_LINGER: Duration = Duration::from_millis(500);
+
+/// Capacity of the server-wide event channel.
+const EVENT_CAPACITY: usize = 1024;
 
 /// A shutdown request: the reason every connection is closed with.
 #[derive(Debug, Clone)]
@@ -35,11 +45,31 @@ pub(crate) struct Shutdown {
     pub(crate) message: String,
 }
 
-/// State shared by the accept loop, the connection tasks and the [`Server`](crate::Server).
+/// Server-wide counters.
+#[derive(Debug, Default)]
+struct Counters {
+    sessions_established: AtomicU64,
+    sessions_ended: AtomicU64,
+    sessions_expired: AtomicU64,
+    migrations: AtomicU64,
+    connections_lost: AtomicU64,
+    resumes: AtomicU64,
+    resumes_refused: AtomicU64,
+    superseded: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// State shared by the accept loop, the connection tasks, the sessions and the
+/// [`Server`](crate::Server).
 pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
-    registry: Mutex<SessionRegistry>,
+    registry: Mutex<SessionRegistry<Arc<SessionCore>>>,
     pub(crate) shutdown: watch::Sender<Option<Shutdown>>,
+    events: broadcast::Sender<ServerEvent>,
+    counters: Counters,
 }
 
 impl ServerShared {
@@ -49,24 +79,94 @@ impl ServerShared {
             config,
             registry,
             shutdown: watch::Sender::new(None),
+            events: broadcast::Sender::new(EVENT_CAPACITY),
+            counters: Counters::default(),
         }
     }
 
     /// The registry; a panic elsewhere while holding the lock does not make it unusable.
-    pub(crate) fn registry(&self) -> MutexGuard<'_, SessionRegistry> {
+    pub(crate) fn registry(&self) -> MutexGuard<'_, SessionRegistry<Arc<SessionCore>>> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a session's event and passes it on to the server's subscribers.
+    pub(crate) fn record(&self, player_id: PlayerId, event: &SessionEvent) {
+        let counters = &self.counters;
+        match event {
+            SessionEvent::Migrated { .. } => bump(&counters.migrations),
+            SessionEvent::ConnectionLost { .. } => bump(&counters.connections_lost),
+            SessionEvent::Resumed { .. } => bump(&counters.resumes),
+            SessionEvent::Superseded => bump(&counters.superseded),
+            _ => {}
+        }
+        let _ = self.events.send(ServerEvent {
+            player_id,
+            event: event.clone(),
+        });
+    }
+
+    /// A session ended: frees its slot.
+    pub(crate) fn session_ended(&self, player_id: PlayerId, why: &Disconnect) {
+        self.registry().release(player_id);
+        bump(&self.counters.sessions_ended);
+        if matches!(
+            why,
+            Disconnect::Locally {
+                reason: Reason::SessionExpired,
+                ..
+            }
+        ) {
+            bump(&self.counters.sessions_expired);
+        }
+    }
+
+    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<ServerEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn counters(&self) -> ServerCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerCounters {
+            sessions_established: get(&c.sessions_established),
+            sessions_ended: get(&c.sessions_ended),
+            sessions_expired: get(&c.sessions_expired),
+            migrations: get(&c.migrations),
+            connections_lost: get(&c.connections_lost),
+            resumes: get(&c.resumes),
+            resumes_refused: get(&c.resumes_refused),
+            superseded: get(&c.superseded),
+        }
+    }
+
+    fn session_params(&self) -> SessionParams {
+        SessionParams {
+            replay_capacity: self.config.transport.replay_buffer,
+            dead_path_timeout: self.config.transport.dead_path_timeout,
+            local_limits: self.config.frame_limits,
+        }
     }
 }
 
-/// Keeps a player's registry slot while the connection lives.
+/// Holds a player's registry slot during its first handshake; the session takes it over once
+/// established ([`Slot::keep`]), otherwise dropping the slot frees it.
 struct Slot {
     shared: Arc<ServerShared>,
     player_id: PlayerId,
+    kept: bool,
+}
+
+impl Slot {
+    fn keep(mut self) {
+        self.kept = true;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.registry().release(self.player_id);
+        if !self.kept {
+            self.shared.registry().release(self.player_id);
+        }
     }
 }
 
@@ -130,55 +230,134 @@ async fn serve(
         Ok(connecting) => connecting,
         Err(e) => return debug!(%remote, error = %e, "connection attempt refused"),
     };
-    let conn = tokio::select! {
-        result = tokio::time::timeout_at(deadline.into(), connecting) => match result {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return debug!(%remote, error = %e, "QUIC handshake failed"),
-            Err(_) => return debug!(%remote, "QUIC handshake timed out"),
+    // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip.
+    let conn = match connecting.into_0rtt() {
+        Ok((conn, _)) => conn,
+        Err(connecting) => tokio::select! {
+            result = tokio::time::timeout_at(deadline.into(), connecting) => match result {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return debug!(%remote, error = %e, "QUIC handshake failed"),
+                Err(_) => return debug!(%remote, "QUIC handshake timed out"),
+            },
+            _ = shutdown_signal(&mut shutdown) => return,
         },
-        _ = shutdown_signal(&mut shutdown) => return,
     };
-    let Some((established, main, feed, slot)) =
-        handshake(&conn, &shared, remote, deadline, &mut shutdown).await
-    else {
-        return;
+    let (core, attached) = match handshake(&conn, &shared, remote, deadline, &mut shutdown).await {
+        Outcome::New {
+            established,
+            main,
+            feed,
+            slot,
+        } => {
+            let player_id = established.player_id;
+            let role = Role::Server(ServerSide {
+                server: Arc::downgrade(&shared),
+            });
+            let core = SessionCore::new(player_id, shared.session_params(), role);
+            if !shared
+                .registry()
+                .establish(player_id, established.credential, core.clone())
+            {
+                return close(&conn, Reason::InternalError, "session slot lost");
+            }
+            slot.keep();
+            let attach = attachment(&shared, conn.clone(), &established, main, feed);
+            let Ok(attached) = core.attach(attach).await else {
+                return;
+            };
+            bump(&shared.counters.sessions_established);
+            info!(%player_id, %remote, "session established");
+            tokio::select! {
+                sent = sessions.send(Session::new(core.clone())) => if sent.is_err() {
+                    // The server is gone; the session was dropped with the failed send.
+                    return;
+                },
+                s = shutdown_signal(&mut shutdown) => {
+                    return core.close(s.reason, &s.message);
+                }
+            }
+            (core, attached)
+        }
+        Outcome::Resumed {
+            established,
+            main,
+            feed,
+            core,
+            lost_at,
+        } => {
+            let attach = attachment(&shared, conn.clone(), &established, main, feed);
+            let Ok(attached) = core.attach(attach).await else {
+                return;
+            };
+            let outage = lost_at.map_or(Duration::ZERO, |t| t.elapsed());
+            super::session::Counters::bump(&core.counters.resumes, 1);
+            info!(player_id = %core.player_id, %remote, ?outage, "session resumed");
+            core.emit(SessionEvent::Resumed {
+                outage,
+                replayed: attached.replayed,
+                lost: attached.lost,
+                zero_rtt: false,
+            });
+            (core, attached)
+        }
+        Outcome::ResumeAborted { core } => {
+            // The old connection was already detached: the session now waits for the client.
+            let generation = core.current_generation();
+            return grace(&core, generation, &shared, &mut shutdown).await;
+        }
+        Outcome::Failed => return,
     };
-    let player_id = established.player_id;
-    let limits = shared.config.frame_limits;
-    let closer = Closer::new(conn.clone());
-    let session = Session::new(
-        Link::new(closer.clone(), None),
-        player_id,
-        ChannelParts::new(
-            ChannelKind::Main,
-            main.writer,
-            main.reader,
-            established.main_rules,
-            limits,
-            established.peer_limits,
-        ),
-        ChannelParts::new(
-            ChannelKind::Feed,
-            feed.writer,
-            feed.reader,
-            established.feed_rules,
-            limits,
-            established.peer_limits,
-        ),
-    );
-    info!(%player_id, %remote, "session established");
     tokio::select! {
-        sent = sessions.send(session) => if sent.is_err() {
-            // The server is gone; `session` was dropped with the failed send, closing it.
-            return;
-        },
-        s = shutdown_signal(&mut shutdown) => return closer.close(s.reason, &s.message),
+        end = core.watch(attached.generation) => {
+            if let WatchEnd::Lost(why) = end {
+                debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
+                core.lost(attached.generation, &why);
+                grace(&core, attached.generation, &shared, &mut shutdown).await;
+            }
+        }
+        s = shutdown_signal(&mut shutdown) => core.close(s.reason, &s.message),
     }
+}
+
+/// Waits, at most the grace period, for a lost session's client to resume it; ends it then.
+async fn grace(
+    core: &Arc<SessionCore>,
+    generation: u64,
+    shared: &ServerShared,
+    shutdown: &mut watch::Receiver<Option<Shutdown>>,
+) {
     tokio::select! {
-        why = closer.closed() => debug!(%player_id, %remote, reason = %why, "session ended"),
-        s = shutdown_signal(&mut shutdown) => closer.close(s.reason, &s.message),
+        _ = core.await_resume(generation, shared.config.grace_period) => {}
+        s = shutdown_signal(shutdown) => core.close(s.reason, &s.message),
     }
-    drop(slot);
+}
+
+/// The streams of a handshaken connection, ready to attach to its session.
+fn attachment(
+    shared: &ServerShared,
+    conn: quinn::Connection,
+    established: &ServerEstablished,
+    main: Stream,
+    feed: Stream,
+) -> Attach {
+    let local = shared.config.frame_limits;
+    let pair = |stream: Stream, kind: ChannelKind, rules| {
+        let mut reader = stream.reader;
+        reader.set_limit(local.get(kind));
+        StreamPair {
+            writer: stream.writer,
+            reader,
+            rules,
+        }
+    };
+    Attach {
+        closer: Closer::new(conn.clone()),
+        conn,
+        main: pair(main, ChannelKind::Main, established.main_rules.clone()),
+        feed: pair(feed, ChannelKind::Feed, established.feed_rules.clone()),
+        peer_limits: established.peer_limits,
+        peer_next: established.resumed.unwrap_or((0, 0)),
+    }
 }
 
 fn close(conn: &quinn::Connection, reason: Reason, message: &str) {
@@ -217,16 +396,40 @@ fn find(streams: &mut [Option<Stream>; 2], channel: ChannelKind) -> Option<&mut 
         .find(|s| s.channel == Some(channel))
 }
 
-/// Runs the token handshake on an established QUIC connection. On success returns the outcome,
-/// the main and feed streams, and the player's registry slot; on failure the connection has
-/// been closed with the reason.
+/// How a connection's handshake ended.
+enum Outcome {
+    /// A new session, whose registry slot `slot` holds.
+    New {
+        established: ServerEstablished,
+        main: Stream,
+        feed: Stream,
+        slot: Slot,
+    },
+    /// An existing session resumed; `lost_at` is when it lost its previous connection (`None`
+    /// if that one was still open and has just been superseded).
+    Resumed {
+        established: ServerEstablished,
+        main: Stream,
+        feed: Stream,
+        core: Arc<SessionCore>,
+        lost_at: Option<Instant>,
+    },
+    /// A resume was accepted, superseding a live connection, but this connection then failed:
+    /// the session has no connection and must wait for the client.
+    ResumeAborted { core: Arc<SessionCore> },
+    /// Nothing came of it; the connection has been closed with the reason.
+    Failed,
+}
+
+/// Runs the token handshake, or a resume, on an established QUIC connection. On failure the
+/// connection has been closed with the reason.
 async fn handshake(
     conn: &quinn::Connection,
     shared: &Arc<ServerShared>,
     remote: SocketAddr,
     deadline: Instant,
     shutdown: &mut watch::Receiver<Option<Shutdown>>,
-) -> Option<(ServerEstablished, Stream, Stream, Slot)> {
+) -> Outcome {
     let config = &shared.config;
     let mut core = ServerHandshake::new(ServerHandshakeConfig {
         deadline,
@@ -237,7 +440,14 @@ async fn handshake(
     let mut streams: [Option<Stream>; 2] = [None, None];
     let mut auth: Option<PendingDecision<'_>> = None;
     let mut slot: Option<Slot> = None;
+    let mut resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)> = None;
     let mut failed_on: Option<ChannelKind> = None;
+    // What a failure after this point leaves behind: a resumed session that superseded a live
+    // connection has none left.
+    let failed = |resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)>| match resumed {
+        Some((core, _, true)) => Outcome::ResumeAborted { core },
+        _ => Outcome::Failed,
+    };
 
     loop {
         while let Some(output) = core.poll_output() {
@@ -253,7 +463,7 @@ async fn handshake(
                         (_, Err(reason)) => {
                             debug!(%remote, %reason, message = message.name(), "handshake reply not written");
                             close(conn, reason, reason.describe());
-                            return None;
+                            return failed(resumed);
                         }
                     }
                 }
@@ -268,7 +478,20 @@ async fn handshake(
                         auth = Some(config.authenticator.authenticate_boxed(request));
                     }
                 }
+                ServerOutput::Resume(request) => {
+                    resumed = decide_resume(shared, &mut core, &request, &mut entropy);
+                }
                 ServerOutput::Established(established) => {
+                    if established.resumed.is_some()
+                        && !await_feed(conn, &mut streams, deadline).await
+                    {
+                        close(
+                            conn,
+                            Reason::InvalidStream,
+                            "feed stream not opened after RESUME",
+                        );
+                        return failed(resumed);
+                    }
                     let [a, b] = streams;
                     let (mut main, mut feed) = (None, None);
                     for s in [a, b].into_iter().flatten() {
@@ -278,14 +501,24 @@ async fn handshake(
                             None => {}
                         }
                     }
-                    return match (main, feed, slot) {
-                        (Some(main), Some(feed), Some(slot)) => {
-                            Some((established, main, feed, slot))
-                        }
-                        _ => {
+                    return match (main, feed, slot, resumed) {
+                        (Some(main), Some(feed), _, Some((core, lost_at, _))) => Outcome::Resumed {
+                            established,
+                            main,
+                            feed,
+                            core,
+                            lost_at,
+                        },
+                        (Some(main), Some(feed), Some(slot), None) => Outcome::New {
+                            established,
+                            main,
+                            feed,
+                            slot,
+                        },
+                        (_, _, _, resumed) => {
                             warn!(%remote, "handshake completed without both streams and a slot");
                             close(conn, Reason::InternalError, "internal error");
-                            None
+                            failed(resumed)
                         }
                     };
                 }
@@ -295,7 +528,7 @@ async fn handshake(
                         stream.writer.finish_and_linger(FAIL_LINGER).await;
                     }
                     close(conn, reason, &message);
-                    return None;
+                    return failed(resumed);
                 }
             }
         }
@@ -303,7 +536,10 @@ async fn handshake(
         let timer = core.poll_timeout().unwrap_or(deadline);
         let has_free_slot = streams.iter().any(Option::is_none);
         let [first, second] = &mut streams;
+        // Biased: when several inputs are ready, they are handled in a fixed order, streams in
+        // the order they were opened, so a duplicate declaration is always the later stream's.
         tokio::select! {
+            biased;
             s = shutdown_signal(shutdown) => {
                 core.handle_violation(ChannelKind::Main, s.reason, s.message);
             }
@@ -323,7 +559,7 @@ async fn handshake(
                 };
                 match requested.map(|id| shared.registry().admit(id)) {
                     Ok(Ok(player_id)) => {
-                        slot = Some(Slot { shared: shared.clone(), player_id });
+                        slot = Some(Slot { shared: shared.clone(), player_id, kept: false });
                         core.accept(player_id, Instant::now(), &mut entropy);
                     }
                     Ok(Err(reason)) => core.refuse(reason, reason.describe()),
@@ -343,21 +579,122 @@ async fn handshake(
                 }
                 Err(e) => {
                     debug!(%remote, error = %e, "connection lost during handshake");
-                    return None;
+                    return failed(resumed);
                 }
             },
             (channel, item) = next_item(first) => {
                 if !on_item(&mut core, &mut streams, 0, channel, item, &mut entropy) {
-                    return None;
+                    return failed(resumed);
                 }
             }
             (channel, item) = next_item(second) => {
                 if !on_item(&mut core, &mut streams, 1, channel, item, &mut entropy) {
-                    return None;
+                    return failed(resumed);
                 }
             }
             _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(Instant::now()),
         }
+    }
+}
+
+/// Checks a `RESUME` against the registry. If it is valid: replaces the session's credential,
+/// supersedes its connection if it still has one, and tells the handshake to answer `CONN_OK`
+/// with where the server's receivers stand. Returns the session, when it lost its previous
+/// connection, and whether a live connection was superseded.
+fn decide_resume(
+    shared: &ServerShared,
+    handshake: &mut ServerHandshake,
+    request: &ResumeRequest,
+    entropy: &mut SystemEntropy,
+) -> Option<(Arc<SessionCore>, Option<Instant>, bool)> {
+    let next = match random_token(entropy) {
+        Ok(token) => token,
+        Err(e) => {
+            handshake.refuse(Reason::InternalError, &e.to_string());
+            return None;
+        }
+    };
+    let found = shared
+        .registry()
+        .resume(request.player_id, &request.credential, next)
+        .map(Arc::clone);
+    match found {
+        Ok(session) => {
+            let lost_at = session.lost_at();
+            let superseded =
+                session.detach(Reason::Superseded, "superseded by a resumed connection");
+            if superseded {
+                super::session::Counters::bump(&session.counters.superseded, 1);
+                session.emit(SessionEvent::Superseded);
+            }
+            // Read after the old connection is closed: whatever it still delivers is a
+            // duplicate of the client's replay, which the receivers drop.
+            let (main_next, feed_next) = (session.main.inbound_next(), session.feed.inbound_next());
+            handshake.accept_resume(request, next, main_next, feed_next);
+            Some((session, lost_at, superseded))
+        }
+        Err(reason) => {
+            bump(&shared.counters.resumes_refused);
+            debug!(player_id = %request.player_id, %reason, "resume refused");
+            handshake.refuse(reason, reason.describe());
+            None
+        }
+    }
+}
+
+/// After `CONN_OK` on a resumed connection, waits (until `deadline`) for the client's feed
+/// stream, which it opens right after main. Returns whether it was declared.
+async fn await_feed(
+    conn: &quinn::Connection,
+    streams: &mut [Option<Stream>; 2],
+    deadline: Instant,
+) -> bool {
+    let wait = async {
+        loop {
+            if find(streams, ChannelKind::Feed).is_some() {
+                return true;
+            }
+            let has_free_slot = streams.iter().any(Option::is_none);
+            let [first, second] = &mut *streams;
+            tokio::select! {
+                accepted = conn.accept_bi(), if has_free_slot => match accepted {
+                    Ok((send, recv)) => {
+                        if let Some(free) = streams.iter_mut().find(|s| s.is_none()) {
+                            *free = Some(Stream {
+                                channel: None,
+                                reader: FrameReader::new(recv, HANDSHAKE_FRAME_LIMIT),
+                                writer: FrameWriter::new(send),
+                            });
+                        }
+                    }
+                    Err(_) => return false,
+                },
+                tag = next_tag(first) => if !declare(&mut streams[0], tag) { return false },
+                tag = next_tag(second) => if !declare(&mut streams[1], tag) { return false },
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline.into(), wait)
+        .await
+        .unwrap_or(false)
+}
+
+/// The declaration byte of a stream not yet declared (pending forever otherwise).
+async fn next_tag(stream: &mut Option<Stream>) -> Result<u8, ReadFailure> {
+    match stream {
+        Some(s) if s.channel.is_none() => s.reader.read_tag().await,
+        _ => pending().await,
+    }
+}
+
+/// Records a stream's declaration after a resume: only feed may be declared now.
+fn declare(stream: &mut Option<Stream>, tag: Result<u8, ReadFailure>) -> bool {
+    match (stream, tag.ok().and_then(ChannelKind::from_tag)) {
+        (Some(s), Some(ChannelKind::Feed)) => {
+            s.channel = Some(ChannelKind::Feed);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -408,6 +745,8 @@ fn on_item(
             debug!(error = %e, "connection lost during handshake");
             return false;
         }
+        // A server does not send 0-RTT data; nothing to retry.
+        Err(ReadFailure::ZeroRttRejected) => return false,
     }
     true
 }

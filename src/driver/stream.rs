@@ -21,12 +21,15 @@ pub(crate) enum ReadFailure {
     StreamEnded(String),
     /// The connection is gone.
     Connection(quinn::ConnectionError),
+    /// The server rejected the 0-RTT data this stream was opened in.
+    ZeroRttRejected,
 }
 
 impl From<ReadError> for ReadFailure {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::ConnectionLost(e) => ReadFailure::Connection(e),
+            ReadError::ZeroRttRejected => ReadFailure::ZeroRttRejected,
             other => ReadFailure::StreamEnded(other.to_string()),
         }
     }
@@ -98,31 +101,49 @@ impl FrameReader {
 #[derive(Debug)]
 pub(crate) struct FrameWriter {
     stream: SendStream,
-    /// The unsent rest of the frame being written.
-    pending: Bytes,
+    /// The unsent rest of the frame being written: a header and a body (either may be empty).
+    pending: [Bytes; 2],
 }
 
 impl FrameWriter {
     pub(crate) fn new(stream: SendStream) -> Self {
         FrameWriter {
             stream,
-            pending: Bytes::new(),
+            pending: [Bytes::new(), Bytes::new()],
         }
     }
 
     /// Writes one encoded frame, after the rest of any frame a cancelled call left behind.
     pub(crate) async fn write(&mut self, frame: Bytes) -> Result<(), WriteError> {
+        self.write_parts(frame, Bytes::new()).await
+    }
+
+    /// Writes one frame given as a header and a body (a payload shared with other frames),
+    /// without copying either.
+    pub(crate) async fn write_parts(
+        &mut self,
+        header: Bytes,
+        body: Bytes,
+    ) -> Result<(), WriteError> {
         self.flush().await?;
-        self.pending = frame;
+        self.queue(header, body);
         self.flush().await
     }
 
-    /// Writes out the rest of a frame a cancelled [`write`](Self::write) left behind.
+    /// Queues a frame, without waiting, to go out at the next [`flush`](Self::flush). The
+    /// writer must have been flushed since the last frame was queued.
+    pub(crate) fn queue(&mut self, header: Bytes, body: Bytes) {
+        debug_assert!(
+            self.pending.iter().all(Bytes::is_empty),
+            "queued over an unflushed frame"
+        );
+        self.pending = [header, body];
+    }
+
+    /// Writes out the rest of a frame a cancelled write left behind.
     pub(crate) async fn flush(&mut self) -> Result<(), WriteError> {
-        while !self.pending.is_empty() {
-            self.stream
-                .write_chunks(std::slice::from_mut(&mut self.pending))
-                .await?;
+        while self.pending.iter().any(|chunk| !chunk.is_empty()) {
+            self.stream.write_chunks(&mut self.pending).await?;
         }
         Ok(())
     }

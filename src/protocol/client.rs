@@ -6,6 +6,8 @@
 //!  ExpectFeedInitReply --FEED_INIT_REPLY(feed)--> ExpectConnOk        (sends FINAL_AUTH on main)
 //!        |  no reply within feed_init_timeout: FEED_INIT again, up to feed_init_attempts
 //!  ExpectConnOk        --CONN_OK(main)---------> Done (yields Established)
+//!
+//!  resume: sends RESUME on main, then ExpectConnOk as above
 //! ```
 //!
 //! `CONN_FAILED` on either channel, any other message, or the deadline ends it with a
@@ -49,6 +51,8 @@ pub enum HandshakeStep {
     FeedInit,
     /// Waiting for the reply to `FINAL_AUTH`.
     FinalAuth,
+    /// Waiting for the reply to `RESUME`.
+    Resume,
 }
 
 impl fmt::Display for HandshakeStep {
@@ -58,6 +62,7 @@ impl fmt::Display for HandshakeStep {
             HandshakeStep::ConnInit => "waiting for the CONN_INIT reply",
             HandshakeStep::FeedInit => "waiting for the FEED_INIT reply",
             HandshakeStep::FinalAuth => "waiting for CONN_OK",
+            HandshakeStep::Resume => "waiting for the RESUME reply",
         })
     }
 }
@@ -109,6 +114,19 @@ pub enum ClientOutput {
     Failed(ClientFailure),
 }
 
+/// What a client needs to resume a session on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeTicket {
+    /// The session's player ID.
+    pub player_id: PlayerId,
+    /// The credential from the last `CONN_OK`.
+    pub credential: Token,
+    /// The next main message the client expects from the server.
+    pub main_next: u64,
+    /// The next feed message the client expects from the server.
+    pub feed_next: u64,
+}
+
 /// The outcome of a completed client handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientEstablished {
@@ -116,6 +134,12 @@ pub struct ClientEstablished {
     pub player_id: PlayerId,
     /// The frame limits the server announced in `CONN_OK`.
     pub peer_limits: FrameLimits,
+    /// The credential for the next `RESUME`.
+    pub credential: Token,
+    /// The next main message the server expects: the client replays from there.
+    pub main_next: u64,
+    /// The next feed message the server expects.
+    pub feed_next: u64,
     /// What the client still tolerates on main after `CONN_OK`.
     pub main_rules: InboundRules,
     /// What the client still tolerates on feed after `CONN_OK`.
@@ -141,7 +165,8 @@ struct ExpectFeedInitReply {
 #[derive(Debug)]
 struct ExpectConnOk {
     player_id: PlayerId,
-    token_b: Token,
+    /// `None` when resuming: there was no token B, hence no late `FEED_INIT_REPLY`.
+    token_b: Option<Token>,
     feed_inits_sent: u8,
 }
 
@@ -174,11 +199,34 @@ impl ClientHandshake {
         matches!(self.state, State::Done)
     }
 
+    /// Starts a resume on a new connection: `RESUME` is the first output.
+    pub fn resume(mut config: ClientHandshakeConfig, ticket: &ResumeTicket) -> Self {
+        config.feed_init_attempts = config.feed_init_attempts.clamp(1, MAX_FEED_INITS);
+        let resume = Message::Resume {
+            player_id: ticket.player_id,
+            credential: ticket.credential,
+            max_main_frame: config.local_limits.main,
+            max_feed_frame: config.local_limits.feed,
+            main_next: ticket.main_next,
+            feed_next: ticket.feed_next,
+        };
+        ClientHandshake {
+            state: State::ExpectConnOk(ExpectConnOk {
+                player_id: ticket.player_id,
+                token_b: None,
+                feed_inits_sent: 0,
+            }),
+            config,
+            outputs: VecDeque::from([ClientOutput::Send(ChannelKind::Main, resume)]),
+        }
+    }
+
     /// The step the handshake is waiting on.
     pub fn step(&self) -> Option<HandshakeStep> {
-        match self.state {
+        match &self.state {
             State::ExpectConnInitReply => Some(HandshakeStep::ConnInit),
             State::ExpectFeedInitReply(_) => Some(HandshakeStep::FeedInit),
+            State::ExpectConnOk(s) if s.token_b.is_none() => Some(HandshakeStep::Resume),
             State::ExpectConnOk(_) => Some(HandshakeStep::FinalAuth),
             State::Done => None,
         }
@@ -290,7 +338,7 @@ impl ClientHandshake {
                 ));
                 State::ExpectConnOk(ExpectConnOk {
                     player_id: s.player_id,
-                    token_b,
+                    token_b: Some(token_b),
                     feed_inits_sent: s.sent,
                 })
             }
@@ -300,6 +348,9 @@ impl ClientHandshake {
                 Message::ConnOk {
                     max_main_frame,
                     max_feed_frame,
+                    credential,
+                    main_next,
+                    feed_next,
                 },
             ) => {
                 let peer_limits = FrameLimits {
@@ -316,12 +367,20 @@ impl ClientHandshake {
                     }));
                 }
                 // Each FEED_INIT beyond the first may still draw a copy of FEED_INIT_REPLY.
-                let late_replies = s.feed_inits_sent.saturating_sub(1);
+                let feed_rules = match s.token_b {
+                    Some(token_b) => {
+                        InboundRules::client_feed(token_b, s.feed_inits_sent.saturating_sub(1))
+                    }
+                    None => InboundRules::data_only(),
+                };
                 self.finish(ClientOutput::Established(ClientEstablished {
                     player_id: s.player_id,
                     peer_limits,
+                    credential,
+                    main_next,
+                    feed_next,
                     main_rules: InboundRules::data_only(),
-                    feed_rules: InboundRules::client_feed(s.token_b, late_replies),
+                    feed_rules,
                 }));
                 return;
             }

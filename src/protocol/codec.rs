@@ -35,8 +35,8 @@ pub const MAX_FAILURE_MESSAGE: usize = 256;
 /// [`HANDSHAKE_FRAME_LIMIT`] bytes, and bincode counts every integer at its decoded size.
 const CONTROL_DECODE_LIMIT: usize = 128 * 1024;
 
-/// Largest header of a `DATA` frame: prefix, tag, and a 9-byte varint length.
-const DATA_HEADER_MAX: usize = LENGTH_PREFIX_LEN + 1 + 9;
+/// Largest header of a `DATA` frame: prefix, tag, and two 9-byte varints (sequence, length).
+pub const DATA_HEADER_MAX: usize = LENGTH_PREFIX_LEN + 1 + 9 + 9;
 
 /// Why bytes could not be turned into a frame or a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,9 +153,12 @@ pub fn decode_message(body: Bytes) -> Result<Message, DecodeError> {
     }
     if tag == u32::from(Message::DATA_TAG) {
         let rest = body.get(tag_len..).unwrap_or_default();
+        let (seq, seq_len) = bincode::decode_from_slice::<u64, _>(rest, standard())
+            .map_err(|e| DecodeError::malformed("DATA sequence number", e))?;
+        let rest = rest.get(seq_len..).unwrap_or_default();
         let (len, len_len) = bincode::decode_from_slice::<u64, _>(rest, standard())
             .map_err(|e| DecodeError::malformed("DATA length", e))?;
-        let start = tag_len.saturating_add(len_len);
+        let start = tag_len.saturating_add(seq_len).saturating_add(len_len);
         let available = body.len().saturating_sub(start);
         if usize::try_from(len).ok() != Some(available) {
             return Err(DecodeError::Malformed {
@@ -163,7 +166,10 @@ pub fn decode_message(body: Bytes) -> Result<Message, DecodeError> {
                 detail: format!("declares {len} payload bytes but carries {available}"),
             });
         }
-        return Ok(Message::Data(body.slice(start..)));
+        return Ok(Message::Data {
+            seq,
+            payload: body.slice(start..),
+        });
     }
     let (message, used) = bincode::serde::decode_from_slice::<Message, _>(
         &body,
@@ -181,8 +187,8 @@ pub fn decode_message(body: Bytes) -> Result<Message, DecodeError> {
 
 /// Encodes a message as a complete frame (prefix included).
 ///
-/// Used for control messages; application data takes the allocation-free paths
-/// [`encode_data_value`] and [`encode_data_bytes`], which produce the same bytes.
+/// Used for control messages; application data takes the paths of [`Payload`], which produce
+/// the same bytes without copying the payload.
 pub fn encode_message(message: &Message) -> Result<Bytes, EncodeError> {
     let mut frame = BytesMut::with_capacity(64).writer();
     frame.get_mut().put_u32(0);
@@ -218,8 +224,9 @@ pub fn truncate_utf8(text: &str, max: usize) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
-/// The largest payload a `DATA` frame with a body of at most `max_body` bytes can carry (the
-/// body is the tag, the payload's varint length, then the payload).
+/// The largest payload a `DATA` frame with a body of at most `max_body` bytes can carry,
+/// whatever its sequence number (the body is the tag, the sequence number and the payload
+/// length as varints, then the payload).
 pub fn max_data_payload(max_body: usize) -> usize {
     // For each varint size, the payload lengths it encodes, and the largest that fits.
     const CLASSES: [(usize, u64, u64); 4] = [
@@ -228,10 +235,11 @@ pub fn max_data_payload(max_body: usize) -> usize {
         (5, u16::MAX as u64 + 1, u32::MAX as u64),
         (9, u32::MAX as u64 + 1, u64::MAX),
     ];
+    const TAG_AND_LARGEST_SEQ: usize = 1 + 9;
     CLASSES
         .into_iter()
         .filter_map(|(varint_len, least, most)| {
-            let room = max_body.checked_sub(varint_len.saturating_add(1))? as u64;
+            let room = max_body.checked_sub(varint_len.saturating_add(TAG_AND_LARGEST_SEQ))? as u64;
             let len = room.min(most);
             (len >= least).then(|| usize::try_from(len).unwrap_or(usize::MAX))
         })
@@ -239,36 +247,77 @@ pub fn max_data_payload(max_body: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// Encodes `value` with bincode as the payload of a `DATA` frame, in one allocation.
+/// An application payload, encoded once, with room in front of it for a `DATA` header.
 ///
-/// Fails with [`EncodeError::TooLarge`] when the frame body would exceed `max_body` (the peer's
-/// announced limit for the channel).
-pub fn encode_data_value<T: Serialize + ?Sized>(
-    value: &T,
-    max_body: usize,
-) -> Result<Bytes, EncodeError> {
-    let mut buf = BytesMut::with_capacity(DATA_HEADER_MAX.saturating_add(64));
-    buf.put_bytes(0, DATA_HEADER_MAX);
-    let mut writer = buf.writer();
-    bincode::serde::encode_into_std_write(value, &mut writer, standard())
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    let mut buf = writer.into_inner();
-    let payload_len = buf.len().saturating_sub(DATA_HEADER_MAX);
-    let header = DataHeader::new(payload_len, max_body)?;
-    let start = DATA_HEADER_MAX.saturating_sub(header.len);
-    if let Some(slot) = buf.get_mut(start..DATA_HEADER_MAX) {
-        slot.copy_from_slice(header.as_slice());
-    }
-    Ok(buf.freeze().slice(start..))
+/// [`into_frame`](Payload::into_frame) writes the header in place, so a message costs one
+/// allocation and no copy; [`header`](data_header) builds a separate header for sending the
+/// same payload again (a replay) or to many peers.
+#[derive(Debug)]
+pub struct Payload {
+    buf: BytesMut,
 }
 
-/// Encodes raw bytes as a `DATA` frame.
-pub fn encode_data_bytes(payload: &[u8], max_body: usize) -> Result<Bytes, EncodeError> {
-    let header = DataHeader::new(payload.len(), max_body)?;
-    let mut buf = BytesMut::with_capacity(header.len.saturating_add(payload.len()));
-    buf.put_slice(header.as_slice());
-    buf.put_slice(payload);
-    Ok(buf.freeze())
+impl Payload {
+    /// `value` encoded with bincode (standard configuration).
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, EncodeError> {
+        let mut buf = BytesMut::with_capacity(DATA_HEADER_MAX.saturating_add(64));
+        buf.put_bytes(0, DATA_HEADER_MAX);
+        let mut writer = buf.writer();
+        bincode::serde::encode_into_std_write(value, &mut writer, standard())
+            .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+        Ok(Payload {
+            buf: writer.into_inner(),
+        })
+    }
+
+    /// Raw bytes as a payload.
+    pub fn from_bytes(bytes: &[u8]) -> Payload {
+        let mut buf = BytesMut::with_capacity(DATA_HEADER_MAX.saturating_add(bytes.len()));
+        buf.put_bytes(0, DATA_HEADER_MAX);
+        buf.put_slice(bytes);
+        Payload { buf }
+    }
+
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len().saturating_sub(DATA_HEADER_MAX)
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks the frame this payload makes fits `max_body`, for any sequence number.
+    pub fn check_size(&self, max_body: usize) -> Result<(), EncodeError> {
+        DataHeader::new(u64::MAX, self.len(), max_body).map(|_| ())
+    }
+
+    /// The complete `DATA` frame with sequence number `seq`, and the payload (a view into the
+    /// frame, to keep for a replay).
+    pub fn into_frame(mut self, seq: u64, max_body: usize) -> Result<(Bytes, Bytes), EncodeError> {
+        let header = DataHeader::new(seq, self.len(), max_body)?;
+        let start = DATA_HEADER_MAX.saturating_sub(header.len);
+        if let Some(slot) = self.buf.get_mut(start..DATA_HEADER_MAX) {
+            slot.copy_from_slice(header.as_slice());
+        }
+        let frame = self.buf.freeze().slice(start..);
+        let payload = frame.slice(header.len..);
+        Ok((frame, payload))
+    }
+}
+
+/// The header of a `DATA` frame carrying `payload_len` bytes with sequence number `seq`; the
+/// payload follows it on the wire.
+pub fn data_header(seq: u64, payload_len: usize, max_body: usize) -> Result<Bytes, EncodeError> {
+    DataHeader::new(seq, payload_len, max_body).map(|h| Bytes::copy_from_slice(h.as_slice()))
+}
+
+/// A whole `DATA` frame (tests, tools; the send path uses [`Payload`]).
+pub fn encode_data(seq: u64, payload: &[u8], max_body: usize) -> Result<Bytes, EncodeError> {
+    Payload::from_bytes(payload)
+        .into_frame(seq, max_body)
+        .map(|(frame, _)| frame)
 }
 
 /// Decodes an application payload (the bytes of a `DATA` message) as `T`.
@@ -324,21 +373,22 @@ pub fn decode_data_value<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Decod
     Ok(value)
 }
 
-/// The prefix, tag and varint length of a `DATA` frame.
+/// The prefix, tag, varint sequence number and varint length of a `DATA` frame.
 struct DataHeader {
     bytes: [u8; DATA_HEADER_MAX],
     len: usize,
 }
 
 impl DataHeader {
-    fn new(payload_len: usize, max_body: usize) -> Result<Self, EncodeError> {
+    fn new(seq: u64, payload_len: usize, max_body: usize) -> Result<Self, EncodeError> {
         let mut bytes = [0u8; DATA_HEADER_MAX];
-        let mut varint = [0u8; 9];
-        let varint_len = write_varint(payload_len as u64, &mut varint);
+        let (mut seq_varint, mut len_varint) = ([0u8; 9], [0u8; 9]);
+        let seq_len = write_varint(seq, &mut seq_varint);
+        let len_len = write_varint(payload_len as u64, &mut len_varint);
         let body_len = payload_len
-            .checked_add(1)
-            .and_then(|n| n.checked_add(varint_len))
-            .unwrap_or(usize::MAX);
+            .saturating_add(1)
+            .saturating_add(seq_len)
+            .saturating_add(len_len);
         let max = max_body.min(MAX_FRAME_LIMIT);
         if body_len > max {
             return Err(EncodeError::TooLarge { len: body_len, max });
@@ -348,12 +398,14 @@ impl DataHeader {
         let mut out = &mut bytes[..];
         out.put_u32(prefix);
         out.put_u8(Message::DATA_TAG);
-        out.put_slice(varint.get(..varint_len).unwrap_or_default());
+        out.put_slice(seq_varint.get(..seq_len).unwrap_or_default());
+        out.put_slice(len_varint.get(..len_len).unwrap_or_default());
         Ok(DataHeader {
             bytes,
             len: LENGTH_PREFIX_LEN
                 .saturating_add(1)
-                .saturating_add(varint_len),
+                .saturating_add(seq_len)
+                .saturating_add(len_len),
         })
     }
 
@@ -415,11 +467,30 @@ mod tests {
             Message::ConnOk {
                 max_main_frame: 1,
                 max_feed_frame: u32::MAX,
+                credential: Token([0x42; 16]),
+                main_next: 0,
+                feed_next: 1 << 40,
             },
             conn_failed(Reason::ServerFull, "server full"),
             conn_failed(Reason::Application(0x1234), ""),
-            Message::Data(Bytes::from_static(&[1, 2, 3])),
-            Message::Data(Bytes::from(vec![9; 70_000])),
+            Message::Data {
+                seq: 0,
+                payload: Bytes::from_static(&[1, 2, 3]),
+            },
+            Message::Data {
+                seq: u64::MAX,
+                payload: Bytes::from(vec![9; 70_000]),
+            },
+            Message::Ack { next: 251 },
+            Message::Resume {
+                player_id: PlayerId(7),
+                credential: Token([3; 16]),
+                max_main_frame: 65536,
+                max_feed_frame: 1024,
+                main_next: 12,
+                feed_next: 100_000,
+            },
+            Message::Gap { next: 65536 },
         ]
     }
 
@@ -440,16 +511,45 @@ mod tests {
 
     #[test]
     fn data_fast_paths_match_the_generic_encoding() {
-        for len in [0usize, 1, 250, 251, 65535, 65536, 70_000] {
+        for (len, seq) in [
+            (0usize, 0u64),
+            (1, 250),
+            (250, 251),
+            (251, 1 << 20),
+            (65535, 3),
+            (65536, u64::MAX),
+            (70_000, 9),
+        ] {
             let payload = vec![0x5a; len];
-            let generic = encode_message(&Message::Data(Bytes::from(payload.clone()))).unwrap();
+            let generic = encode_message(&Message::Data {
+                seq,
+                payload: Bytes::from(payload.clone()),
+            })
+            .unwrap();
             assert_eq!(
-                encode_data_bytes(&payload, MAX_FRAME_LIMIT).unwrap(),
+                encode_data(seq, &payload, MAX_FRAME_LIMIT).unwrap(),
                 generic
             );
+            let (frame, kept) = Payload::from_bytes(&payload)
+                .into_frame(seq, MAX_FRAME_LIMIT)
+                .unwrap();
+            assert_eq!((frame.clone(), &kept[..]), (generic.clone(), &payload[..]));
+            let header = data_header(seq, payload.len(), MAX_FRAME_LIMIT).unwrap();
+            assert_eq!(
+                [&header[..], &kept[..]].concat(),
+                &generic[..],
+                "separate header"
+            );
             let typed_payload = bincode::serde::encode_to_vec(&payload, standard()).unwrap();
-            let typed = encode_data_value(&payload, MAX_FRAME_LIMIT).unwrap();
-            let expected = encode_message(&Message::Data(Bytes::from(typed_payload))).unwrap();
+            let (typed, _) = Payload::encode(&payload)
+                .unwrap()
+                .into_frame(seq, MAX_FRAME_LIMIT)
+                .unwrap();
+            let expected = encode_message(&Message::Data {
+                seq,
+                payload: Bytes::from(typed_payload),
+            })
+            .unwrap();
             assert_eq!(typed, expected, "payload length {len}");
         }
     }
@@ -467,9 +567,12 @@ mod tests {
             positions: vec![(1.0, -2.5); 10],
             name: "arena".into(),
         };
-        let frame = encode_data_value(&value, MAX_FRAME_LIMIT).unwrap();
-        let Message::Data(payload) = one_frame(frame) else {
-            panic!("not a DATA frame")
+        let (frame, _) = Payload::encode(&value)
+            .unwrap()
+            .into_frame(5, MAX_FRAME_LIMIT)
+            .unwrap();
+        let Message::Data { seq: 5, payload } = one_frame(frame) else {
+            panic!("not DATA 5")
         };
         assert_eq!(decode_data_value::<Snapshot>(&payload).unwrap(), value);
     }
@@ -534,8 +637,8 @@ mod tests {
     #[test]
     fn unknown_tags_and_trailing_bytes_are_refused() {
         assert_eq!(
-            decode_message(Bytes::from_static(&[8])),
-            Err(DecodeError::UnknownTag(8))
+            decode_message(Bytes::from_static(&[11])),
+            Err(DecodeError::UnknownTag(11))
         );
         assert_eq!(
             decode_message(Bytes::from_static(&[250])),
@@ -562,7 +665,7 @@ mod tests {
         let bodies: [&[u8]; 4] = [
             &[0, 0, 0, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[6, 1, 252, 0xff, 0xff, 0xff, 0xff],
-            &[7, 253, 0, 0, 0, 0, 0, 1, 0, 0],
+            &[7, 0, 253, 0, 0, 0, 0, 0, 1, 0, 0],
             &[6, 1, 253, 0, 0, 0, 0, 0, 1, 0, 0],
         ];
         for body in bodies {
@@ -596,26 +699,36 @@ mod tests {
     #[test]
     fn data_larger_than_the_peer_limit_is_refused_at_encode() {
         assert_eq!(
-            encode_data_bytes(&[0; 100], 50),
-            Err(EncodeError::TooLarge { len: 102, max: 50 })
+            encode_data(0, &[0; 100], 50),
+            Err(EncodeError::TooLarge { len: 103, max: 50 })
         );
         assert!(matches!(
-            encode_data_value(&vec![0u8; 100], 50),
+            Payload::encode(&vec![0u8; 100]).unwrap().check_size(50),
             Err(EncodeError::TooLarge { .. })
         ));
     }
 
     #[test]
     fn max_data_payload_is_exactly_the_largest_payload_that_fits() {
-        for max_body in [256usize, 252, 253, 254, 255, 65536, 65540, 16 * 1024 * 1024] {
+        for max_body in [
+            256usize,
+            261,
+            262,
+            263,
+            264,
+            265,
+            65536,
+            65540,
+            16 * 1024 * 1024,
+        ] {
             let fits = max_data_payload(max_body);
+            let with_largest_seq = |len: usize| encode_data(u64::MAX, &vec![0; len], max_body);
+            assert!(with_largest_seq(fits).is_ok(), "{max_body}");
+            assert!(with_largest_seq(fits + 1).is_err(), "{max_body}");
             assert!(
-                encode_data_bytes(&vec![0; fits], max_body).is_ok(),
-                "{max_body}"
-            );
-            assert!(
-                encode_data_bytes(&vec![0; fits + 1], max_body).is_err(),
-                "{max_body}"
+                Payload::from_bytes(&vec![0; fits])
+                    .check_size(max_body)
+                    .is_ok()
             );
         }
         assert_eq!(max_data_payload(0), 0);

@@ -174,6 +174,7 @@ fn run(
                         s.accept(PlayerId(42), now, &mut e);
                     }
                     ServerOutput::Established(est) => established = Some(est),
+                    ServerOutput::Resume(request) => panic!("unexpected resume {request:?}"),
                     ServerOutput::Close { reason, message } => {
                         panic!("server closed: {reason} {message}")
                     }
@@ -314,6 +315,9 @@ fn the_client_ignores_a_late_copy_of_feed_init_reply_after_conn_ok() {
         Message::ConnOk {
             max_main_frame: 1000,
             max_feed_frame: 2000,
+            credential: Token([0xcc; 16]),
+            main_next: 0,
+            feed_next: 0,
         },
         t0 + RETRY,
     );
@@ -467,7 +471,13 @@ fn out_of_order_and_wrong_channel_messages_are_unexpected() {
         &mut s,
         &mut e,
         t0,
-        (ChannelKind::Main, Message::Data(Bytes::from_static(b"hi"))),
+        (
+            ChannelKind::Main,
+            Message::Data {
+                seq: 0,
+                payload: Bytes::from_static(b"hi"),
+            },
+        ),
     );
     assert_failed(&out, ChannelKind::Main, Reason::UnexpectedMessage);
     // Anything while the authenticator is deciding.
@@ -632,6 +642,9 @@ fn the_client_treats_an_unexpected_server_message_as_a_violation() {
         Message::ConnOk {
             max_main_frame: 1000,
             max_feed_frame: 1000,
+            credential: Token([0xcc; 16]),
+            main_next: 0,
+            feed_next: 0,
         },
         t0,
     );
@@ -691,6 +704,9 @@ fn frame_limits_below_the_minimum_are_malformed_announcements() {
         Message::ConnOk {
             max_main_frame: 65536,
             max_feed_frame: 0,
+            credential: Token([0xcc; 16]),
+            main_next: 0,
+            feed_next: 0,
         },
         t0,
     );
@@ -698,4 +714,107 @@ fn frame_limits_below_the_minimum_are_malformed_announcements() {
         panic!("accepted a CONN_OK announcing a zero limit")
     };
     assert_eq!(failure.close_reason(), Reason::MalformedMessage);
+}
+
+#[test]
+fn conn_ok_carries_a_fresh_credential_and_starts_both_channels_at_zero() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client(t0, 3), server(t0));
+    let (out, server_side, _) = run(&mut c, &mut s, t0, 0);
+    let ClientOutput::Established(client_side) = out else {
+        panic!("client failed: {out:?}")
+    };
+    let server_side = server_side.unwrap();
+    assert_eq!(client_side.credential, server_side.credential);
+    assert_eq!((client_side.main_next, client_side.feed_next), (0, 0));
+    assert_eq!(server_side.resumed, None);
+}
+
+#[test]
+fn a_resume_is_answered_with_conn_ok_and_the_servers_positions() {
+    let t0 = Instant::now();
+    let ticket = ResumeTicket {
+        player_id: PlayerId(8),
+        credential: Token([5; 16]),
+        main_next: 10,
+        feed_next: 20,
+    };
+    let mut c = ClientHandshake::resume(
+        ClientHandshakeConfig {
+            deadline: t0 + DEADLINE,
+            credentials: Bytes::new(),
+            feed_init_timeout: RETRY,
+            feed_init_attempts: 3,
+            local_limits: LIMITS,
+        },
+        &ticket,
+    );
+    assert_eq!(c.step(), Some(HandshakeStep::Resume));
+    let sent = client_sends(&mut c);
+    let mut s = server(t0);
+    let mut e = CountingEntropy::default();
+    let [(ChannelKind::Main, resume)] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    let out = exchange(&mut s, &mut e, t0, (ChannelKind::Main, resume.clone()));
+    let [ServerOutput::Resume(request)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (
+            request.player_id,
+            request.credential,
+            request.main_next,
+            request.feed_next
+        ),
+        (PlayerId(8), Token([5; 16]), 10, 20)
+    );
+    // Anything else while the credential is being checked is a violation.
+    let next = Token([6; 16]);
+    s.accept_resume(request, next, 3, 4);
+    let out = server_outputs(&mut s);
+    let [
+        ServerOutput::Send(ChannelKind::Main, conn_ok),
+        ServerOutput::Established(est),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(est.resumed, Some((10, 20)));
+    assert_eq!(est.credential, next);
+    c.handle_message(ChannelKind::Main, wire(conn_ok), t0);
+    let Some(ClientOutput::Established(done)) = c.poll_output() else {
+        panic!("client did not resume")
+    };
+    assert_eq!(
+        (
+            done.player_id,
+            done.credential,
+            done.main_next,
+            done.feed_next
+        ),
+        (PlayerId(8), next, 3, 4)
+    );
+}
+
+#[test]
+fn a_refused_resume_fails_the_client_with_the_reason() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let mut e = CountingEntropy::default();
+    let resume = Message::Resume {
+        player_id: PlayerId(1),
+        credential: Token([1; 16]),
+        max_main_frame: 65536,
+        max_feed_frame: 65536,
+        main_next: 0,
+        feed_next: 0,
+    };
+    exchange(&mut s, &mut e, t0, (ChannelKind::Main, resume));
+    s.refuse(Reason::UnknownSession, "unknown session");
+    assert_failed(
+        &server_outputs(&mut s),
+        ChannelKind::Main,
+        Reason::UnknownSession,
+    );
 }

@@ -129,9 +129,22 @@ pub enum Reason {
     ServerShutdown,
     /// `0x000f`: the peer hit an internal failure (for example, no randomness available).
     InternalError,
+    /// `0x0010`: the session resumed on a newer connection, which replaces this one.
+    Superseded,
+    /// `0x0011`: a reconnection request for a session the server does not hold (never
+    /// established, ended, or its grace period has passed).
+    UnknownSession,
+    /// `0x0012`: nothing was received for the dead-path timeout; the connection is abandoned
+    /// (the session may resume on a new one).
+    DeadPath,
+    /// `0x0013`: the session ended because the client did not come back within the grace
+    /// period.
+    SessionExpired,
+    /// `0x0014`: the peer's acknowledgements or sequence numbers contradict what was sent.
+    SequenceError,
     /// `0x1000..=0xffff`: defined by the application.
     Application(u16),
-    /// A library code (`0x0010..=0x0fff`) this version does not know.
+    /// A library code (`0x0015..=0x0fff`) this version does not know.
     Unknown(u16),
 }
 
@@ -158,6 +171,11 @@ impl Reason {
             Reason::PlayerIdInUse => 0x000d,
             Reason::ServerShutdown => 0x000e,
             Reason::InternalError => 0x000f,
+            Reason::Superseded => 0x0010,
+            Reason::UnknownSession => 0x0011,
+            Reason::DeadPath => 0x0012,
+            Reason::SessionExpired => 0x0013,
+            Reason::SequenceError => 0x0014,
             Reason::Application(code) | Reason::Unknown(code) => code,
         }
     }
@@ -181,6 +199,11 @@ impl Reason {
             0x000d => Reason::PlayerIdInUse,
             0x000e => Reason::ServerShutdown,
             0x000f => Reason::InternalError,
+            0x0010 => Reason::Superseded,
+            0x0011 => Reason::UnknownSession,
+            0x0012 => Reason::DeadPath,
+            0x0013 => Reason::SessionExpired,
+            0x0014 => Reason::SequenceError,
             c if c >= Reason::APPLICATION_MIN => Reason::Application(c),
             c => Reason::Unknown(c),
         }
@@ -205,6 +228,11 @@ impl Reason {
             Reason::PlayerIdInUse => "player id in use",
             Reason::ServerShutdown => "server shutting down",
             Reason::InternalError => "internal error",
+            Reason::Superseded => "superseded by a newer connection",
+            Reason::UnknownSession => "unknown session",
+            Reason::DeadPath => "path dead",
+            Reason::SessionExpired => "session expired",
+            Reason::SequenceError => "sequence error",
             Reason::Application(_) => "application reason",
             Reason::Unknown(_) => "unknown reason",
         }
@@ -241,6 +269,9 @@ impl fmt::Display for Reason {
 /// | 5   | `ConnOk`          | server -> client | main         |
 /// | 6   | `ConnFailed`      | server -> client | main or feed |
 /// | 7   | `Data`            | both             | main or feed |
+/// | 8   | `Ack`             | both             | main or feed |
+/// | 9   | `Resume`          | client -> server | main         |
+/// | 10  | `Gap`             | both             | main or feed |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Step 1 request: opens the handshake.
@@ -277,12 +308,19 @@ pub enum Message {
         /// Token B from `FeedInitReply`.
         token_b: Token,
     },
-    /// Step 3 reply: the session is established.
+    /// Step 3 reply, or the reply to `RESUME`: the session is established (or resumed).
     ConnOk {
         /// The largest frame body the server accepts on main.
         max_main_frame: u32,
         /// The largest frame body the server accepts on feed.
         max_feed_frame: u32,
+        /// The credential for the next `RESUME`; single-use, replaced at every `CONN_OK`.
+        credential: Token,
+        /// Sequence number of the next message the server expects from the client on main:
+        /// the client replays its unacknowledged main messages from there (0 on a new session).
+        main_next: u64,
+        /// The same for feed.
+        feed_next: u64,
     },
     /// A refusal: the sender closes the connection right after it.
     ConnFailed {
@@ -292,13 +330,48 @@ pub enum Message {
         /// bytes of UTF-8.
         message: String,
     },
-    /// An application message (after `CONN_OK` only).
-    Data(Bytes),
+    /// An application message (after `CONN_OK` only), numbered per channel and direction from 0.
+    Data {
+        /// Sequence number: one more than the previous `DATA` on this channel and direction.
+        seq: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// The receiver has delivered every message of this channel's other direction with a
+    /// sequence number below `next`: the sender may forget them.
+    Ack {
+        /// The next sequence number the receiver expects.
+        next: u64,
+    },
+    /// The reconnection request: the first message on main of a new connection that resumes a
+    /// session whose connection was lost.
+    Resume {
+        /// The session's player ID.
+        player_id: PlayerId,
+        /// The credential from the last `CONN_OK`.
+        credential: Token,
+        /// The largest frame body the client accepts on main.
+        max_main_frame: u32,
+        /// The largest frame body the client accepts on feed.
+        max_feed_frame: u32,
+        /// Sequence number of the next message the client expects from the server on main: the
+        /// server replays from there.
+        main_next: u64,
+        /// The same for feed.
+        feed_next: u64,
+    },
+    /// After a resume, before replaying: messages of this channel below `next` that the
+    /// receiver has not got are lost (the sender's replay buffer overflowed); `DATA` resumes at
+    /// `next`.
+    Gap {
+        /// The sequence number of the next `DATA`.
+        next: u64,
+    },
 }
 
 impl Message {
     /// Number of defined message tags; a tag at or above this is unknown.
-    pub const TAG_COUNT: u32 = 8;
+    pub const TAG_COUNT: u32 = 11;
     /// Wire tag of [`Message::Data`].
     pub const DATA_TAG: u8 = 7;
 
@@ -312,7 +385,10 @@ impl Message {
             Message::FinalAuth { .. } => 4,
             Message::ConnOk { .. } => 5,
             Message::ConnFailed { .. } => 6,
-            Message::Data(_) => Message::DATA_TAG,
+            Message::Data { .. } => Message::DATA_TAG,
+            Message::Ack { .. } => 8,
+            Message::Resume { .. } => 9,
+            Message::Gap { .. } => 10,
         }
     }
 
@@ -326,7 +402,10 @@ impl Message {
             Message::FinalAuth { .. } => "FINAL_AUTH",
             Message::ConnOk { .. } => "CONN_OK",
             Message::ConnFailed { .. } => "CONN_FAILED",
-            Message::Data(_) => "DATA",
+            Message::Data { .. } => "DATA",
+            Message::Ack { .. } => "ACK",
+            Message::Resume { .. } => "RESUME",
+            Message::Gap { .. } => "GAP",
         }
     }
 }

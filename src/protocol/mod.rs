@@ -9,13 +9,14 @@ mod client;
 pub mod codec;
 mod message;
 mod registry;
+pub mod reliability;
 mod server;
 mod session;
 mod token;
 
 pub use client::{
     ClientEstablished, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
-    HandshakeStep,
+    HandshakeStep, ResumeTicket,
 };
 pub use codec::{
     DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE, MAX_FRAME_LIMIT,
@@ -24,10 +25,11 @@ pub use codec::{
 pub use message::{ChannelKind, Message, PlayerId, Reason, TOKEN_LEN, Token};
 pub use registry::SessionRegistry;
 pub use server::{
-    MAX_FEED_INITS, ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput,
+    MAX_FEED_INITS, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig,
+    ServerOutput,
 };
 pub use session::{FrameLimits, Inbound, InboundRules};
-pub use token::{Entropy, EntropyError, IssuedToken, SystemEntropy, TokenError};
+pub use token::{Entropy, EntropyError, IssuedToken, SystemEntropy, TokenError, random_token};
 
 /// The ALPN protocol identifier of this protocol version.
 pub const ALPN: &[u8] = b"quicfeed/1";

@@ -1,43 +1,63 @@
-//! Which player IDs are live on a server, and how many sessions it may hold. No I/O.
+//! A server's live sessions: their player IDs, the session limit, and the single-use resume
+//! credentials. No I/O.
 //!
-//! A connection takes a slot when its `CONN_INIT` is admitted and keeps it until the connection
-//! ends, so handshakes in progress count against the limit as well as established sessions.
+//! A session takes a slot when its `CONN_INIT` is admitted and keeps it until it ends (its
+//! connection closed for good, or the grace period after a lost connection passed), so
+//! handshakes in progress count against the limit as well as established sessions. Each
+//! established session holds one resume credential; a successful `RESUME` replaces it, so a
+//! credential works once.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-use super::message::{PlayerId, Reason};
+use super::message::{PlayerId, Reason, Token};
+use super::session::tokens_equal;
 
-/// Live player IDs and the session limit of one server.
+/// Live sessions of one server, each with a value `T` the caller attaches (the driver's
+/// per-session state).
 #[derive(Debug)]
-pub struct SessionRegistry {
+pub struct SessionRegistry<T> {
     max_sessions: usize,
-    live: HashSet<PlayerId>,
+    entries: HashMap<PlayerId, Entry<T>>,
     next_id: u64,
 }
 
-impl SessionRegistry {
+#[derive(Debug)]
+struct Entry<T> {
+    /// Set once the session is established; `None` during its first handshake.
+    established: Option<Established<T>>,
+}
+
+#[derive(Debug)]
+struct Established<T> {
+    credential: Token,
+    /// The credential this one replaced, to tell a reused credential from a wrong one.
+    previous: Option<Token>,
+    value: T,
+}
+
+impl<T> SessionRegistry<T> {
     /// An empty registry holding at most `max_sessions` sessions.
     pub fn new(max_sessions: usize) -> Self {
         SessionRegistry {
             max_sessions,
-            live: HashSet::new(),
+            entries: HashMap::new(),
             next_id: 1,
         }
     }
 
-    /// Number of live sessions (handshakes in progress included).
+    /// Number of live sessions (first handshakes in progress included).
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.entries.len()
     }
 
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.entries.is_empty()
     }
 
     /// Whether another session would exceed the limit.
     pub fn is_full(&self) -> bool {
-        self.live.len() >= self.max_sessions
+        self.entries.len() >= self.max_sessions
     }
 
     /// Takes a slot for `requested`, or for the next free sequential ID when `None`.
@@ -49,17 +69,71 @@ impl SessionRegistry {
             return Err(Reason::ServerFull);
         }
         let id = match requested {
-            Some(id) if self.live.contains(&id) => return Err(Reason::PlayerIdInUse),
+            Some(id) if self.entries.contains_key(&id) => return Err(Reason::PlayerIdInUse),
             Some(id) => id,
             None => self.next_free_id()?,
         };
-        self.live.insert(id);
+        self.entries.insert(id, Entry { established: None });
         Ok(id)
     }
 
-    /// Frees `id`'s slot. Releasing an ID that is not live does nothing.
-    pub fn release(&mut self, id: PlayerId) {
-        self.live.remove(&id);
+    /// Records that `id`'s first handshake completed, with its first resume credential.
+    /// Returns `false` (and changes nothing) if `id` holds no slot.
+    pub fn establish(&mut self, id: PlayerId, credential: Token, value: T) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(entry) => {
+                entry.established = Some(Established {
+                    credential,
+                    previous: None,
+                    value,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Checks a reconnection request and, if it is valid, replaces the credential with `next`
+    /// (so the presented one cannot be used again) and returns the session's value.
+    ///
+    /// Fails with [`Reason::UnknownSession`] when `id` has no established session,
+    /// [`Reason::TokenReused`] when `presented` is the credential a resume already replaced, and
+    /// [`Reason::InvalidToken`] otherwise. Comparisons are constant time.
+    pub fn resume(&mut self, id: PlayerId, presented: &Token, next: Token) -> Result<&T, Reason> {
+        let session = self
+            .entries
+            .get_mut(&id)
+            .and_then(|e| e.established.as_mut())
+            .ok_or(Reason::UnknownSession)?;
+        if !tokens_equal(&session.credential, presented) {
+            let reused = session
+                .previous
+                .as_ref()
+                .is_some_and(|p| tokens_equal(p, presented));
+            return Err(if reused {
+                Reason::TokenReused
+            } else {
+                Reason::InvalidToken
+            });
+        }
+        session.previous = Some(std::mem::replace(&mut session.credential, next));
+        Ok(&session.value)
+    }
+
+    /// The value attached to `id`'s established session.
+    pub fn get(&self, id: PlayerId) -> Option<&T> {
+        self.entries
+            .get(&id)
+            .and_then(|e| e.established.as_ref())
+            .map(|s| &s.value)
+    }
+
+    /// Frees `id`'s slot and returns its value. Releasing an ID that is not live does nothing.
+    pub fn release(&mut self, id: PlayerId) -> Option<T> {
+        self.entries
+            .remove(&id)
+            .and_then(|e| e.established)
+            .map(|s| s.value)
     }
 
     fn next_free_id(&mut self) -> Result<PlayerId, Reason> {
@@ -68,7 +142,7 @@ impl SessionRegistry {
         loop {
             let id = PlayerId(self.next_id);
             self.next_id = self.next_id.checked_add(1).ok_or(Reason::ServerFull)?;
-            if !self.live.contains(&id) {
+            if !self.entries.contains_key(&id) {
                 return Ok(id);
             }
         }
@@ -81,7 +155,7 @@ mod tests {
 
     #[test]
     fn ids_are_sequential_unique_and_skip_chosen_ones() {
-        let mut r = SessionRegistry::new(10);
+        let mut r = SessionRegistry::<()>::new(10);
         assert_eq!(r.admit(Some(PlayerId(2))), Ok(PlayerId(2)));
         assert_eq!(r.admit(None), Ok(PlayerId(1)));
         assert_eq!(r.admit(None), Ok(PlayerId(3)));
@@ -93,11 +167,37 @@ mod tests {
 
     #[test]
     fn the_limit_refuses_with_server_full_until_a_slot_frees() {
-        let mut r = SessionRegistry::new(2);
+        let mut r = SessionRegistry::<()>::new(2);
         let a = r.admit(None).unwrap();
         r.admit(None).unwrap();
         assert_eq!(r.admit(None), Err(Reason::ServerFull));
         r.release(a);
         assert!(r.admit(None).is_ok());
+    }
+
+    #[test]
+    fn a_credential_resumes_once_and_is_then_reported_as_reused() {
+        let mut r = SessionRegistry::new(10);
+        let id = r.admit(None).unwrap();
+        let (first, second, third) = (Token([1; 16]), Token([2; 16]), Token([3; 16]));
+        assert_eq!(
+            r.resume(id, &first, second),
+            Err(Reason::UnknownSession),
+            "not established yet"
+        );
+        assert!(r.establish(id, first, "state"));
+        assert_eq!(
+            r.resume(id, &Token([9; 16]), second),
+            Err(Reason::InvalidToken)
+        );
+        assert_eq!(r.resume(id, &first, second), Ok(&"state"));
+        assert_eq!(r.resume(id, &first, third), Err(Reason::TokenReused));
+        assert_eq!(r.resume(id, &second, third), Ok(&"state"));
+        assert_eq!(
+            r.resume(PlayerId(99), &third, first),
+            Err(Reason::UnknownSession)
+        );
+        assert_eq!(r.release(id), Some("state"));
+        assert_eq!(r.resume(id, &third, first), Err(Reason::UnknownSession));
     }
 }

@@ -7,6 +7,9 @@
 //!  ExpectFeedInit --FEED_INIT(feed)--> ExpectFinalAuth --FINAL_AUTH(main)--> Done
 //!                  (sends FEED_INIT_REPLY)  |   ^        (sends CONN_OK, yields Established)
 //!                                           +---+ repeated FEED_INIT: same FEED_INIT_REPLY again
+//!
+//!  ExpectConnInit --RESUME(main)--> ExpectResumeDecision --accept_resume()--> Done
+//!                                  (driver checks the credential)  (sends CONN_OK)
 //! ```
 //!
 //! Any other input, a bad token, `refuse()`, or the deadline sends `CONN_FAILED` and asks the
@@ -50,6 +53,9 @@ pub enum ServerOutput {
         /// The credentials from `CONN_INIT`.
         credentials: Bytes,
     },
+    /// A reconnection request: check the credential against the session (call
+    /// [`ServerHandshake::accept_resume`] or [`ServerHandshake::refuse`]).
+    Resume(ResumeRequest),
     /// The handshake completed: `CONN_OK` has been queued before this output.
     Established(ServerEstablished),
     /// Close the connection with this reason (any `CONN_FAILED` was queued before this output).
@@ -61,13 +67,31 @@ pub enum ServerOutput {
     },
 }
 
+/// A `RESUME` as the server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The session's player ID.
+    pub player_id: PlayerId,
+    /// The presented credential.
+    pub credential: Token,
+    /// The next main message the client expects: the server replays from there.
+    pub main_next: u64,
+    /// The next feed message the client expects.
+    pub feed_next: u64,
+}
+
 /// The outcome of a completed server handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerEstablished {
     /// The player this connection belongs to.
     pub player_id: PlayerId,
-    /// The frame limits the client announced in `CONN_INIT`.
+    /// The frame limits the client announced in `CONN_INIT` or `RESUME`.
     pub peer_limits: FrameLimits,
+    /// The credential sent in `CONN_OK`, for the client's next `RESUME`.
+    pub credential: Token,
+    /// `Some` when this connection resumed an existing session: where the client expects the
+    /// server's replay to start, as `(main, feed)`.
+    pub resumed: Option<(u64, u64)>,
     /// What the server still tolerates on main after `CONN_OK`.
     pub main_rules: InboundRules,
     /// What the server still tolerates on feed after `CONN_OK`.
@@ -78,6 +102,7 @@ pub struct ServerEstablished {
 enum State {
     ExpectConnInit,
     ExpectAuthDecision(ExpectAuthDecision),
+    ExpectResumeDecision(ExpectAuthDecision),
     ExpectFeedInit(ExpectFeedInit),
     ExpectFinalAuth(ExpectFinalAuth),
     Done,
@@ -206,8 +231,11 @@ impl ServerHandshake {
                 &message,
                 "authenticating CONN_INIT",
             )),
+            State::ExpectResumeDecision(_) => {
+                Err(Failure::unexpected(channel, &message, "checking RESUME"))
+            }
             State::ExpectFeedInit(s) => self.on_feed_init(s, channel, message, now, entropy),
-            State::ExpectFinalAuth(s) => self.on_final_auth(s, channel, message, now),
+            State::ExpectFinalAuth(s) => self.on_final_auth(s, channel, message, now, entropy),
             State::Done => Ok(State::Done),
         };
         match result {
@@ -244,11 +272,50 @@ impl ServerHandshake {
         }
     }
 
-    /// The application (or the server's limits) refused the client.
+    /// The application (or the server's limits) refused the client, or its `RESUME`.
     pub fn refuse(&mut self, reason: Reason, message: &str) {
-        if matches!(self.state, State::ExpectAuthDecision(_)) {
+        if matches!(
+            self.state,
+            State::ExpectAuthDecision(_) | State::ExpectResumeDecision(_)
+        ) {
             self.fail(Failure::new(ChannelKind::Main, reason, message));
         }
+    }
+
+    /// The `RESUME`'s credential was valid for `player_id`'s session, whose next expected
+    /// messages from the client are `main_next` and `feed_next`: issues the next credential
+    /// and sends `CONN_OK`. `credential` is the one the caller already recorded as the
+    /// session's next (see [`SessionRegistry::resume`](super::SessionRegistry::resume)).
+    pub fn accept_resume(
+        &mut self,
+        request: &ResumeRequest,
+        credential: Token,
+        main_next: u64,
+        feed_next: u64,
+    ) {
+        let State::ExpectResumeDecision(s) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let limits = self.config.local_limits;
+        self.send(
+            ChannelKind::Main,
+            Message::ConnOk {
+                max_main_frame: limits.main,
+                max_feed_frame: limits.feed,
+                credential,
+                main_next,
+                feed_next,
+            },
+        );
+        self.outputs
+            .push_back(ServerOutput::Established(ServerEstablished {
+                player_id: request.player_id,
+                peer_limits: s.peer_limits,
+                credential,
+                resumed: Some((request.main_next, request.feed_next)),
+                main_rules: InboundRules::data_only(),
+                feed_rules: InboundRules::data_only(),
+            }));
     }
 
     fn on_conn_init(&mut self, channel: ChannelKind, message: Message) -> Result<State, Failure> {
@@ -280,10 +347,44 @@ impl ServerHandshake {
                     peer_limits,
                 }))
             }
+            (
+                ChannelKind::Main,
+                Message::Resume {
+                    player_id,
+                    credential,
+                    max_main_frame,
+                    max_feed_frame,
+                    main_next,
+                    feed_next,
+                },
+            ) => {
+                let peer_limits = FrameLimits {
+                    main: max_main_frame,
+                    feed: max_feed_frame,
+                };
+                if !peer_limits.is_valid_announcement() {
+                    return Err(Failure::new(
+                        ChannelKind::Main,
+                        Reason::MalformedMessage,
+                        format!(
+                            "RESUME announces frame limits {max_main_frame}/{max_feed_frame}, below {MIN_FRAME_LIMIT}"
+                        ),
+                    ));
+                }
+                self.outputs.push_back(ServerOutput::Resume(ResumeRequest {
+                    player_id,
+                    credential,
+                    main_next,
+                    feed_next,
+                }));
+                Ok(State::ExpectResumeDecision(ExpectAuthDecision {
+                    peer_limits,
+                }))
+            }
             (channel, other) => Err(Failure::unexpected(
                 channel,
                 &other,
-                "waiting for CONN_INIT on main",
+                "waiting for CONN_INIT or RESUME on main",
             )),
         }
     }
@@ -332,6 +433,7 @@ impl ServerHandshake {
         channel: ChannelKind,
         message: Message,
         now: Instant,
+        entropy: &mut dyn Entropy,
     ) -> Result<State, Failure> {
         match (channel, message) {
             (ChannelKind::Feed, Message::FeedInit { player_id, token_a }) => {
@@ -372,18 +474,28 @@ impl ServerHandshake {
                 s.token_b
                     .redeem(&token_b, s.player_id, now)
                     .map_err(|e| Failure::token(ChannelKind::Main, "token B", e))?;
+                let credential = IssuedToken::issue(entropy, s.player_id, now, Duration::MAX)
+                    .map_err(|e| {
+                        Failure::new(ChannelKind::Main, Reason::InternalError, e.to_string())
+                    })?
+                    .token();
                 let limits = self.config.local_limits;
                 self.send(
                     ChannelKind::Main,
                     Message::ConnOk {
                         max_main_frame: limits.main,
                         max_feed_frame: limits.feed,
+                        credential,
+                        main_next: 0,
+                        feed_next: 0,
                     },
                 );
                 self.outputs
                     .push_back(ServerOutput::Established(ServerEstablished {
                         player_id: s.player_id,
                         peer_limits: s.peer_limits,
+                        credential,
+                        resumed: None,
                         main_rules: InboundRules::server_main(s.token_b.token()),
                         feed_rules: InboundRules::server_feed(
                             s.player_id,

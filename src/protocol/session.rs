@@ -40,8 +40,17 @@ impl FrameLimits {
 /// What an inbound message on an established channel means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// An application payload to deliver.
-    Data(Bytes),
+    /// An application payload, with its sequence number.
+    Data {
+        /// The message's sequence number.
+        seq: u64,
+        /// The application's bytes.
+        payload: Bytes,
+    },
+    /// The peer has delivered every message we sent on this channel below `next`.
+    Ack(u64),
+    /// Messages below `next` the peer's replay buffer no longer held are lost.
+    Gap(u64),
     /// A tolerated late handshake echo: drop it silently.
     Ignored,
     /// A protocol violation: close the connection with this reason.
@@ -110,7 +119,9 @@ impl InboundRules {
     pub fn classify(&mut self, message: Message) -> Inbound {
         let name = message.name();
         match (message, &mut self.echo) {
-            (Message::Data(payload), _) => Inbound::Data(payload),
+            (Message::Data { seq, payload }, _) => Inbound::Data { seq, payload },
+            (Message::Ack { next }, _) => Inbound::Ack(next),
+            (Message::Gap { next }, _) => Inbound::Gap(next),
             (Message::FinalAuth { token_b }, Echo::RedeemedTokenB(redeemed))
                 if tokens_equal(&token_b, redeemed) =>
             {
@@ -169,10 +180,19 @@ mod tests {
             InboundRules::server_feed(PlayerId(1), A, 3),
             InboundRules::client_feed(B, 3),
         ] {
+            let data = Message::Data {
+                seq: 3,
+                payload: Bytes::from_static(b"x"),
+            };
             assert_eq!(
-                rules.classify(Message::Data(Bytes::from_static(b"x"))),
-                Inbound::Data(Bytes::from_static(b"x"))
+                rules.classify(data),
+                Inbound::Data {
+                    seq: 3,
+                    payload: Bytes::from_static(b"x")
+                }
             );
+            assert_eq!(rules.classify(Message::Ack { next: 9 }), Inbound::Ack(9));
+            assert_eq!(rules.classify(Message::Gap { next: 9 }), Inbound::Gap(9));
         }
     }
 

@@ -43,6 +43,13 @@ impl Entropy for SystemEntropy {
     }
 }
 
+/// A fresh random token (for example, a resume credential).
+pub fn random_token(entropy: &mut dyn Entropy) -> Result<Token, EntropyError> {
+    let mut bytes = [0u8; TOKEN_LEN];
+    entropy.fill(&mut bytes)?;
+    Ok(Token(bytes))
+}
+
 /// The randomness source failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no randomness available")]

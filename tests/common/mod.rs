@@ -205,6 +205,8 @@ pub struct RawPeer {
     _endpoint: quinn::Endpoint,
     pub main: Option<RawStream>,
     pub feed: Option<RawStream>,
+    /// The resume credential from the last CONN_OK.
+    pub credential: Option<Token>,
 }
 
 impl RawPeer {
@@ -219,6 +221,7 @@ impl RawPeer {
             _endpoint: endpoint,
             main: None,
             feed: None,
+            credential: None,
         }
     }
 
@@ -292,9 +295,32 @@ impl RawPeer {
         self.send(ChannelKind::Main, &Message::FinalAuth { token_b })
             .await;
         match self.recv(ChannelKind::Main).await {
-            Some(Message::ConnOk { .. }) => (player_id, token_a, token_b),
+            Some(Message::ConnOk { credential, .. }) => {
+                self.credential = Some(credential);
+                (player_id, token_a, token_b)
+            }
             other => panic!("expected CONN_OK, got {other:?}"),
         }
+    }
+
+    /// Sends the resume flight (RESUME on main, then the feed declaration) and returns the
+    /// server's answer on main.
+    pub async fn resume(&mut self, player_id: PlayerId, credential: Token) -> Option<Message> {
+        let resume = Message::Resume {
+            player_id,
+            credential,
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+            main_next: 0,
+            feed_next: 0,
+        };
+        self.send(ChannelKind::Main, &resume).await;
+        self.stream(ChannelKind::Feed).await;
+        let answer = self.recv(ChannelKind::Main).await;
+        if let Some(Message::ConnOk { credential, .. }) = &answer {
+            self.credential = Some(*credential);
+        }
+        answer
     }
 
     /// The application close the server ended the connection with: (reason, message).

@@ -1,0 +1,165 @@
+//! What happens to a session's connections: migrations, losses, resumes. Events as they happen,
+//! and counters to read at any time.
+//!
+//! ```no_run
+//! # async fn run(session: quicfeed::Session) {
+//! use quicfeed::SessionEvent;
+//!
+//! let mut events = session.handle().events();
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         SessionEvent::Migrated { from, to } => println!("moved from {from} to {to}"),
+//!         SessionEvent::ConnectionLost { why } => println!("connection lost ({why}); resuming"),
+//!         SessionEvent::Resumed { outage, lost, .. } => {
+//!             println!("back after {outage:?}; {lost} messages lost")
+//!         }
+//!         other => println!("{other:?}"),
+//!     }
+//! }
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::error::Disconnect;
+use crate::protocol::{PlayerId, Reason};
+
+/// Something that happened to a session's connection. The session itself carries on through
+/// all of these except [`ResumeFailed`](SessionEvent::ResumeFailed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// The connection moved to a new path, with no interruption: on a server, the client's
+    /// address changed (NAT rebinding, network switch); on a client, after
+    /// [`SessionHandle::rebind`](crate::SessionHandle::rebind) (local addresses).
+    Migrated {
+        /// The previous address.
+        from: SocketAddr,
+        /// The new address.
+        to: SocketAddr,
+    },
+    /// The connection is gone (nothing heard for the dead-path timeout, or it failed). A client
+    /// starts resuming; a server waits for it, at most the grace period.
+    ConnectionLost {
+        /// How it was lost.
+        why: Disconnect,
+    },
+    /// The session continues on a new connection.
+    Resumed {
+        /// Time from losing the connection to resuming (client), or from the loss being noticed
+        /// to the client's return (server; zero when a live connection was superseded).
+        outage: Duration,
+        /// Messages this side sent again because the peer had not received them.
+        replayed: u64,
+        /// Messages this side could not send again because its replay buffer had overflowed;
+        /// the peer's receiver reports them as [`RecvError::Gap`](crate::RecvError::Gap).
+        lost: u64,
+        /// Whether the reconnection request went in QUIC 0-RTT data (a client that held a TLS
+        /// session ticket): the resume then cost one round trip. Always `false` on a server.
+        zero_rtt: bool,
+    },
+    /// A client could not resume: the server refused (`reason`) or could not be reached within
+    /// the resume budget. The session has ended.
+    ResumeFailed {
+        /// The server's reason, or [`Reason::HandshakeTimeout`] when it could not be reached.
+        reason: Reason,
+        /// Detail.
+        message: String,
+    },
+    /// A server replaced a connection that was still open with a resumed one from the same
+    /// client (which had given up on it first).
+    Superseded,
+}
+
+/// Counts of what happened to a session's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionCounters {
+    /// Path changes without interruption.
+    pub migrations: u64,
+    /// Connections lost.
+    pub connections_lost: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Successful resumes whose request went in 0-RTT (client side).
+    pub resumes_0rtt: u64,
+    /// Failed resumes (a client's final one ends the session).
+    pub resume_failures: u64,
+    /// Connections replaced by a resumed one while still open.
+    pub superseded: u64,
+    /// Messages sent again after resumes.
+    pub messages_replayed: u64,
+    /// Messages that could not be sent again (replay buffer overflow).
+    pub messages_lost: u64,
+}
+
+/// A session's events, in order. See [`SessionHandle::events`](crate::SessionHandle::events).
+#[derive(Debug)]
+pub struct Events {
+    pub(crate) events: broadcast::Receiver<SessionEvent>,
+    pub(crate) ended: watch::Receiver<Option<Disconnect>>,
+}
+
+impl Events {
+    /// The next event, or `None` once the session has ended and every event before the end has
+    /// been returned. Events are kept for a subscriber that falls behind, up to 64; older ones
+    /// are skipped.
+    pub async fn next(&mut self) -> Option<SessionEvent> {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(broadcast::error::TryRecvError::Closed) => return None,
+                Err(broadcast::error::TryRecvError::Empty) => {}
+            }
+            if self.ended.borrow_and_update().is_some() {
+                return None;
+            }
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Ok(event) => return Some(event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                changed = self.ended.changed() => if changed.is_err() {
+                    return None;
+                },
+            }
+        }
+    }
+}
+
+/// An event of one of a server's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerEvent {
+    /// Whose session.
+    pub player_id: PlayerId,
+    /// What happened.
+    pub event: SessionEvent,
+}
+
+/// Counts over all of a server's sessions since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerCounters {
+    /// Sessions established (first handshakes completed).
+    pub sessions_established: u64,
+    /// Sessions ended.
+    pub sessions_ended: u64,
+    /// Sessions ended because the client did not return within the grace period.
+    pub sessions_expired: u64,
+    /// Client path changes seen.
+    pub migrations: u64,
+    /// Connections lost with their session kept for a resume.
+    pub connections_lost: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Reconnection requests refused (unknown session, bad credential).
+    pub resumes_refused: u64,
+    /// Live connections replaced by a resumed one.
+    pub superseded: u64,
+}

@@ -1,0 +1,579 @@
+//! Reconnection over real loopback QUIC, mostly through the network conditioner: client
+//! migrations and NAT rebindings keep the connection; outages shorter than the dead-path
+//! timeout are ridden out; longer ones are resumed on a new connection with the same player,
+//! in 0-RTT, with every message delivered exactly once and in order (or a reported gap);
+//! resumes are refused when they must be, and a stale connection is superseded.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, RawServer, accept_declared, within};
+use quicfeed::conditioner::{Conditions, Relay};
+use quicfeed::protocol::{ChannelKind, Message, PlayerId, Token};
+use quicfeed::{
+    Channel, Client, ClientConfig, Disconnect, Reason, RecvError, Server, ServerConfig, Session,
+    SessionEvent, TransportConfig,
+};
+
+/// Fast liveness for tests: a connection is declared dead after 600 ms of silence.
+fn fast_transport() -> TransportConfig {
+    let mut transport = TransportConfig::default();
+    transport.keep_alive_interval = Duration::from_millis(100);
+    transport.dead_path_timeout = Duration::from_millis(600);
+    transport
+}
+
+struct Setup {
+    server: Server,
+    relay: Option<Relay>,
+    client: Session,
+    session: Session,
+}
+
+/// A server, optionally a relay in front of it, and one connected client.
+async fn setup(
+    through_relay: bool,
+    configure_server: impl FnOnce(&mut ServerConfig),
+    configure_client: impl FnOnce(&mut ClientConfig),
+) -> Setup {
+    common::init_tracing();
+    let (identity, trust) = common::identity();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity);
+    config.transport = fast_transport();
+    configure_server(&mut config);
+    let server = Server::bind(config).await.unwrap();
+    let relay = if through_relay {
+        let perfect = Conditions::default();
+        Some(
+            Relay::start_seeded(server.local_addr(), perfect.clone(), perfect, 7)
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+    let target = relay
+        .as_ref()
+        .map_or(server.local_addr(), Relay::local_addr);
+    let mut client_config = ClientConfig::new(target, trust);
+    client_config.transport = fast_transport();
+    configure_client(&mut client_config);
+    let client = within(Client::connect(&client_config)).await.unwrap();
+    let session = within(server.accept()).await.unwrap();
+    Setup {
+        server,
+        relay,
+        client,
+        session,
+    }
+}
+
+/// Sends `0..` at a steady pace until told to stop, then a final `u32::MAX`; returns the count.
+fn stream_numbers(
+    mut channel: quicfeed::Sender,
+    every: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        let mut sent = 0u32;
+        while !*stop.borrow() {
+            ticker.tick().await;
+            channel.send(&sent).await.unwrap();
+            sent += 1;
+        }
+        channel.send(&u32::MAX).await.unwrap();
+        sent
+    })
+}
+
+/// Receives numbers until `u32::MAX`, asserting each is the next one: nothing lost, nothing
+/// duplicated, nothing reordered. Returns the count.
+fn expect_numbers(mut channel: quicfeed::Receiver) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut next = 0u32;
+        loop {
+            let n: u32 = tokio::time::timeout(Duration::from_secs(20), channel.recv())
+                .await
+                .expect("a message in time")
+                .unwrap_or_else(|e| panic!("{:?} after {next}", e));
+            if n == u32::MAX {
+                return next;
+            }
+            assert_eq!(n, next, "{:?}", channel.kind());
+            next += 1;
+        }
+    })
+}
+
+/// Runs numbered streams both ways on both channels while `during` runs, then checks every
+/// message arrived exactly once and in order. Returns the number of messages checked.
+async fn both_ways_on_both_channels<F: std::future::Future>(
+    client: Session,
+    session: Session,
+    every: Duration,
+    during: F,
+) -> (u32, quicfeed::SessionHandle, quicfeed::SessionHandle) {
+    let (client_handle, client_main, client_feed) = client.into_parts();
+    let (server_handle, server_main, server_feed) = session.into_parts();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let split = |c: Channel| c.split();
+    let (cm_tx, cm_rx) = split(client_main);
+    let (cf_tx, cf_rx) = split(client_feed);
+    let (sm_tx, sm_rx) = split(server_main);
+    let (sf_tx, sf_rx) = split(server_feed);
+    let senders = [
+        stream_numbers(cm_tx, every, stop.clone()),
+        stream_numbers(cf_tx, every, stop.clone()),
+        stream_numbers(sm_tx, every, stop.clone()),
+        stream_numbers(sf_tx, every, stop.clone()),
+    ];
+    // Each receiver is paired with the sender on the other side of the same channel.
+    let receivers = [
+        expect_numbers(sm_rx),
+        expect_numbers(sf_rx),
+        expect_numbers(cm_rx),
+        expect_numbers(cf_rx),
+    ];
+    during.await;
+    stop_tx.send(true).unwrap();
+    let mut total = 0;
+    for (sender, receiver) in senders.into_iter().zip(receivers) {
+        let sent = within(sender).await.unwrap();
+        let received = tokio::time::timeout(Duration::from_secs(30), receiver)
+            .await
+            .expect("all messages in time")
+            .unwrap();
+        assert_eq!(sent, received, "every message exactly once");
+        total += sent;
+    }
+    (total, client_handle, server_handle)
+}
+
+/// Waits for a server event matching `pick`.
+async fn server_event<T>(
+    events: &mut quicfeed::ServerEvents,
+    mut pick: impl FnMut(&SessionEvent) -> Option<T>,
+) -> T {
+    within(async {
+        loop {
+            let event = events.next().await.expect("server running");
+            if let Some(found) = pick(&event.event) {
+                return found;
+            }
+        }
+    })
+    .await
+}
+
+/// Proves: 100 client migrations while both channels stream both ways lose, duplicate and
+/// reorder nothing, and the server sees each new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_migrations_while_streaming_lose_nothing() {
+    let Setup {
+        server,
+        client,
+        session,
+        ..
+    } = setup(false, |_| {}, |_| {}).await;
+    let handle = client.handle().clone();
+    let mut events = server.events();
+    let migrate = async {
+        for _ in 0..100 {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let new: SocketAddr = socket.local_addr().unwrap();
+            handle.rebind(socket).await.unwrap();
+            let seen = server_event(&mut events, |e| match e {
+                SessionEvent::Migrated { to, .. } if *to == new => Some(*to),
+                _ => None,
+            })
+            .await;
+            assert_eq!(seen, new);
+        }
+    };
+    let (checked, client, session) =
+        both_ways_on_both_channels(client, session, Duration::from_millis(2), migrate).await;
+    assert!(checked > 1000, "{checked} messages checked");
+    assert_eq!(client.counters().migrations, 100);
+    assert_eq!(session.counters().migrations, 100);
+    assert_eq!(client.counters().resumes, 0, "migrated, never resumed");
+    assert_eq!(
+        session.remote_address(),
+        Some(handle.local_address().unwrap())
+    );
+}
+
+/// Proves: a NAT rebinding in the middle of the feed, towards a client that only receives,
+/// keeps the feed flowing on the same connection.
+#[tokio::test]
+async fn a_nat_rebinding_mid_feed_keeps_a_receive_only_client_flowing() {
+    let Setup {
+        server,
+        relay,
+        client,
+        session,
+    } = setup(true, |_| {}, |_| {}).await;
+    let relay = relay.unwrap();
+    let mut events = server.events();
+    let (_server_handle, _server_main, server_feed) = session.into_parts();
+    let (mut feed_tx, _feed_rx) = server_feed.split();
+    let (client_handle, _client_main, client_feed) = client.into_parts();
+    let (_client_feed_tx, mut client_feed_rx) = client_feed.split();
+    let ticks = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        for tick in 0..300u32 {
+            ticker.tick().await;
+            feed_tx.send(&tick).await.unwrap();
+        }
+    });
+    for tick in 0..300u32 {
+        if tick == 50 {
+            let new = relay.rebind().await.unwrap();
+            let seen = server_event(&mut events, |e| match e {
+                SessionEvent::Migrated { to, .. } => Some(*to),
+                _ => None,
+            })
+            .await;
+            assert_eq!(vec![seen], new, "the server follows the new address");
+        }
+        let got: u32 = within(client_feed_rx.recv()).await.unwrap();
+        assert_eq!(got, tick);
+    }
+    within(ticks).await.unwrap();
+    assert_eq!(
+        client_handle.counters().resumes,
+        0,
+        "the connection survived"
+    );
+    assert_eq!(client_handle.counters().connections_lost, 0);
+}
+
+/// Proves: a blackhole shorter than the dead-path timeout is ridden out by the same
+/// connection, and what was sent during it arrives.
+#[tokio::test]
+async fn a_blackhole_shorter_than_the_dead_path_timeout_keeps_the_connection() {
+    let Setup {
+        relay,
+        client,
+        session,
+        server: _server,
+    } = setup(true, |_| {}, |_| {}).await;
+    let relay = relay.unwrap();
+    let outage = async {
+        relay.blackhole(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (_, client, session) =
+        both_ways_on_both_channels(client, session, Duration::from_millis(5), outage).await;
+    assert!(relay.stats().to_server.blackholed > 0);
+    assert_eq!(client.counters().connections_lost, 0);
+    assert_eq!(session.counters().resumes, 0);
+}
+
+/// Proves: a blackhole longer than the dead-path timeout makes the client resume on a new
+/// connection (in 0-RTT), with the same player ID, and every message either side sent during
+/// the outage arrives exactly once, in order.
+#[tokio::test]
+async fn a_longer_blackhole_resumes_the_same_session_and_loses_nothing() {
+    let Setup {
+        server,
+        relay,
+        client,
+        session,
+    } = setup(true, |_| {}, |_| {}).await;
+    let relay = relay.unwrap();
+    let player = client.player_id();
+    let mut client_events = client.handle().events();
+    let mut server_events = server.events();
+    let outage = async {
+        relay.blackhole(Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    };
+    let (checked, client, session) =
+        both_ways_on_both_channels(client, session, Duration::from_millis(5), outage).await;
+    assert!(checked > 400, "{checked} messages checked");
+    // The client saw the loss, then the resume.
+    let lost = within(client_events.next()).await.unwrap();
+    assert!(
+        matches!(lost, SessionEvent::ConnectionLost { .. }),
+        "{lost:?}"
+    );
+    let resumed = within(client_events.next()).await.unwrap();
+    let SessionEvent::Resumed {
+        outage,
+        zero_rtt,
+        lost,
+        ..
+    } = resumed
+    else {
+        panic!("{resumed:?}")
+    };
+    assert!(outage >= Duration::from_millis(500), "{outage:?}");
+    assert!(zero_rtt, "the resume went in 0-RTT");
+    assert_eq!(lost, 0);
+    server_event(&mut server_events, |e| {
+        matches!(e, SessionEvent::Resumed { .. }).then_some(())
+    })
+    .await;
+    assert_eq!(client.player_id(), player);
+    assert_eq!(session.player_id(), player);
+    assert_eq!(client.counters().resumes_0rtt, 1);
+    assert_eq!(server.counters().resumes, 1);
+    assert_eq!(server.session_count(), 1, "still one session");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), server.accept())
+            .await
+            .is_err(),
+        "a resume is not a new session"
+    );
+}
+
+/// Proves: when an outage outlasts the replay buffer, the receiver is told how many messages
+/// were lost (a gap), then gets every later message in order; nothing is lost silently.
+#[tokio::test]
+async fn an_overflowing_replay_buffer_is_reported_as_a_gap() {
+    let Setup {
+        server: _server,
+        relay,
+        mut client,
+        mut session,
+    } = setup(true, |s| s.transport.replay_buffer = 4096, |_| {}).await;
+    let relay = relay.unwrap();
+    relay.blackhole(Duration::from_millis(1500));
+    // 500 x 100 bytes during the outage: far more than 4 KiB.
+    for i in 0..500u32 {
+        session.feed().send(&(i, vec![0u8; 96])).await.unwrap();
+    }
+    let mut received = Vec::new();
+    let mut missed = 0;
+    while received.last() != Some(&499) {
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            client.feed().recv::<(u32, Vec<u8>)>(),
+        )
+        .await
+        .expect("in time")
+        {
+            Ok((i, _)) => received.push(i),
+            Err(RecvError::Gap { missed: n }) => {
+                assert_eq!(missed, 0, "one gap");
+                missed = n;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(missed > 0, "the overflow was reported");
+    assert_eq!(
+        received.len() as u64 + missed,
+        500,
+        "each message delivered or counted"
+    );
+    assert!(
+        received.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order after the gap"
+    );
+    assert!(session.handle().counters().messages_lost > 0);
+}
+
+/// Proves: a client that comes back after the server's grace period is refused with
+/// UNKNOWN_SESSION; it then ends the session and says so.
+#[tokio::test]
+async fn a_resume_after_the_grace_period_is_refused() {
+    let Setup {
+        server,
+        relay,
+        client,
+        session,
+    } = setup(
+        true,
+        |s| s.grace_period = Duration::from_millis(300),
+        |_| {},
+    )
+    .await;
+    let relay = relay.unwrap();
+    let mut events = client.handle().events();
+    relay.blackhole(Duration::from_millis(1500));
+    let expired = within(session.closed()).await;
+    assert!(
+        matches!(
+            expired,
+            Disconnect::Locally {
+                reason: Reason::SessionExpired,
+                ..
+            }
+        ),
+        "{expired}"
+    );
+    let ended = within(client.closed()).await;
+    assert!(
+        matches!(
+            ended,
+            Disconnect::ResumeFailed {
+                reason: Reason::UnknownSession,
+                ..
+            }
+        ),
+        "{ended}"
+    );
+    let mut saw_failure = false;
+    while let Some(event) = events.next().await {
+        saw_failure |= matches!(
+            event,
+            SessionEvent::ResumeFailed {
+                reason: Reason::UnknownSession,
+                ..
+            }
+        );
+    }
+    assert!(saw_failure);
+    assert_eq!(server.counters().sessions_expired, 1);
+    assert_eq!(server.session_count(), 0, "the slot is free");
+}
+
+/// Proves: when the server cannot be reached, the client retries within its resume budget,
+/// then closes both channels with a timeout reason.
+#[tokio::test]
+async fn an_unreachable_server_ends_the_session_after_the_resume_budget() {
+    let Setup {
+        server: _server,
+        relay,
+        mut client,
+        ..
+    } = setup(
+        true,
+        |_| {},
+        |c| c.resume.budget = Duration::from_millis(1500),
+    )
+    .await;
+    let relay = relay.unwrap();
+    relay.blackhole(Duration::from_secs(60));
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), client.main().recv_bytes())
+        .await
+        .expect("gave up in time")
+        .unwrap_err();
+    let RecvError::Closed(Disconnect::ResumeFailed { reason, .. }) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*reason, Reason::HandshakeTimeout);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "tried for the budget: {took:?}"
+    );
+    assert!(client.handle().counters().resume_failures >= 1);
+    assert!(matches!(
+        client.main().send(&1u8).await,
+        Err(quicfeed::SendError::Closed(Disconnect::ResumeFailed { .. }))
+    ));
+}
+
+/// Proves: a valid reconnection request supersedes a connection still open for the same
+/// session, atomically; the replaced credential is refused as reused, a wrong one as
+/// invalid, an unknown player as an unknown session.
+#[tokio::test]
+async fn a_resume_supersedes_a_stale_connection_and_credentials_are_single_use() {
+    let fixture = Fixture::start().await;
+    let mut events = fixture.server.events();
+    let mut first = fixture.raw().await;
+    let (player_id, ..) = first.handshake().await;
+    let credential = first.credential.unwrap();
+
+    let mut second = fixture.raw().await;
+    let answer = second.resume(player_id, credential).await;
+    let Some(Message::ConnOk {
+        credential: next,
+        main_next: 0,
+        feed_next: 0,
+        ..
+    }) = answer
+    else {
+        panic!("{answer:?}")
+    };
+    assert_ne!(next, credential, "rotated");
+    assert_eq!(first.close_reason().await.0, Reason::Superseded);
+    server_event(&mut events, |e| {
+        matches!(e, SessionEvent::Superseded).then_some(())
+    })
+    .await;
+    assert_eq!(fixture.server.counters().superseded, 1);
+    // The session carries on over the second connection: the echo app answers there.
+    let data = Message::Data {
+        seq: 0,
+        payload: bytes::Bytes::from_static(b"still here"),
+    };
+    second.send(ChannelKind::Main, &data).await;
+    assert_eq!(second.recv(ChannelKind::Main).await, Some(data));
+
+    for (presented, player, reason) in [
+        (credential, player_id, Reason::TokenReused),
+        (Token([0x77; 16]), player_id, Reason::InvalidToken),
+        (next, PlayerId(player_id.0 + 100), Reason::UnknownSession),
+    ] {
+        let mut raw = fixture.raw().await;
+        match raw.resume(player, presented).await {
+            Some(Message::ConnFailed { reason: got, .. }) => assert_eq!(got, reason),
+            other => panic!("expected CONN_FAILED({reason}), got {other:?}"),
+        }
+        assert_eq!(raw.close_reason().await.0, reason);
+    }
+    assert_eq!(fixture.server.counters().resumes_refused, 3);
+}
+
+/// Proves: when the feed stream alone fails, the client drops both channels and resumes the
+/// session on a new connection with its player ID and credential.
+#[tokio::test]
+async fn a_failed_feed_stream_makes_the_client_resume_on_a_new_connection() {
+    let server = RawServer::start();
+    let mut config = ClientConfig::new(server.addr(), server.trust.clone());
+    config.transport = fast_transport();
+    let credential = Token([0xc0; 16]);
+    let serving = async {
+        let (conn, mut main) = server.accept().await;
+        assert!(matches!(main.recv().await, Some(Message::ConnInit { .. })));
+        let token_a = Token([0xa0; 16]);
+        main.send(&Message::ConnInitReply {
+            player_id: PlayerId(9),
+            token_a,
+        })
+        .await;
+        let mut feed = accept_declared(&conn, ChannelKind::Feed).await;
+        assert!(matches!(feed.recv().await, Some(Message::FeedInit { .. })));
+        let token_b = Token([0xb0; 16]);
+        feed.send(&Message::FeedInitReply { token_b }).await;
+        assert!(matches!(main.recv().await, Some(Message::FinalAuth { .. })));
+        main.send(&Message::ConnOk {
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+            credential,
+            main_next: 0,
+            feed_next: 0,
+        })
+        .await;
+        // Then the feed stream fails while the connection lives.
+        feed.send.reset(0u32.into()).unwrap();
+        // The client comes back on a new connection with a RESUME.
+        let (_conn2, mut main2) = server.accept().await;
+        let resume = main2.recv().await;
+        (conn, resume)
+    };
+    // The client reads its feed, as a game client does; that is where the failure shows.
+    let client = async {
+        let mut session = within(Client::connect(&config)).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.feed().recv_bytes()).await;
+        session
+    };
+    let (client, (_first, resume)) = tokio::join!(client, serving);
+    let Some(Message::Resume {
+        player_id,
+        credential: shown,
+        ..
+    }) = resume
+    else {
+        panic!("{resume:?}")
+    };
+    assert_eq!((player_id, shown), (PlayerId(9), credential));
+    drop(client);
+}
