@@ -49,8 +49,8 @@ pub enum SessionEvent {
     },
     /// The session continues on a new connection.
     Resumed {
-        /// Time from losing the connection to resuming (client), or from the loss being noticed
-        /// to the client's return (server; zero when a live connection was superseded).
+        /// Time from the last packet heard on the lost connection to the resume (zero on a
+        /// server whose live connection was superseded).
         outage: Duration,
         /// Messages this side sent again because the peer had not received them.
         replayed: u64,

@@ -223,7 +223,8 @@ impl Resumer {
     /// Resumes `core` on a new connection, retrying with exponential backoff and jitter within
     /// the budget. Returns the new attachment's generation, or the final reason.
     async fn resume(&self, core: &Arc<SessionCore>) -> Result<u64, (Reason, String)> {
-        let started = Instant::now();
+        // The outage runs from the last packet heard on the lost connection.
+        let started = core.lost_at().unwrap_or_else(Instant::now);
         let budget_end = super::deadline_after(self.policy.budget);
         let mut backoff = self.policy.initial_backoff;
         let mut attempts = 0u32;

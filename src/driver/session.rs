@@ -177,8 +177,11 @@ struct ConnState {
     /// Why the last connection was detached without a replacement.
     detached: Option<(Reason, String)>,
     generation: u64,
-    /// When the session last lost its connection (cleared when one is attached).
+    /// When the session last lost its connection, taken as the last time anything was heard
+    /// on it (cleared when one is attached).
     lost_at: Option<Instant>,
+    /// When the watcher last saw a packet arrive on the current connection.
+    last_heard: Option<Instant>,
     /// The credential for the next `RESUME` (kept by a client).
     credential: Option<Token>,
 }
@@ -252,6 +255,7 @@ impl SessionCore {
                 detached: None,
                 generation: 0,
                 lost_at: None,
+                last_heard: None,
                 credential: None,
             }),
             attached: watch::Sender::new(0),
@@ -329,7 +333,8 @@ impl SessionCore {
         let old = {
             let mut state = lock(&self.conn);
             state.generation = state.generation.saturating_add(1);
-            state.lost_at.get_or_insert_with(Instant::now);
+            let since = state.last_heard.unwrap_or_else(Instant::now);
+            state.lost_at.get_or_insert(since);
             state.detached = Some((reason, message.to_owned()));
             state.current.take()
         };
@@ -355,6 +360,7 @@ impl SessionCore {
             let mut state = lock(&self.conn);
             state.generation = state.generation.saturating_add(1);
             state.lost_at = None;
+            state.last_heard = Some(Instant::now());
             let generation = state.generation;
             let replaced = state.current.replace(Current {
                 conn: attach.conn.clone(),
@@ -501,6 +507,7 @@ impl SessionCore {
                     let received = conn.stats().udp_rx.datagrams;
                     if received != last_rx.0 {
                         last_rx = (received, now);
+                        lock(&self.conn).last_heard = Some(now);
                     } else if now.saturating_duration_since(last_rx.1) >= self.params.dead_path_timeout {
                         let message = format!(
                             "nothing received for {} ms",
@@ -576,7 +583,8 @@ impl SessionCore {
             {
                 state.current = None;
             }
-            state.lost_at.get_or_insert_with(Instant::now);
+            let since = state.last_heard.unwrap_or_else(Instant::now);
+            state.lost_at.get_or_insert(since);
         }
         Counters::bump(&self.counters.connections_lost, 1);
         self.emit(SessionEvent::ConnectionLost { why: why.clone() });
