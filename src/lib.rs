@@ -23,14 +23,26 @@
 //! Any refusal is a `CONN_FAILED` with a [`Reason`], followed by a QUIC close carrying the same
 //! code. `PROTOCOL.md` specifies the wire format byte for byte.
 //!
+//! A session outlives its connections. A client whose address changes keeps its connection by
+//! QUIC migration; one whose connection is lost (nothing heard for the dead-path timeout) resumes
+//! the session on a new connection with `RESUME`, a single-use credential from the last
+//! `CONN_OK`, in 0-RTT when it can. Messages are numbered per channel and kept until the peer
+//! acknowledges them, so after a resume each side replays what the other missed: every message
+//! arrives exactly once, in order, or a gap is reported.
+//!
 //! ## Layout
 //!
 //! - [`protocol`]: the pure core. Messages, framing codec, tokens, the client and server
-//!   handshake state machines, session rules and the session registry. No I/O, no clock, no
-//!   tokio or quinn: time is passed in, so it is tested with virtual time.
+//!   handshake (and resume) state machines, session rules, the session registry with its
+//!   resume credentials, and [`protocol::reliability`] (sequence numbers, acknowledgements,
+//!   replay buffers, gaps). No I/O, no clock, no tokio or quinn: time is passed in, so it is
+//!   tested with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
-//!   I/O, the accept loop and per-connection handshake tasks, the connect routine.
+//!   I/O, the accept loop and per-connection tasks, the connect and resume routines, and the
+//!   per-session core that attaches connections to a session (replaying what the peer missed)
+//!   and watches them (liveness, migrations).
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
+//! - [`events`]: session and server events ([`SessionEvent`]) and counters.
 //! - [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]: configuration with documented
 //!   defaults tuned for games.
 //! - [`Identity`], [`Trust`], [`Fingerprint`]: certificates, pinning and CA trust.
