@@ -318,7 +318,10 @@ impl Trust {
         }
     }
 
-    pub(crate) fn rustls_client_config(&self) -> Result<rustls::ClientConfig, ConfigError> {
+    pub(crate) fn rustls_client_config(
+        &self,
+        zero_rtt: bool,
+    ) -> Result<rustls::ClientConfig, ConfigError> {
         let provider = provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -367,7 +370,7 @@ impl Trust {
         config.alpn_protocols = vec![ALPN.to_vec()];
         // Resumes go in 0-RTT when the server gave this client a ticket (the config, and its
         // ticket cache, live as long as the session's endpoint).
-        config.enable_early_data = true;
+        config.enable_early_data = zero_rtt;
         Ok(config)
     }
 }

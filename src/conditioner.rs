@@ -160,6 +160,8 @@ pub struct Relay {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// What the last recording kept, once stopped.
+    replay_store: Mutex<Vec<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -171,6 +173,8 @@ struct Shared {
     /// Client address -> its upstream mapping.
     mappings: Mutex<HashMap<SocketAddr, Mapping>>,
     blackhole_until: Mutex<Option<Instant>>,
+    /// Client-to-server datagrams kept for [`Relay::replay_recorded`], while recording.
+    recorded: Mutex<Option<Vec<Vec<u8>>>>,
     rebinds: AtomicU64,
     /// Sends delivered packets to the schedulers.
     schedule_to_server: mpsc::UnboundedSender<Scheduled>,
@@ -279,6 +283,7 @@ impl Relay {
             to_client: direction(to_client, seed ^ 0x9e37_79b9_7f4a_7c15),
             mappings: Mutex::new(HashMap::new()),
             blackhole_until: Mutex::new(None),
+            recorded: Mutex::new(None),
             rebinds: AtomicU64::new(0),
             schedule_to_server: tx_server,
             schedule_to_client: tx_client,
@@ -292,6 +297,7 @@ impl Relay {
             shared,
             local_addr,
             tasks,
+            replay_store: Mutex::new(Vec::new()),
         })
     }
 
@@ -330,6 +336,31 @@ impl Relay {
         }
         self.shared.rebinds.fetch_add(1, Ordering::Relaxed);
         Ok(addresses)
+    }
+
+    /// Starts (or, with `false`, stops) keeping a copy of every datagram clients send, as an
+    /// attacker on the path would. Starting clears what was kept.
+    pub fn record(&self, on: bool) {
+        let mut recorded = lock(&self.shared.recorded);
+        if on {
+            *recorded = Some(Vec::new());
+        } else if let Some(kept) = recorded.take() {
+            *lock(&self.replay_store) = kept;
+        }
+    }
+
+    /// Sends every recorded client datagram to the server again, in order, from a new socket
+    /// (a different address than the client's): a replay attack. Returns how many were sent.
+    pub async fn replay_recorded(&self) -> io::Result<usize> {
+        let datagrams: Vec<Vec<u8>> = {
+            let recording = lock(&self.shared.recorded).clone();
+            recording.unwrap_or_else(|| lock(&self.replay_store).clone())
+        };
+        let socket = UdpSocket::bind(loopback_for(self.shared.server)).await?;
+        for datagram in &datagrams {
+            socket.send_to(datagram, self.shared.server).await?;
+        }
+        Ok(datagrams.len())
     }
 
     /// The upstream addresses the server currently sees, one per client.
@@ -392,6 +423,9 @@ async fn read_clients(shared: Arc<Shared>) {
             }
         }
         let payload = buf.get(..len).unwrap_or_default().to_vec();
+        if let Some(recording) = lock(&shared.recorded).as_mut() {
+            recording.push(payload.clone());
+        }
         impair(&shared, Towards::Server, client, payload);
     }
 }

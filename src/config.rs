@@ -168,6 +168,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("fingerprint", &self.identity.fingerprint())
             .field("handshake_timeout", &self.handshake_timeout)
             .field("token_lifetime", &self.token_lifetime)
+            .field("grace_period", &self.grace_period)
             .field("max_sessions", &self.max_sessions)
             .field("frame_limits", &self.frame_limits)
             .field("transport", &self.transport)
@@ -244,6 +245,10 @@ pub struct ClientConfig {
     pub frame_limits: FrameLimits,
     /// How to resume the session when its connection is lost.
     pub resume: ResumePolicy,
+    /// Send the reconnection request in 0-RTT data when the client holds a TLS session ticket
+    /// from the server, so a resume costs one round trip instead of two. Default `true`. The
+    /// request is safe to replay: its credential works once, and the server's TLS tickets too.
+    pub zero_rtt: bool,
     /// QUIC settings.
     pub transport: TransportConfig,
 }
@@ -258,9 +263,11 @@ pub struct ResumePolicy {
     pub budget: Duration,
     /// Time one attempt may take, QUIC handshake included. Default 2 s.
     pub attempt_timeout: Duration,
-    /// Wait after the first failed attempt; doubled after each one. Default 100 ms.
+    /// Wait after the first failed attempt; doubled after each one. Default 100 ms. Each wait
+    /// is then scaled by a random factor in 0.5..1.5, so that clients cut off together do not
+    /// all come back at once.
     pub initial_backoff: Duration,
-    /// Longest wait between attempts. Default 1 s.
+    /// Longest wait between attempts, before the random factor. Default 1 s.
     pub max_backoff: Duration,
 }
 
@@ -289,6 +296,7 @@ impl ClientConfig {
             feed_init_attempts: 3,
             frame_limits: FrameLimits::default(),
             resume: ResumePolicy::default(),
+            zero_rtt: true,
             transport: TransportConfig::default(),
         }
     }

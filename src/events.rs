@@ -57,6 +57,9 @@ pub enum SessionEvent {
         /// Messages this side could not send again because its replay buffer had overflowed;
         /// the peer's receiver reports them as [`RecvError::Gap`](crate::RecvError::Gap).
         lost: u64,
+        /// How long the successful attempt took, from opening the new connection to `CONN_OK`
+        /// (client; zero on a server): about one round trip with 0-RTT, two without.
+        handshake: Duration,
         /// Whether the reconnection request went in QUIC 0-RTT data (a client that held a TLS
         /// session ticket): the resume then cost one round trip. Always `false` on a server.
         zero_rtt: bool,

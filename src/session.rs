@@ -251,6 +251,25 @@ impl SessionHandle {
         Ok(())
     }
 
+    /// Makes a client give up its current connection and resume the session on a new one now,
+    /// without waiting for the dead-path timeout: for example when the OS reports that the
+    /// network the connection used is gone. Reports
+    /// [`ConnectionLost`](crate::SessionEvent::ConnectionLost) then
+    /// [`Resumed`](crate::SessionEvent::Resumed), like a resume after an outage. Fails on a
+    /// server-side session.
+    pub fn reconnect(&self) -> std::io::Result<()> {
+        match &self.core().role {
+            Role::Client(_) => {
+                self.core().detach(Reason::Superseded, "reconnecting");
+                Ok(())
+            }
+            Role::Server(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "only a client can reconnect",
+            )),
+        }
+    }
+
     /// Closes the session at once with `reason` (sent to the peer as the QUIC application error
     /// code, with `message`). Messages not yet delivered are discarded; use
     /// [`close_gracefully`](Self::close_gracefully) to deliver them first.
@@ -376,7 +395,12 @@ impl Sender {
             return Err(SendError::Closed(ended));
         }
         let mut out = self.channel().out.lock().await;
-        send_payload(&mut out, payload).await.map_err(encode_error)
+        let failed = send_payload(&mut out, payload).await.map_err(encode_error)?;
+        drop(out);
+        if let Some(detail) = failed {
+            self.app.core.stream_failed(self.kind, &detail);
+        }
+        Ok(())
     }
 }
 
@@ -510,10 +534,9 @@ impl Receiver {
                     // A client whose channel stream alone failed drops the connection (both
                     // channels) and resumes the session on a new one; for a server it is the
                     // client breaking the protocol.
+                    self.reader = None;
+                    self.core().stream_failed(self.kind, &detail);
                     if matches!(self.core().role, Role::Client(_)) {
-                        self.reader = None;
-                        let message = format!("{} stream failed ({detail}); resuming", self.kind);
-                        self.core().detach(Reason::Superseded, &message);
                         continue;
                     }
                     return Err(self.violation(Reason::InvalidStream, detail));
@@ -525,6 +548,10 @@ impl Receiver {
 
     /// Handles one frame; returns a payload to deliver, if it is one.
     async fn on_frame(&mut self, body: Bytes) -> Result<Option<Bytes>, RecvError> {
+        if self.kind == ChannelKind::Main {
+            // Anything from the client on a resumed connection shows it got CONN_OK.
+            self.core.confirm();
+        }
         let message =
             codec::decode_message(body).map_err(|e| self.violation(e.reason(), e.to_string()))?;
         let Some((_, rules)) = self.reader.as_mut() else {

@@ -3,15 +3,16 @@
 //! The document's `vectors` block lists complete frames (length prefix included) and the two
 //! stream declaration bytes. For every vector this test builds the message its name stands for,
 //! checks that the real encoder produces exactly those bytes and that the real decoder turns
-//! them back into the same message; it checks that every message tag is covered and that the
-//! declaration bytes are the ones the code writes. It also checks the document's `reasons` block
-//! against [`Reason::from_code`], and the framing (§4) and varint decoding (§5.1) rules the
-//! document states against the real decoder.
+//! them back into the same message (`DATA` vectors also through the send path's encoders); it
+//! checks that every message tag is covered and that the declaration bytes are the ones the code
+//! writes. It also checks the document's `reasons` block against [`Reason::from_code`], and the
+//! framing (§4), varint decoding (§5.1) and `DATA` size (§5.5.8) rules the document states against
+//! the real decoder and encoder.
 
 use std::collections::BTreeSet;
 
 use bytes::{Bytes, BytesMut};
-use quicfeed::protocol::codec::{self, HANDSHAKE_FRAME_LIMIT, MAX_FRAME_LIMIT};
+use quicfeed::protocol::codec::{self, HANDSHAKE_FRAME_LIMIT, MAX_FRAME_LIMIT, Payload};
 use quicfeed::protocol::{ChannelKind, DecodeError, Message, PlayerId, Reason, Token};
 
 const DOC: &str = include_str!("../PROTOCOL.md");
@@ -24,6 +25,16 @@ const TOKEN_A: Token = Token([
 /// Token B of the vectors: `b0 b1 … bf`.
 const TOKEN_B: Token = Token([
     0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf,
+]);
+
+/// The resume credential of the vectors' first `CONN_OK` (and of `resume`): `c0 c1 … cf`.
+const CREDENTIAL: Token = Token([
+    0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xcb, 0xcc, 0xcd, 0xce, 0xcf,
+]);
+
+/// The credential of the `CONN_OK` that answers the `resume` vector: `d0 d1 … df`.
+const NEXT_CREDENTIAL: Token = Token([
+    0xd0, 0xd1, 0xd2, 0xd3, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xdb, 0xdc, 0xdd, 0xde, 0xdf,
 ]);
 
 /// The value whose bincode encoding is the payload of the `data_typed_u64_str` vector.
@@ -69,10 +80,23 @@ fn message_for(name: &str) -> Option<Message> {
         "conn_ok" => Message::ConnOk {
             max_main_frame: 65536,
             max_feed_frame: 65536,
+            credential: CREDENTIAL,
+            main_next: 0,
+            feed_next: 0,
         },
         "conn_ok_mixed_limits" => Message::ConnOk {
             max_main_frame: 256,
             max_feed_frame: 16 * 1024 * 1024,
+            credential: CREDENTIAL,
+            main_next: 0,
+            feed_next: 0,
+        },
+        "conn_ok_resumed" => Message::ConnOk {
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+            credential: NEXT_CREDENTIAL,
+            main_next: 70000,
+            feed_next: 0,
         },
         "conn_failed_server_full" => Message::ConnFailed {
             reason: Reason::ServerFull,
@@ -86,15 +110,38 @@ fn message_for(name: &str) -> Option<Message> {
             reason: Reason::Application(0x1234),
             message: "banned".to_owned(),
         },
-        "data_empty" => Message::Data(Bytes::new()),
-        "data_short" => Message::Data(Bytes::from_static(b"hello")),
-        "data_251_zero_bytes" => Message::Data(Bytes::from(vec![0u8; 251])),
-        "data_typed_u64_str" => {
-            Message::Data(Bytes::from_static(&[0xfb, 0xe8, 0x03, 0x02, b'h', b'i']))
-        }
+        "conn_failed_unknown_session" => Message::ConnFailed {
+            reason: Reason::UnknownSession,
+            message: "unknown session".to_owned(),
+        },
+        "data_empty" => data(0, &[]),
+        "data_short" => data(0, b"hello"),
+        "data_251_zero_bytes" => data(0, &[0u8; 251]),
+        "data_typed_u64_str" => data(1, &[0xfb, 0xe8, 0x03, 0x02, b'h', b'i']),
+        "data_seq_300" => data(300, b"hello"),
+        "data_seq_2pow32" => data(1 << 32, b"hi"),
+        "ack" => Message::Ack { next: 32 },
+        "ack_300" => Message::Ack { next: 300 },
+        "resume" => Message::Resume {
+            player_id: PlayerId(1),
+            credential: CREDENTIAL,
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+            main_next: 300,
+            feed_next: 12,
+        },
+        "gap" => Message::Gap { next: 1000 },
         _ => return None,
     };
     Some(message)
+}
+
+/// A `DATA` message.
+fn data(seq: u64, payload: &[u8]) -> Message {
+    Message::Data {
+        seq,
+        payload: Bytes::copy_from_slice(payload),
+    }
 }
 
 /// The library reason a `reasons` line names, or `None` for an unknown name.
@@ -116,6 +163,11 @@ fn reason_named(name: &str) -> Option<Reason> {
         "PLAYER_ID_IN_USE" => Reason::PlayerIdInUse,
         "SERVER_SHUTDOWN" => Reason::ServerShutdown,
         "INTERNAL_ERROR" => Reason::InternalError,
+        "SUPERSEDED" => Reason::Superseded,
+        "UNKNOWN_SESSION" => Reason::UnknownSession,
+        "DEAD_PATH" => Reason::DeadPath,
+        "SESSION_EXPIRED" => Reason::SessionExpired,
+        "SEQUENCE_ERROR" => Reason::SequenceError,
         _ => return None,
     };
     Some(reason)
@@ -197,25 +249,46 @@ fn every_vector_encodes_and_decodes_exactly() {
                 let encoded = codec::encode_message(&message).unwrap();
                 assert_eq!(&encoded[..], &bytes[..], "{name}: encoding differs");
                 assert_eq!(decode_one(&bytes), message, "{name}: decoding differs");
-                if let Message::Data(payload) = &message {
-                    let fast = codec::encode_data_bytes(payload, MAX_FRAME_LIMIT).unwrap();
-                    assert_eq!(&fast[..], &bytes[..], "{name}: encode_data_bytes differs");
-                }
-                if name == "data_typed_u64_str" {
-                    let typed = codec::encode_data_value(&typed_value(), MAX_FRAME_LIMIT).unwrap();
-                    assert_eq!(&typed[..], &bytes[..], "{name}: encode_data_value differs");
-                }
-                if !matches!(message, Message::Data(_)) {
-                    // Every handshake message vector fits the handshake frame limit.
+                if let Message::Data { seq, payload } = &message {
+                    check_data_send_paths(name, *seq, payload, &bytes);
+                } else {
+                    // Every control message vector fits the handshake frame limit.
                     let mut buf = BytesMut::from(&bytes[..]);
                     assert!(
                         codec::decode_frame(&mut buf, HANDSHAKE_FRAME_LIMIT)
                             .unwrap()
-                            .is_some()
+                            .is_some(),
+                        "{name}: larger than the handshake frame limit"
                     );
                 }
             }
         }
+    }
+}
+
+/// The send path builds `DATA` frames without the generic encoder: a whole frame, a payload
+/// encoded once with its header written in front, or a separate header for a replay. Each must
+/// give the vector's bytes.
+fn check_data_send_paths(name: &str, seq: u64, payload: &[u8], bytes: &[u8]) {
+    let whole = codec::encode_data(seq, payload, MAX_FRAME_LIMIT).unwrap();
+    assert_eq!(&whole[..], bytes, "{name}: encode_data differs");
+    let (frame, kept) = Payload::from_bytes(payload)
+        .into_frame(seq, MAX_FRAME_LIMIT)
+        .unwrap();
+    assert_eq!(&frame[..], bytes, "{name}: Payload::from_bytes differs");
+    assert_eq!(&kept[..], payload, "{name}: the kept payload differs");
+    let header = codec::data_header(seq, payload.len(), MAX_FRAME_LIMIT).unwrap();
+    assert_eq!(
+        [&header[..], payload].concat(),
+        bytes,
+        "{name}: data_header differs"
+    );
+    if name == "data_typed_u64_str" {
+        let (typed, _) = Payload::encode(&typed_value())
+            .unwrap()
+            .into_frame(seq, MAX_FRAME_LIMIT)
+            .unwrap();
+        assert_eq!(&typed[..], bytes, "{name}: Payload::encode differs");
     }
 }
 
@@ -235,10 +308,11 @@ fn every_message_tag_and_both_declarations_are_covered() {
             }
         }
     }
+    assert_eq!(Message::TAG_COUNT, 11, "the document defines tags 0..=10");
     assert_eq!(
         tags,
-        (0..=Message::DATA_TAG).collect::<BTreeSet<u8>>(),
-        "every message tag 0..=7 needs a vector"
+        (0..=10).collect::<BTreeSet<u8>>(),
+        "every message tag 0..=10 needs a vector"
     );
     assert_eq!(declarations, BTreeSet::from(["main", "feed"]));
 }
@@ -267,11 +341,11 @@ fn reason_table_matches_the_code() {
     }
     assert_eq!(
         codes,
-        (0x0000..=0x000f).collect::<BTreeSet<u16>>(),
-        "every library code 0x0000..=0x000f, and only those"
+        (0x0000..=0x0014).collect::<BTreeSet<u16>>(),
+        "every library code 0x0000..=0x0014, and only those"
     );
     // The ranges the document describes around the table.
-    assert_eq!(Reason::from_code(0x0010), Reason::Unknown(0x0010));
+    assert_eq!(Reason::from_code(0x0015), Reason::Unknown(0x0015));
     assert_eq!(Reason::from_code(0x0fff), Reason::Unknown(0x0fff));
     assert_eq!(Reason::from_code(0x1000), Reason::Application(0x1000));
     assert_eq!(Reason::from_code(0xffff), Reason::Application(0xffff));
@@ -306,13 +380,47 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         }),
         "u16 reason as 251 + u16"
     );
+    let mut conn_ok = with_token(
+        &[0x05, 0xfc, 0x00, 0x01, 0x00, 0x00, 0xfb, 0x00, 0x01],
+        CREDENTIAL,
+    );
+    conn_ok.extend_from_slice(&[0xfb, 0x05, 0x00, 0xfd, 0x07, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(
-        decode_body(&[0x05, 0xfc, 0x00, 0x01, 0x00, 0x00, 0xfb, 0x00, 0x01]),
+        decode_body(&conn_ok),
         Ok(Message::ConnOk {
             max_main_frame: 256,
-            max_feed_frame: 256
+            max_feed_frame: 256,
+            credential: CREDENTIAL,
+            main_next: 5,
+            feed_next: 7
         }),
-        "u32 fields as 252 + u32 and 251 + u16"
+        "u32 fields as 252 + u32 and 251 + u16, u64 fields as 251 + u16 and 253 + u64"
+    );
+    let mut resume = with_token(&[0x09, 0xfc, 0x01, 0x00, 0x00, 0x00], CREDENTIAL);
+    resume.extend_from_slice(&[
+        0xfb, 0x00, 0x01, 0xfb, 0x00, 0x01, 0xfc, 0x2c, 0x01, 0, 0, 0x00,
+    ]);
+    assert_eq!(
+        decode_body(&resume),
+        Ok(Message::Resume {
+            player_id: PlayerId(1),
+            credential: CREDENTIAL,
+            max_main_frame: 256,
+            max_feed_frame: 256,
+            main_next: 300,
+            feed_next: 0
+        }),
+        "RESUME player ID as 252 + u32, next as 252 + u32"
+    );
+    assert_eq!(
+        decode_body(&[0x08, 0xfd, 0x20, 0, 0, 0, 0, 0, 0, 0]),
+        Ok(Message::Ack { next: 32 }),
+        "ACK next as 253 + u64"
+    );
+    assert_eq!(
+        decode_body(&[0x0a, 0xfb, 0xe8, 0x03]),
+        Ok(Message::Gap { next: 1000 }),
+        "GAP next as 251 + u16"
     );
     assert_eq!(
         decode_body(&with_token(
@@ -334,16 +442,16 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         "string length as 253 + u64"
     );
     assert_eq!(
-        decode_body(&[0x07, 0xfb, 0x02, 0x00, b'h', b'i']),
-        Ok(Message::Data(Bytes::from_static(b"hi"))),
+        decode_body(&[0x07, 0x00, 0xfb, 0x02, 0x00, b'h', b'i']),
+        Ok(data(0, b"hi")),
         "DATA length as 251 + u16"
     );
     assert_eq!(
         decode_body(&[
-            0xfb, 0x07, 0x00, 0xfd, 0x02, 0, 0, 0, 0, 0, 0, 0, b'h', b'i'
+            0xfb, 0x07, 0x00, 0xfc, 0x03, 0, 0, 0, 0xfd, 0x02, 0, 0, 0, 0, 0, 0, 0, b'h', b'i'
         ]),
-        Ok(Message::Data(Bytes::from_static(b"hi"))),
-        "DATA tag as 251 + u16, length as 253 + u64"
+        Ok(data(3, b"hi")),
+        "DATA tag as 251 + u16, sequence number as 252 + u32, length as 253 + u64"
     );
 
     // A marker wider than the field's type, or a reserved marker, is malformed.
@@ -366,15 +474,22 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         "254 in a u64 field"
     );
     assert_eq!(
+        decode_body(&[
+            0x07, 0xfe, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00
+        ]),
+        Err(MalformedMessage),
+        "254 in a DATA sequence number"
+    );
+    assert_eq!(
         decode_body(&with_token(&[0x01, 0xff], TOKEN_A)),
         Err(MalformedMessage),
         "255 anywhere"
     );
 
-    // Tags: any u32 value of 8 or more is unknown; a tag that is not a u32 varint is malformed.
-    assert_eq!(decode_body(&[0x08]), Err(UnknownMessage));
+    // Tags: any u32 value of 11 or more is unknown; a tag that is not a u32 varint is malformed.
+    assert_eq!(decode_body(&[0x0b]), Err(UnknownMessage));
     assert_eq!(decode_body(&[0xfa]), Err(UnknownMessage));
-    assert_eq!(decode_body(&[0xfb, 0x08, 0x00]), Err(UnknownMessage));
+    assert_eq!(decode_body(&[0xfb, 0x0b, 0x00]), Err(UnknownMessage));
     assert_eq!(
         decode_body(&[0xfc, 0xff, 0xff, 0xff, 0xff]),
         Err(UnknownMessage)
@@ -385,6 +500,10 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
     );
     assert_eq!(decode_body(&[0xff]), Err(MalformedMessage));
     assert_eq!(decode_body(&[0xfb, 0x04]), Err(MalformedMessage));
+    // Tags 8, 9 and 10 are defined: alone, each is a truncated message, not an unknown one.
+    for tag in [0x08, 0x09, 0x0a] {
+        assert_eq!(decode_body(&[tag]), Err(MalformedMessage), "tag {tag}");
+    }
 
     // A body is exactly one message.
     let mut trailing = with_token(&[0x04], TOKEN_B);
@@ -400,14 +519,24 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         "truncated token"
     );
     assert_eq!(
-        decode_body(&[0x07, 0x03, b'h', b'i']),
+        decode_body(&[0x07, 0x00, 0x03, b'h', b'i']),
         Err(MalformedMessage),
         "DATA shorter than its length"
     );
     assert_eq!(
-        decode_body(&[0x07, 0x01, b'h', b'i']),
+        decode_body(&[0x07, 0x00, 0x01, b'h', b'i']),
         Err(MalformedMessage),
         "DATA longer than its length"
+    );
+    assert_eq!(
+        decode_body(&[0x07, 0x05]),
+        Err(MalformedMessage),
+        "DATA without its length"
+    );
+    assert_eq!(
+        decode_body(&[0x08, 0x01, 0x00]),
+        Err(MalformedMessage),
+        "ACK with a trailing byte"
     );
     assert_eq!(
         decode_body(&[0x06, 0x0c, 0x01, 0xff]),
@@ -436,4 +565,26 @@ fn the_length_prefix_is_checked_before_the_body_arrives() {
     // No configuration accepts more than 16 MiB.
     assert_eq!(MAX_FRAME_LIMIT, 16 * 1024 * 1024);
     assert_eq!(HANDSHAKE_FRAME_LIMIT, 4096);
+}
+
+#[test]
+fn data_size_rules_of_section_5_5_8() {
+    // A DATA header is at most the prefix, the tag and two 9-byte varints.
+    assert_eq!(codec::DATA_HEADER_MAX, 4 + 1 + 9 + 9);
+    // The largest payload a sender accepts leaves room for a 9-byte sequence number, whatever
+    // the message's own number is.
+    assert_eq!(codec::max_data_payload(65536), 65523);
+    assert_eq!(codec::max_data_payload(256), 245);
+    assert_eq!(codec::max_data_payload(16 * 1024 * 1024), 16_777_201);
+    for max in [256usize, 65536, 16 * 1024 * 1024] {
+        let fits = codec::max_data_payload(max);
+        assert!(codec::encode_data(u64::MAX, &vec![0; fits], max).is_ok());
+        assert!(codec::encode_data(u64::MAX, &vec![0; fits + 1], max).is_err());
+        // The reference sender refuses one byte more even with a small sequence number.
+        assert!(
+            Payload::from_bytes(&vec![0; fits + 1])
+                .check_size(max)
+                .is_err()
+        );
+    }
 }

@@ -507,9 +507,14 @@ async fn a_resume_supersedes_a_stale_connection_and_credentials_are_single_use()
     second.send(ChannelKind::Main, &data).await;
     assert_eq!(second.recv(ChannelKind::Main).await, Some(data));
 
+    // Another player's session, to present its credential under the wrong ID.
+    let mut other = fixture.raw().await;
+    let (other_id, ..) = other.handshake().await;
     for (presented, player, reason) in [
         (credential, player_id, Reason::TokenReused),
         (Token([0x77; 16]), player_id, Reason::InvalidToken),
+        (other.credential.unwrap(), player_id, Reason::InvalidToken),
+        (next, other_id, Reason::InvalidToken),
         (next, PlayerId(player_id.0 + 100), Reason::UnknownSession),
     ] {
         let mut raw = fixture.raw().await;
@@ -519,7 +524,15 @@ async fn a_resume_supersedes_a_stale_connection_and_credentials_are_single_use()
         }
         assert_eq!(raw.close_reason().await.0, reason);
     }
-    assert_eq!(fixture.server.counters().resumes_refused, 3);
+    assert_eq!(fixture.server.counters().resumes_refused, 5);
+    // Nothing refused changed the session: it is still carried by the second connection.
+    let data = Message::Data {
+        seq: 1,
+        payload: bytes::Bytes::from_static(b"unchanged"),
+    };
+    second.send(ChannelKind::Main, &data).await;
+    assert_eq!(second.recv(ChannelKind::Main).await, Some(data));
+    assert_eq!(fixture.server.counters().superseded, 1);
 }
 
 /// Proves: when the feed stream alone fails, the client drops both channels and resumes the
@@ -576,4 +589,145 @@ async fn a_failed_feed_stream_makes_the_client_resume_on_a_new_connection() {
     };
     assert_eq!((player_id, shown), (PlayerId(9), credential));
     drop(client);
+}
+
+/// A scripted server's side of a full first handshake; returns the connection and its streams.
+async fn raw_establish(
+    server: &RawServer,
+    credential: Token,
+) -> (quinn::Connection, common::RawStream, common::RawStream) {
+    let (conn, mut main) = server.accept().await;
+    assert!(matches!(main.recv().await, Some(Message::ConnInit { .. })));
+    let token_a = Token([0xa0; 16]);
+    main.send(&Message::ConnInitReply {
+        player_id: PlayerId(9),
+        token_a,
+    })
+    .await;
+    let mut feed = accept_declared(&conn, ChannelKind::Feed).await;
+    assert!(matches!(feed.recv().await, Some(Message::FeedInit { .. })));
+    feed.send(&Message::FeedInitReply {
+        token_b: Token([0xb0; 16]),
+    })
+    .await;
+    assert!(matches!(main.recv().await, Some(Message::FinalAuth { .. })));
+    main.send(&Message::ConnOk {
+        max_main_frame: 65536,
+        max_feed_frame: 65536,
+        credential,
+        main_next: 0,
+        feed_next: 0,
+    })
+    .await;
+    (conn, main, feed)
+}
+
+/// Proves: when the server never answers the reconnection request, the client keeps retrying
+/// (with backoff) until its budget runs out, then gives up and closes both channels.
+#[tokio::test]
+async fn a_server_that_never_answers_the_reconnection_is_given_up_within_the_budget() {
+    let server = RawServer::start();
+    let mut config = ClientConfig::new(server.addr(), server.trust.clone());
+    config.transport = fast_transport();
+    config.resume.budget = Duration::from_millis(2000);
+    config.resume.attempt_timeout = Duration::from_millis(400);
+    let credential = Token([0xc1; 16]);
+    let connected = tokio::sync::Notify::new();
+    let serving = async {
+        let (conn, _main, _feed) = raw_establish(&server, credential).await;
+        connected.notified().await;
+        // The connection is lost (resumably) ...
+        conn.close(Reason::DeadPath.code().into(), b"gone");
+        // ... and every reconnection request is heard but never answered.
+        let mut requests = 0;
+        let mut held = Vec::new();
+        while let Ok(Some(incoming)) =
+            tokio::time::timeout(Duration::from_secs(3), server.endpoint.accept()).await
+        {
+            let Ok(conn) = incoming.await else { continue };
+            let mut main = accept_declared(&conn, ChannelKind::Main).await;
+            if let Some(Message::Resume {
+                credential: shown, ..
+            }) = main.recv().await
+            {
+                assert_eq!(shown, credential);
+                requests += 1;
+            }
+            held.push((conn, main));
+        }
+        requests
+    };
+    let client = async {
+        let mut session = within(Client::connect(&config)).await.unwrap();
+        connected.notify_one();
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), session.main().recv_bytes())
+            .await
+            .expect("gave up in time")
+            .unwrap_err();
+        (err, started.elapsed(), session)
+    };
+    let ((err, took, mut session), requests) = tokio::join!(client, serving);
+    assert!(
+        matches!(
+            err,
+            RecvError::Closed(Disconnect::ResumeFailed {
+                reason: Reason::HandshakeTimeout,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(requests >= 2, "retried: {requests} requests");
+    assert!(
+        took < Duration::from_millis(2000 + 1500),
+        "within the budget: {took:?}"
+    );
+    assert!(
+        session.feed().send(&1u8).await.is_err(),
+        "both channels closed"
+    );
+}
+
+/// Proves: a replayed 0-RTT reconnection request, sent again from another address by someone
+/// on the path, is refused and changes nothing: the session stays on the client's connection.
+#[tokio::test]
+async fn a_replayed_0rtt_reconnection_is_refused_and_changes_nothing() {
+    let Setup {
+        server,
+        relay,
+        mut client,
+        mut session,
+    } = setup(true, |_| {}, |_| {}).await;
+    let relay = relay.unwrap();
+    let mut events = client.handle().events();
+    relay.record(true);
+    client.handle().reconnect().unwrap();
+    let resumed = within(async {
+        loop {
+            if let Some(SessionEvent::Resumed { zero_rtt, .. }) = events.next().await {
+                return zero_rtt;
+            }
+        }
+    })
+    .await;
+    assert!(resumed, "the genuine resume went in 0-RTT");
+    relay.record(false);
+    let counters = server.counters();
+    let replayed = relay.replay_recorded().await.unwrap();
+    assert!(replayed > 0);
+    // Nothing should happen; give the server ample time to (not) act on the replay.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.counters();
+    assert_eq!(after.resumes, counters.resumes, "no second resume");
+    assert_eq!(
+        after.superseded, 0,
+        "the genuine connection was not replaced"
+    );
+    assert!(client.handle().is_connected());
+    client.main().send("still mine").await.unwrap();
+    let got: String = within(session.main().recv()).await.unwrap();
+    assert_eq!(got, "still mine");
+    session.main().send("yes").await.unwrap();
+    assert_eq!(within(client.main().recv::<String>()).await.unwrap(), "yes");
 }

@@ -57,6 +57,7 @@ pub(crate) struct Resumer {
     server_name: String,
     handshake: ClientHandshakeConfig,
     policy: ResumePolicy,
+    zero_rtt: bool,
 }
 
 impl Resumer {
@@ -120,6 +121,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         server_name: config.server_name.clone(),
         handshake,
         policy: config.resume.clone(),
+        zero_rtt: config.zero_rtt,
     }));
     let player_id = done.established.player_id;
     let core = SessionCore::new(player_id, params, role);
@@ -191,6 +193,8 @@ async fn run_session(core: Arc<SessionCore>, mut generation: u64) {
                 };
                 match resumer.resume(&core).await {
                     Ok(next) => generation = next,
+                    // The application closed the session meanwhile: nothing failed.
+                    Err(_) if core.ended().is_some() => return,
                     Err((reason, message)) => {
                         Counters::bump(&core.counters.resume_failures, 1);
                         core.emit(SessionEvent::ResumeFailed {
@@ -209,6 +213,15 @@ async fn run_session(core: Arc<SessionCore>, mut generation: u64) {
             }
         }
     }
+}
+
+/// A successful resume attempt.
+struct Resumed {
+    generation: u64,
+    replayed: u64,
+    lost: u64,
+    zero_rtt: bool,
+    handshake: Duration,
 }
 
 /// How one resume attempt failed.
@@ -235,7 +248,13 @@ impl Resumer {
             attempts = attempts.saturating_add(1);
             let deadline = super::deadline_after(self.policy.attempt_timeout).min(budget_end);
             match self.attempt(core, deadline).await {
-                Ok((generation, replayed, lost, zero_rtt)) => {
+                Ok(Resumed {
+                    generation,
+                    replayed,
+                    lost,
+                    zero_rtt,
+                    handshake,
+                }) => {
                     let outage = started.elapsed();
                     Counters::bump(&core.counters.resumes, 1);
                     if zero_rtt {
@@ -246,6 +265,7 @@ impl Resumer {
                         outage,
                         replayed,
                         lost,
+                        handshake,
                         zero_rtt,
                     });
                     return Ok(generation);
@@ -274,13 +294,13 @@ impl Resumer {
     }
 
     /// One resume attempt: a new connection (in 0-RTT when the TLS session allows), `RESUME`
-    /// on main, and the attachment on `CONN_OK`. Returns (generation, replayed, lost, whether
-    /// the request went in accepted 0-RTT data).
+    /// on main, and the attachment on `CONN_OK`.
     async fn attempt(
         &self,
         core: &Arc<SessionCore>,
         deadline: Instant,
-    ) -> Result<(u64, u64, u64, bool), AttemptError> {
+    ) -> Result<Resumed, AttemptError> {
+        let started = Instant::now();
         let credential = core
             .credential()
             .ok_or_else(|| AttemptError::Refused(Reason::InternalError, "no credential".into()))?;
@@ -288,7 +308,12 @@ impl Resumer {
             .endpoint
             .connect(self.server, &self.server_name)
             .map_err(|e| AttemptError::Retry(e.to_string()))?;
-        let (conn, accepted) = match connecting.into_0rtt() {
+        let early = if self.zero_rtt {
+            connecting.into_0rtt()
+        } else {
+            Err(connecting)
+        };
+        let (conn, accepted) = match early {
             Ok((conn, accepted)) => (conn, Some(accepted)),
             Err(connecting) => match tokio::time::timeout_at(deadline.into(), connecting).await {
                 Ok(Ok(conn)) => (conn, None),
@@ -332,6 +357,11 @@ impl Resumer {
             Err(HandshakeError::Failed(error)) => {
                 close_for(&closer, &error);
                 return Err(match error {
+                    // A close a resume itself can cause is worth another attempt.
+                    ConnectError::Refused {
+                        reason: reason @ (Reason::DeadPath | Reason::Superseded),
+                        message,
+                    } => AttemptError::Retry(format!("{reason}: {message}")),
                     ConnectError::Refused { reason, message } => {
                         AttemptError::Refused(reason, message)
                     }
@@ -358,13 +388,19 @@ impl Resumer {
         let attached = core
             .attach(attachment(conn, closer, done, core.params.local_limits))
             .await
-            .map_err(|d| AttemptError::Refused(Reason::SequenceError, d.to_string()))?;
-        Ok((
-            attached.generation,
-            attached.replayed,
-            attached.lost,
+            .map_err(|d| match d {
+                Disconnect::Locally { reason, message } => AttemptError::Refused(reason, message),
+                other => AttemptError::Refused(Reason::Normal, other.to_string()),
+            })?;
+        // Confirms to the server that CONN_OK (and its new credential) arrived.
+        core.poke().await;
+        Ok(Resumed {
+            generation: attached.generation,
+            replayed: attached.replayed,
+            lost: attached.lost,
             zero_rtt,
-        ))
+            handshake: started.elapsed(),
+        })
     }
 }
 

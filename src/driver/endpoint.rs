@@ -27,7 +27,7 @@ pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerErr
 
 /// A bound client endpoint whose default client configuration is `config`'s.
 pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectError> {
-    let tls = config.trust.rustls_client_config()?;
+    let tls = config.trust.rustls_client_config(config.zero_rtt)?;
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));

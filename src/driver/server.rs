@@ -230,17 +230,11 @@ async fn serve(
         Ok(connecting) => connecting,
         Err(e) => return debug!(%remote, error = %e, "connection attempt refused"),
     };
-    // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip.
-    let conn = match connecting.into_0rtt() {
-        Ok((conn, _)) => conn,
-        Err(connecting) => tokio::select! {
-            result = tokio::time::timeout_at(deadline.into(), connecting) => match result {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return debug!(%remote, error = %e, "QUIC handshake failed"),
-                Err(_) => return debug!(%remote, "QUIC handshake timed out"),
-            },
-            _ = shutdown_signal(&mut shutdown) => return,
-        },
+    // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip. (quinn
+    // always allows this on a server.) The handshake deadline below also bounds the QUIC
+    // handshake: a client that never completes it sends nothing the handshake can read.
+    let Ok((conn, _)) = connecting.into_0rtt() else {
+        return debug!(%remote, "0.5-RTT refused");
     };
     let (core, attached) = match handshake(&conn, &shared, remote, deadline, &mut shutdown).await {
         Outcome::New {
@@ -285,6 +279,7 @@ async fn serve(
             core,
             lost_at,
         } => {
+            core.expect_confirmation();
             let attach = attachment(&shared, conn.clone(), &established, main, feed);
             let Ok(attached) = core.attach(attach).await else {
                 return;
@@ -296,6 +291,7 @@ async fn serve(
                 outage,
                 replayed: attached.replayed,
                 lost: attached.lost,
+                handshake: Duration::ZERO,
                 zero_rtt: false,
             });
             (core, attached)

@@ -240,6 +240,9 @@ pub(crate) struct SessionCore {
     ended: watch::Sender<Option<Disconnect>>,
     events: broadcast::Sender<SessionEvent>,
     pub(crate) counters: Counters,
+    /// Server: a resume replaced the credential and the client has not yet shown (by a message
+    /// on the resumed connection) that it got the new one.
+    unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 impl SessionCore {
@@ -263,6 +266,7 @@ impl SessionCore {
             ended: watch::Sender::new(None),
             events: broadcast::Sender::new(EVENT_CAPACITY),
             counters: Counters::default(),
+            unconfirmed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -295,6 +299,23 @@ impl SessionCore {
             }
         }
         let _ = self.events.send(event);
+    }
+
+    /// Server: records that a resume issued a credential the client has not confirmed yet.
+    pub(crate) fn expect_confirmation(&self) {
+        self.unconfirmed.store(true, Ordering::Release);
+    }
+
+    /// Server: a message arrived on main from the client; if a resume's credential was waiting
+    /// for confirmation, it is confirmed now.
+    pub(crate) fn confirm(&self) {
+        if self.unconfirmed.swap(false, Ordering::AcqRel) {
+            if let Role::Server(side) = &self.role {
+                if let Some(server) = side.server.upgrade() {
+                    server.registry().confirm(self.player_id);
+                }
+            }
+        }
     }
 
     /// The credential for the next `RESUME` (client side).
@@ -399,6 +420,12 @@ impl SessionCore {
                     self.close(reason, &message);
                     return Err(Disconnect::Locally { reason, message });
                 }
+                Err(ReplayError::TooLarge(message)) => {
+                    drop(out);
+                    let reason = Reason::FrameTooLarge;
+                    self.close(reason, &message);
+                    return Err(Disconnect::Locally { reason, message });
+                }
                 // The new connection died already; its watcher will see that.
                 Err(ReplayError::Write) => out.writer = None,
             }
@@ -435,6 +462,20 @@ impl SessionCore {
             if let Some(server) = side.server.upgrade() {
                 server.session_ended(self.player_id, &disconnect);
             }
+        }
+    }
+
+    /// A channel's stream failed on this connection (the peer stopped or reset it) while the
+    /// connection lives. A client abandons the connection and resumes the session on a new one;
+    /// for a server, it is the client breaking the protocol.
+    pub(crate) fn stream_failed(&self, kind: ChannelKind, detail: &str) {
+        let message = format!("{kind} stream failed ({detail})");
+        match &self.role {
+            Role::Client(_) => {
+                debug!(player_id = %self.player_id, %message, "resuming on a new connection");
+                self.detach(Reason::Superseded, &message);
+            }
+            Role::Server(_) => self.close(Reason::InvalidStream, &message),
         }
     }
 
@@ -613,15 +654,12 @@ impl SessionCore {
     }
 
     /// A packet on the current connection right away (an acknowledgement on main), so that a
-    /// peer learns a new path without waiting for the next keep-alive.
+    /// server learns a client's new path without waiting for the next keep-alive; also how a
+    /// resumed client confirms it received `CONN_OK`.
     pub(crate) async fn poke(&self) {
-        let Ok(mut out) = self.main.out.try_lock() else {
-            return; // a write is under way: that will do.
-        };
+        let mut out = self.main.out.lock().await;
         let next = self.main.inbound_next();
-        if let (Some(writer), Ok(frame)) =
-            (out.writer.as_mut(), encode_message(&Message::Ack { next }))
-        {
+        if let (Some(writer), Ok(frame)) = (out.writer.as_mut(), encode_message(&Message::Ack { next })) {
             if writer.write(frame).await.is_err() {
                 out.writer = None;
             }
@@ -658,6 +696,8 @@ impl SessionCore {
 enum ReplayError {
     /// The peer claims messages that were never sent.
     Sequence(String),
+    /// A kept message is larger than the peer's (lowered) frame limit.
+    TooLarge(String),
     /// The new stream failed.
     Write,
 }
@@ -682,7 +722,8 @@ async fn replay(
     }
     let mut replayed = 0u64;
     for (seq, payload) in replay.messages {
-        let header = data_header(*seq, payload.len(), peer_max).map_err(|_| ReplayError::Write)?;
+        let header = data_header(*seq, payload.len(), peer_max)
+            .map_err(|e| ReplayError::TooLarge(format!("message {seq} kept for a replay: {e}")))?;
         writer
             .write_parts(header, payload.clone())
             .await
@@ -701,7 +742,7 @@ async fn replay(
 pub(crate) async fn send_payload(
     out: &mut OutState,
     payload: codec::Payload,
-) -> Result<(), codec::EncodeError> {
+) -> Result<Option<String>, codec::EncodeError> {
     payload.check_size(out.peer_max)?;
     // Whatever a cancelled call left queued goes first; nothing of this message is committed
     // yet, so a cancellation here loses nothing.
@@ -715,10 +756,20 @@ pub(crate) async fn send_payload(
     out.outbound.push(kept);
     if let Some(writer) = out.writer.as_mut() {
         writer.queue(frame, Bytes::new());
-        if writer.flush().await.is_err() {
-            // The connection is gone; the message stays in the replay buffer.
+        if let Err(error) = writer.flush().await {
+            // The message stays in the replay buffer either way.
             out.writer = None;
+            return Ok(stream_failure(error));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// A write error that means the stream (not the whole connection) failed: the peer stopped it.
+/// The caller reports it to the session ([`SessionCore::stream_failed`]).
+fn stream_failure(error: quinn::WriteError) -> Option<String> {
+    match error {
+        quinn::WriteError::ConnectionLost(_) => None,
+        other => Some(other.to_string()),
+    }
 }

@@ -366,6 +366,14 @@ impl ClientHandshake {
                         ),
                     }));
                 }
+                if s.token_b.is_some() && (main_next, feed_next) != (0, 0) {
+                    return self.finish(ClientOutput::Failed(ClientFailure::ServerViolation {
+                        reason: Reason::SequenceError,
+                        message: format!(
+                            "CONN_OK of a new session expects messages {main_next}/{feed_next}, not 0"
+                        ),
+                    }));
+                }
                 // Each FEED_INIT beyond the first may still draw a copy of FEED_INIT_REPLY.
                 let feed_rules = match s.token_b {
                     Some(token_b) => {

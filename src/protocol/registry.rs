@@ -4,8 +4,10 @@
 //! A session takes a slot when its `CONN_INIT` is admitted and keeps it until it ends (its
 //! connection closed for good, or the grace period after a lost connection passed), so
 //! handshakes in progress count against the limit as well as established sessions. Each
-//! established session holds one resume credential; a successful `RESUME` replaces it, so a
-//! credential works once.
+//! established session holds one resume credential; a successful `RESUME` replaces it. The
+//! replaced credential is refused ([`Reason::TokenReused`]) as soon as the client confirms it
+//! received its successor (its first message on the resumed connection); until then it is still
+//! accepted, so a client whose `CONN_OK` was lost with its connection can try again.
 
 use std::collections::HashMap;
 
@@ -30,8 +32,11 @@ struct Entry<T> {
 #[derive(Debug)]
 struct Established<T> {
     credential: Token,
-    /// The credential this one replaced, to tell a reused credential from a wrong one.
+    /// The credential this one replaced: still accepted while `confirmed` is false, refused as
+    /// reused afterwards.
     previous: Option<Token>,
+    /// Whether the client has shown it received `credential`.
+    confirmed: bool,
     value: T,
 }
 
@@ -85,6 +90,7 @@ impl<T> SessionRegistry<T> {
                 entry.established = Some(Established {
                     credential,
                     previous: None,
+                    confirmed: true,
                     value,
                 });
                 true
@@ -94,30 +100,42 @@ impl<T> SessionRegistry<T> {
     }
 
     /// Checks a reconnection request and, if it is valid, replaces the credential with `next`
-    /// (so the presented one cannot be used again) and returns the session's value.
+    /// and returns the session's value.
     ///
-    /// Fails with [`Reason::UnknownSession`] when `id` has no established session,
-    /// [`Reason::TokenReused`] when `presented` is the credential a resume already replaced, and
-    /// [`Reason::InvalidToken`] otherwise. Comparisons are constant time.
+    /// Valid: the current credential, or the one it replaced while the client has not confirmed
+    /// the current one ([`confirm`](Self::confirm)). Fails with [`Reason::UnknownSession`] when
+    /// `id` has no established session, [`Reason::TokenReused`] for a replaced, confirmed
+    /// credential, and [`Reason::InvalidToken`] otherwise. Comparisons are constant time.
     pub fn resume(&mut self, id: PlayerId, presented: &Token, next: Token) -> Result<&T, Reason> {
         let session = self
             .entries
             .get_mut(&id)
             .and_then(|e| e.established.as_mut())
             .ok_or(Reason::UnknownSession)?;
-        if !tokens_equal(&session.credential, presented) {
-            let reused = session
-                .previous
-                .as_ref()
-                .is_some_and(|p| tokens_equal(p, presented));
-            return Err(if reused {
-                Reason::TokenReused
-            } else {
-                Reason::InvalidToken
-            });
+        let previous = session
+            .previous
+            .as_ref()
+            .is_some_and(|p| tokens_equal(p, presented));
+        if tokens_equal(&session.credential, presented) {
+            session.previous = Some(std::mem::replace(&mut session.credential, next));
+        } else if previous && !session.confirmed {
+            // A retry: the client never got the credential the last resume issued.
+            session.credential = next;
+        } else if previous {
+            return Err(Reason::TokenReused);
+        } else {
+            return Err(Reason::InvalidToken);
         }
-        session.previous = Some(std::mem::replace(&mut session.credential, next));
+        session.confirmed = false;
         Ok(&session.value)
+    }
+
+    /// The client of `id` has shown, on its resumed connection, that it received the current
+    /// credential: the one it replaced is no longer accepted.
+    pub fn confirm(&mut self, id: PlayerId) {
+        if let Some(session) = self.entries.get_mut(&id).and_then(|e| e.established.as_mut()) {
+            session.confirmed = true;
+        }
     }
 
     /// The value attached to `id`'s established session.
@@ -186,18 +204,31 @@ mod tests {
             "not established yet"
         );
         assert!(r.establish(id, first, "state"));
-        assert_eq!(
-            r.resume(id, &Token([9; 16]), second),
-            Err(Reason::InvalidToken)
-        );
+        assert_eq!(r.resume(id, &Token([9; 16]), second), Err(Reason::InvalidToken));
         assert_eq!(r.resume(id, &first, second), Ok(&"state"));
+        r.confirm(id);
         assert_eq!(r.resume(id, &first, third), Err(Reason::TokenReused));
         assert_eq!(r.resume(id, &second, third), Ok(&"state"));
-        assert_eq!(
-            r.resume(PlayerId(99), &third, first),
-            Err(Reason::UnknownSession)
-        );
+        r.confirm(id);
+        assert_eq!(r.resume(PlayerId(99), &third, first), Err(Reason::UnknownSession));
         assert_eq!(r.release(id), Some("state"));
         assert_eq!(r.resume(id, &third, first), Err(Reason::UnknownSession));
+    }
+
+    #[test]
+    fn a_client_that_never_got_its_new_credential_can_retry_with_the_old_one() {
+        let mut r = SessionRegistry::new(10);
+        let id = r.admit(None).unwrap();
+        let [c0, c1, c2, c3] = [0u8, 1, 2, 3].map(|b| Token([b; 16]));
+        r.establish(id, c0, ());
+        // A resume with c0 issues c1, but CONN_OK is lost: c0 is tried again, twice.
+        assert!(r.resume(id, &c0, c1).is_ok());
+        assert!(r.resume(id, &c0, c2).is_ok(), "unconfirmed: the old one still works");
+        assert_eq!(r.resume(id, &c1, c3), Err(Reason::InvalidToken), "c1 never reached it");
+        assert!(r.resume(id, &c0, c3).is_ok());
+        // The client confirms c3: c0 is now refused as reused.
+        r.confirm(id);
+        assert_eq!(r.resume(id, &c0, c1), Err(Reason::TokenReused));
+        assert!(r.resume(id, &c3, c1).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Rules for an established session's inbound messages, without I/O.
 //!
-//! After `CONN_OK` each channel carries `DATA`. Two handshake echoes may still arrive and are
+//! After `CONN_OK` each channel carries `DATA`, `ACK` and `GAP` (see
+//! [`reliability`](super::reliability)). Two handshake echoes may still arrive and are
 //! legitimate, because main and feed are independent streams: a client's retried `FEED_INIT`
 //! that the server reads after `FINAL_AUTH`, and the server's repeated `FEED_INIT_REPLY` that
 //! answers it. [`InboundRules`] lets exactly those through (a bounded number of times) and turns
