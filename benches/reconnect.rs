@@ -29,9 +29,12 @@ struct Rig {
 async fn rig() -> Rig {
     let identity = Identity::generate_self_signed(&["localhost"]).expect("certificate");
     let trust = Trust::Certificate(identity.certificate().clone());
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().expect("addr"), identity))
-        .await
-        .expect("server");
+    let server = Server::bind(ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        identity,
+    ))
+    .await
+    .expect("server");
     let link = Conditions::latency(ONE_WAY);
     let relay = Relay::start_seeded(server.local_addr(), link.clone(), link, 3)
         .await
@@ -153,12 +156,23 @@ async fn main() {
         }
     }
 
-    println!("\nquicfeed reconnection through the conditioner, RTT {} ms\n", rtt.as_millis());
+    println!(
+        "\nquicfeed reconnection through the conditioner, RTT {} ms\n",
+        rtt.as_millis()
+    );
     println!("migrations survived without a resume: {survived} of {migrations}\n");
     println!("| measure | n | p50 | p99 |");
     println!("|---|---|---|---|");
-    row("first message after a migration (main round trip)", &mut after_move, rtt);
-    row("dead-path detection (blackhole start to ConnectionLost)", &mut detection, rtt);
+    row(
+        "first message after a migration (main round trip)",
+        &mut after_move,
+        rtt,
+    );
+    row(
+        "dead-path detection (blackhole start to ConnectionLost)",
+        &mut detection,
+        rtt,
+    );
     let [(_, with), (_, without)] = &mut resume_times;
     row("resume, 0-RTT (new connection to CONN_OK)", with, rtt);
     row("resume, 1-RTT (new connection to CONN_OK)", without, rtt);

@@ -395,7 +395,9 @@ impl Sender {
             return Err(SendError::Closed(ended));
         }
         let mut out = self.channel().out.lock().await;
-        let failed = send_payload(&mut out, payload).await.map_err(encode_error)?;
+        let failed = send_payload(&mut out, payload)
+            .await
+            .map_err(encode_error)?;
         drop(out);
         if let Some(detail) = failed {
             self.app.core.stream_failed(self.kind, &detail);

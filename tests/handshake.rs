@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Fixture, assert_echoes, within};
 use quicfeed::{
     AuthDecision, AuthRequest, Client, ConnectError, Disconnect, PlayerId, Reason, RecvError,
-    SendError, Server, ServerConfig,
+    SendError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,12 +24,7 @@ struct Snapshot {
 /// travel both ways on both channels.
 #[tokio::test]
 async fn the_handshake_completes_and_both_channels_carry_messages_both_ways() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     let client = tokio::spawn(async move {
         let mut session = Client::connect(&config).await.unwrap();
         session.main().send("join").await.unwrap();
@@ -89,12 +84,7 @@ async fn two_hundred_clients_handshake_concurrently_with_distinct_ids() {
 /// in order, even though feed data can overtake CONN_OK on the wire.
 #[tokio::test]
 async fn feed_messages_sent_right_after_accept_arrive_in_order() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     let sender = tokio::spawn(async move {
         let mut session = within(server.accept()).await.unwrap();
         for tick in 0..500u64 {
@@ -208,12 +198,7 @@ async fn the_session_limit_refuses_with_server_full_until_a_slot_frees() {
 /// Proves: a session closed by one side ends on the other with the same reason and message.
 #[tokio::test]
 async fn closing_a_session_reaches_the_peer_with_the_reason() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     let client = within(Client::connect(&config)).await.unwrap();
     let mut session = within(server.accept()).await.unwrap();
     client.close(Reason::Application(0x2000), "rage quit");
@@ -295,12 +280,7 @@ async fn a_payload_of_the_wrong_type_is_a_decode_error_and_the_session_continues
 /// sees it end.
 #[tokio::test]
 async fn dropping_a_session_closes_it() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     let client = within(Client::connect(&config)).await.unwrap();
     let session = within(server.accept()).await.unwrap();
     drop(client);
@@ -317,12 +297,7 @@ async fn dropping_a_session_closes_it() {
 /// message, then ends on the peer with the reason (NORMAL for a drop).
 #[tokio::test]
 async fn messages_sent_before_a_graceful_close_or_a_drop_all_arrive() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     for graceful in [false, true] {
         let client = within(Client::connect(&config)).await.unwrap();
         let mut session = within(server.accept()).await.unwrap();
@@ -364,12 +339,7 @@ async fn messages_sent_before_a_graceful_close_or_a_drop_all_arrive() {
 /// the client sees it as the peer's reason.
 #[tokio::test]
 async fn shutdown_is_reported_on_both_sides_of_a_session() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     let client = within(Client::connect(&config)).await.unwrap();
     let session = within(server.accept()).await.unwrap();
     within(server.shutdown(Reason::ServerShutdown, "patch day")).await;
@@ -415,12 +385,7 @@ async fn dropping_one_half_of_a_channel_keeps_the_session() {
 /// close, not as a protocol violation.
 #[tokio::test]
 async fn a_session_dropped_while_the_peer_streams_ends_normally_on_the_peer() {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = quicfeed::ClientConfig::new(server.local_addr(), trust);
+    let (server, config) = common::server_and_config().await;
     let mut client = within(Client::connect(&config)).await.unwrap();
     let session = within(server.accept()).await.unwrap();
     let (handle, mut main, mut feed) = session.into_parts();

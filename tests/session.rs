@@ -12,18 +12,8 @@ use quicfeed::{
     Client, ClientConfig, Disconnect, Reason, RecvError, Server, ServerConfig, Session, Trust,
 };
 
-async fn server_and_config() -> (Server, ClientConfig) {
-    common::init_tracing();
-    let (identity, trust) = common::identity();
-    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
-        .await
-        .unwrap();
-    let config = ClientConfig::new(server.local_addr(), trust);
-    (server, config)
-}
-
 async fn connected() -> (Server, Session, Session) {
-    let (server, config) = server_and_config().await;
+    let (server, config) = common::server_and_config().await;
     let client = within(Client::connect(&config)).await.unwrap();
     let session = within(server.accept()).await.unwrap();
     (server, client, session)
@@ -106,7 +96,7 @@ async fn recv_is_cancel_safe_inside_select() {
 /// why, whether it closes gracefully or closes and awaits `closed()`.
 #[tokio::test]
 async fn a_client_that_closes_and_exits_is_seen_closing_with_its_reason() {
-    let (server, config) = server_and_config().await;
+    let (server, config) = common::server_and_config().await;
     for graceful in [true, false] {
         let config = config.clone();
         let client = std::thread::spawn(move || {

@@ -159,14 +159,8 @@ fn attachment(
     done: Handshaken,
     local: FrameLimits,
 ) -> Attach {
-    let pair = |stream: Stream, kind: ChannelKind, rules| {
-        let mut reader = stream.reader;
-        reader.set_limit(local.get(kind));
-        StreamPair {
-            writer: stream.writer,
-            reader,
-            rules,
-        }
+    let pair = |stream: Stream, kind, rules| {
+        StreamPair::new(stream.writer, stream.reader, rules, kind, local)
     };
     let established = done.established;
     Attach {

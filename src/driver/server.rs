@@ -337,14 +337,8 @@ fn attachment(
     feed: Stream,
 ) -> Attach {
     let local = shared.config.frame_limits;
-    let pair = |stream: Stream, kind: ChannelKind, rules| {
-        let mut reader = stream.reader;
-        reader.set_limit(local.get(kind));
-        StreamPair {
-            writer: stream.writer,
-            reader,
-            rules,
-        }
+    let pair = |stream: Stream, kind, rules| {
+        StreamPair::new(stream.writer, stream.reader, rules, kind, local)
     };
     Attach {
         closer: Closer::new(conn.clone()),

@@ -55,6 +55,25 @@ pub(crate) struct StreamPair {
     pub(crate) rules: InboundRules,
 }
 
+impl StreamPair {
+    /// A handshaken stream of channel `kind`, its reader switched from the handshake's frame
+    /// limit to the session's (`local`).
+    pub(crate) fn new(
+        writer: FrameWriter,
+        mut reader: FrameReader,
+        rules: InboundRules,
+        kind: ChannelKind,
+        local: FrameLimits,
+    ) -> Self {
+        reader.set_limit(local.get(kind));
+        StreamPair {
+            writer,
+            reader,
+            rules,
+        }
+    }
+}
+
 /// A freshly handshaken connection to attach to a session.
 pub(crate) struct Attach {
     pub(crate) conn: quinn::Connection,
@@ -503,7 +522,7 @@ impl SessionCore {
         let tick = self
             .params
             .dead_path_timeout
-            .checked_div(8)
+            .checked_div(16)
             .unwrap_or_default()
             .max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval(tick);
@@ -659,7 +678,9 @@ impl SessionCore {
     pub(crate) async fn poke(&self) {
         let mut out = self.main.out.lock().await;
         let next = self.main.inbound_next();
-        if let (Some(writer), Ok(frame)) = (out.writer.as_mut(), encode_message(&Message::Ack { next })) {
+        if let (Some(writer), Ok(frame)) =
+            (out.writer.as_mut(), encode_message(&Message::Ack { next }))
+        {
             if writer.write(frame).await.is_err() {
                 out.writer = None;
             }

@@ -353,19 +353,18 @@ impl ClientHandshake {
                     feed_next,
                 },
             ) => {
-                let peer_limits = FrameLimits {
-                    main: max_main_frame,
-                    feed: max_feed_frame,
-                };
-                if !peer_limits.is_valid_announcement() {
-                    return self.finish(ClientOutput::Failed(ClientFailure::ServerViolation {
-                        reason: Reason::MalformedMessage,
-                        message: format!(
-                            "CONN_OK announces frame limits {max_main_frame}/{max_feed_frame}, below {}",
-                            super::codec::MIN_FRAME_LIMIT
-                        ),
-                    }));
-                }
+                let peer_limits =
+                    match FrameLimits::announced(max_main_frame, max_feed_frame, "CONN_OK") {
+                        Ok(limits) => limits,
+                        Err(message) => {
+                            return self.finish(ClientOutput::Failed(
+                                ClientFailure::ServerViolation {
+                                    reason: Reason::MalformedMessage,
+                                    message,
+                                },
+                            ));
+                        }
+                    };
                 if s.token_b.is_some() && (main_next, feed_next) != (0, 0) {
                     return self.finish(ClientOutput::Failed(ClientFailure::ServerViolation {
                         reason: Reason::SequenceError,

@@ -133,7 +133,11 @@ impl<T> SessionRegistry<T> {
     /// The client of `id` has shown, on its resumed connection, that it received the current
     /// credential: the one it replaced is no longer accepted.
     pub fn confirm(&mut self, id: PlayerId) {
-        if let Some(session) = self.entries.get_mut(&id).and_then(|e| e.established.as_mut()) {
+        if let Some(session) = self
+            .entries
+            .get_mut(&id)
+            .and_then(|e| e.established.as_mut())
+        {
             session.confirmed = true;
         }
     }
@@ -204,13 +208,19 @@ mod tests {
             "not established yet"
         );
         assert!(r.establish(id, first, "state"));
-        assert_eq!(r.resume(id, &Token([9; 16]), second), Err(Reason::InvalidToken));
+        assert_eq!(
+            r.resume(id, &Token([9; 16]), second),
+            Err(Reason::InvalidToken)
+        );
         assert_eq!(r.resume(id, &first, second), Ok(&"state"));
         r.confirm(id);
         assert_eq!(r.resume(id, &first, third), Err(Reason::TokenReused));
         assert_eq!(r.resume(id, &second, third), Ok(&"state"));
         r.confirm(id);
-        assert_eq!(r.resume(PlayerId(99), &third, first), Err(Reason::UnknownSession));
+        assert_eq!(
+            r.resume(PlayerId(99), &third, first),
+            Err(Reason::UnknownSession)
+        );
         assert_eq!(r.release(id), Some("state"));
         assert_eq!(r.resume(id, &third, first), Err(Reason::UnknownSession));
     }
@@ -223,8 +233,15 @@ mod tests {
         r.establish(id, c0, ());
         // A resume with c0 issues c1, but CONN_OK is lost: c0 is tried again, twice.
         assert!(r.resume(id, &c0, c1).is_ok());
-        assert!(r.resume(id, &c0, c2).is_ok(), "unconfirmed: the old one still works");
-        assert_eq!(r.resume(id, &c1, c3), Err(Reason::InvalidToken), "c1 never reached it");
+        assert!(
+            r.resume(id, &c0, c2).is_ok(),
+            "unconfirmed: the old one still works"
+        );
+        assert_eq!(
+            r.resume(id, &c1, c3),
+            Err(Reason::InvalidToken),
+            "c1 never reached it"
+        );
         assert!(r.resume(id, &c0, c3).is_ok());
         // The client confirms c3: c0 is now refused as reused.
         r.confirm(id);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::codec::{MIN_FRAME_LIMIT, conn_failed};
+use super::codec::conn_failed;
 use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
 use super::session::{FrameLimits, InboundRules};
 use super::token::{Entropy, IssuedToken, TokenError};
@@ -328,19 +328,10 @@ impl ServerHandshake {
                     credentials,
                 },
             ) => {
-                let peer_limits = FrameLimits {
-                    main: max_main_frame,
-                    feed: max_feed_frame,
-                };
-                if !peer_limits.is_valid_announcement() {
-                    return Err(Failure::new(
-                        ChannelKind::Main,
-                        Reason::MalformedMessage,
-                        format!(
-                            "CONN_INIT announces frame limits {max_main_frame}/{max_feed_frame}, below {MIN_FRAME_LIMIT}"
-                        ),
-                    ));
-                }
+                let peer_limits =
+                    FrameLimits::announced(max_main_frame, max_feed_frame, "CONN_INIT").map_err(
+                        |e| Failure::new(ChannelKind::Main, Reason::MalformedMessage, e),
+                    )?;
                 self.outputs
                     .push_back(ServerOutput::Authenticate { credentials });
                 Ok(State::ExpectAuthDecision(ExpectAuthDecision {
@@ -358,19 +349,8 @@ impl ServerHandshake {
                     feed_next,
                 },
             ) => {
-                let peer_limits = FrameLimits {
-                    main: max_main_frame,
-                    feed: max_feed_frame,
-                };
-                if !peer_limits.is_valid_announcement() {
-                    return Err(Failure::new(
-                        ChannelKind::Main,
-                        Reason::MalformedMessage,
-                        format!(
-                            "RESUME announces frame limits {max_main_frame}/{max_feed_frame}, below {MIN_FRAME_LIMIT}"
-                        ),
-                    ));
-                }
+                let peer_limits = FrameLimits::announced(max_main_frame, max_feed_frame, "RESUME")
+                    .map_err(|e| Failure::new(ChannelKind::Main, Reason::MalformedMessage, e))?;
                 self.outputs.push_back(ServerOutput::Resume(ResumeRequest {
                     player_id,
                     credential,

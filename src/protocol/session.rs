@@ -28,6 +28,20 @@ impl FrameLimits {
         self.main >= super::codec::MIN_FRAME_LIMIT && self.feed >= super::codec::MIN_FRAME_LIMIT
     }
 
+    /// The limits a peer announced in `message` (named for the error), or why they are not
+    /// acceptable ([`Reason::MalformedMessage`]: below the minimum).
+    pub fn announced(main: u32, feed: u32, message: &str) -> Result<FrameLimits, String> {
+        let limits = FrameLimits { main, feed };
+        if limits.is_valid_announcement() {
+            Ok(limits)
+        } else {
+            Err(format!(
+                "{message} announces frame limits {main}/{feed}, below {}",
+                super::codec::MIN_FRAME_LIMIT
+            ))
+        }
+    }
+
     /// The limit for `channel`, as a `usize`.
     pub fn get(&self, channel: super::ChannelKind) -> usize {
         let limit = match channel {

@@ -41,6 +41,17 @@ pub fn identity() -> (Identity, Trust) {
     (identity, trust)
 }
 
+/// A server on loopback with default settings, and a client configuration that trusts it.
+pub async fn server_and_config() -> (Server, ClientConfig) {
+    init_tracing();
+    let (identity, trust) = identity();
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
+        .await
+        .unwrap();
+    let config = ClientConfig::new(server.local_addr(), trust);
+    (server, config)
+}
+
 /// What the echo application on the server observed.
 #[derive(Debug)]
 pub enum AppEvent {
