@@ -66,6 +66,11 @@ pub struct TransportConfig {
     pub receive_window: u32,
     /// Bytes this side may have in flight unacknowledged. Default 2 MiB.
     pub send_window: u64,
+    /// Size requested for the UDP socket's kernel receive and send buffers. Default 4 MiB
+    /// (Linux grants up to `net.core.rmem_max` / `wmem_max`). The usual 208 KiB default drops
+    /// datagrams as soon as a few hundred clients connect at once, and each drop costs a
+    /// retransmission timeout.
+    pub udp_buffer_size: usize,
     /// Bytes of sent messages kept per channel until the peer acknowledges them, to replay
     /// after a resume. Default 512 KiB. When an outage lasts longer than this covers, the
     /// oldest messages are dropped and the peer's receiver reports a
@@ -83,6 +88,7 @@ impl Default for TransportConfig {
             stream_receive_window: 256 * 1024,
             receive_window: 384 * 1024,
             send_window: 2 * 1024 * 1024,
+            udp_buffer_size: 4 * 1024 * 1024,
             replay_buffer: 512 * 1024,
         }
     }

@@ -22,7 +22,31 @@ pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerErr
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(&config.transport, CLIENT_STREAMS)?));
     server.migration(true);
-    Ok(quinn::Endpoint::server(server, config.listen)?)
+    let socket = udp_socket(config.listen, config.transport.udp_buffer_size)?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// A UDP socket bound to `addr` with kernel buffers of (up to) `buffer_size` bytes each way.
+fn udp_socket(addr: SocketAddr, buffer_size: usize) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too on an unspecified IPv6 address, as std's bind does by default here.
+        let _ = socket.set_only_v6(false);
+    }
+    // The kernel may grant less than asked (its maximum); that is not an error.
+    let _ = socket.set_recv_buffer_size(buffer_size);
+    let _ = socket.set_send_buffer_size(buffer_size);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// A bound client endpoint whose default client configuration is `config`'s.
@@ -37,7 +61,13 @@ pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectEr
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     });
-    let mut endpoint = quinn::Endpoint::client(bind)?;
+    let socket = udp_socket(bind, config.transport.udp_buffer_size)?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
