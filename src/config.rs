@@ -57,14 +57,16 @@ pub struct TransportConfig {
     /// RTT assumed before the first sample. Default 100 ms (quinn: 333 ms): one lost handshake
     /// packet then costs about 300 ms instead of about 1 s.
     pub initial_rtt: Duration,
-    /// Bytes the peer may send on one stream ahead of the application reading. Default 256 KiB.
+    /// Bytes the peer may send on one stream ahead of the application reading. Default 128 KiB.
     pub stream_receive_window: u32,
     /// Bytes the peer may send on the whole connection ahead of the application reading.
-    /// Default 384 KiB (quinn: unbounded). What one connection can pin on the receiving side is
+    /// Default 192 KiB (quinn: unbounded). What one connection can pin on the receiving side is
     /// about this plus, per channel, one frame being reassembled (up to the frame limit) and
-    /// one 64 KiB read.
+    /// one 16 KiB read: 352 KiB with the defaults.
     pub receive_window: u32,
-    /// Bytes this side may have in flight unacknowledged. Default 2 MiB.
+    /// Bytes of this side's messages QUIC may hold unacknowledged (in flight or waiting for the
+    /// peer's flow control); a send waits beyond it. Default 256 KiB: enough for full speed at
+    /// game round trips, and a peer that stops reading cannot pin more.
     pub send_window: u64,
     /// Size requested for the UDP socket's kernel receive and send buffers. Default 4 MiB
     /// (Linux grants up to `net.core.rmem_max` / `wmem_max`). The usual 208 KiB default drops
@@ -72,7 +74,8 @@ pub struct TransportConfig {
     /// retransmission timeout.
     pub udp_buffer_size: usize,
     /// Bytes of sent messages kept per channel until the peer acknowledges them, to replay
-    /// after a resume. Default 512 KiB. When an outage lasts longer than this covers, the
+    /// after a resume. Default 128 KiB (ten seconds of a 60 Hz feed of 200-byte snapshots; the
+    /// buffer shares its memory with QUIC's send buffer). When an outage lasts longer than this covers, the
     /// oldest messages are dropped and the peer's receiver reports a
     /// [`RecvError::Gap`](crate::RecvError::Gap). An idle session keeps nothing.
     pub replay_buffer: usize,
@@ -85,11 +88,11 @@ impl Default for TransportConfig {
             dead_path_timeout: Duration::from_millis(1800),
             idle_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(100),
-            stream_receive_window: 256 * 1024,
-            receive_window: 384 * 1024,
-            send_window: 2 * 1024 * 1024,
+            stream_receive_window: 128 * 1024,
+            receive_window: 192 * 1024,
+            send_window: 256 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
-            replay_buffer: 512 * 1024,
+            replay_buffer: 128 * 1024,
         }
     }
 }
@@ -146,11 +149,25 @@ pub struct ServerConfig {
     pub identity: Identity,
     /// Time from a connection attempt's first packet to `CONN_OK`, covering the QUIC handshake
     /// and the three token steps; a connection that has not finished by then gets
-    /// `CONN_FAILED(HANDSHAKE_TIMEOUT)` and is closed. Default 10 s.
+    /// `CONN_FAILED(HANDSHAKE_TIMEOUT)` and is closed. Default 5 s: four round trips take well
+    /// under a second even on a bad mobile link, and a connection that stalls holds its place
+    /// among the handshakes in progress for no longer.
     pub handshake_timeout: Duration,
     /// How long tokens A and B stay valid after being issued. Default 5 s: a handshake needs
     /// them for about one round trip each.
     pub token_lifetime: Duration,
+    /// Most connections in their handshake (QUIC and token steps, before `CONN_OK`) at once.
+    /// Further attempts are dropped: an honest client sends its Initial again after its probe
+    /// timeout and gets in when handshakes complete. Default 1024.
+    pub max_pending_handshakes: usize,
+    /// Most connections in their handshake from one source address (an IPv4 address, or an
+    /// IPv6 /64), so that one host cannot take all the places. Default 128. Raise it if very
+    /// many players behind one NAT connect at the same moment.
+    pub max_pending_per_address: usize,
+    /// From this many handshakes in progress on, an attempt from an address QUIC has not
+    /// validated gets a stateless Retry first: spoofed or silent sources then cost no state.
+    /// Default 64; 0 retries every attempt (one more round trip for every client).
+    pub retry_threshold: usize,
     /// How long a session whose connection was lost is kept for the client to resume it, with
     /// its player ID, slot and unacknowledged messages. Default 15 s (a little longer than a
     /// client's default resume budget).
@@ -190,9 +207,12 @@ impl ServerConfig {
         ServerConfig {
             listen,
             identity,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             token_lifetime: Duration::from_secs(5),
             grace_period: Duration::from_secs(15),
+            max_pending_handshakes: 1024,
+            max_pending_per_address: 128,
+            retry_threshold: 64,
             max_sessions: 1024,
             frame_limits: FrameLimits::default(),
             transport: TransportConfig::default(),
@@ -216,6 +236,11 @@ impl ServerConfig {
         }
         if self.grace_period.is_zero() {
             return Err(invalid("grace_period must be non-zero"));
+        }
+        if self.max_pending_handshakes == 0 || self.max_pending_per_address == 0 {
+            return Err(invalid(
+                "max_pending_handshakes and max_pending_per_address must be at least 1",
+            ));
         }
         if self.max_sessions == 0 {
             return Err(invalid("max_sessions must be at least 1"));

@@ -165,4 +165,11 @@ pub struct ServerCounters {
     pub resumes_refused: u64,
     /// Live connections replaced by a resumed one.
     pub superseded: u64,
+    /// Stateless Retries sent to unvalidated addresses while many handshakes were in progress.
+    pub retries_sent: u64,
+    /// Connection attempts dropped because too many handshakes were in progress (overall or
+    /// from their address); honest clients try again after their probe timeout.
+    pub attempts_dropped: u64,
+    /// Connections in their handshake right now (a gauge, not a count).
+    pub handshakes_in_progress: u64,
 }

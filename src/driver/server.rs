@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::link::{Closer, truncate};
-use super::session::{Attach, Role, ServerSide, SessionCore, SessionParams, StreamPair, WatchEnd};
+use super::session::{
+    Attach, Role, ServerSide, SessionCore, SessionParams, StreamPair, WatchEnd, lock,
+};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::auth::{AuthDecision, AuthRequest, PendingDecision};
 use crate::config::ServerConfig;
@@ -26,7 +28,8 @@ use crate::error::Disconnect;
 use crate::events::{ServerCounters, ServerEvent, SessionEvent};
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
-    ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, PlayerId, Reason, ResumeRequest,
+    Admission, AdmissionLimits, Admit, ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, PlayerId,
+    Reason, ResumeRequest,
     ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput, SessionRegistry,
     SystemEntropy, random_token,
 };
@@ -56,6 +59,8 @@ struct Counters {
     resumes: AtomicU64,
     resumes_refused: AtomicU64,
     superseded: AtomicU64,
+    retries_sent: AtomicU64,
+    attempts_dropped: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -67,6 +72,7 @@ fn bump(counter: &AtomicU64) {
 pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
     registry: Mutex<SessionRegistry<Arc<SessionCore>>>,
+    admission: Mutex<Admission>,
     pub(crate) shutdown: watch::Sender<Option<Shutdown>>,
     events: broadcast::Sender<ServerEvent>,
     counters: Counters,
@@ -75,9 +81,15 @@ pub(crate) struct ServerShared {
 impl ServerShared {
     pub(crate) fn new(config: ServerConfig) -> Self {
         let registry = Mutex::new(SessionRegistry::new(config.max_sessions));
+        let admission = Mutex::new(Admission::new(AdmissionLimits {
+            max_pending: config.max_pending_handshakes,
+            max_pending_per_address: config.max_pending_per_address,
+            retry_threshold: config.retry_threshold,
+        }));
         ServerShared {
             config,
             registry,
+            admission,
             shutdown: watch::Sender::new(None),
             events: broadcast::Sender::new(EVENT_CAPACITY),
             counters: Counters::default(),
@@ -136,6 +148,9 @@ impl ServerShared {
             resumes: get(&c.resumes),
             resumes_refused: get(&c.resumes_refused),
             superseded: get(&c.superseded),
+            retries_sent: get(&c.retries_sent),
+            attempts_dropped: get(&c.attempts_dropped),
+            handshakes_in_progress: u64::try_from(lock(&self.admission).pending()).unwrap_or(u64::MAX),
         }
     }
 
@@ -145,6 +160,19 @@ impl ServerShared {
             dead_path_timeout: self.config.transport.dead_path_timeout,
             local_limits: self.config.frame_limits,
         }
+    }
+}
+
+/// An accepted connection attempt's place among the handshakes in progress; given back when its
+/// handshake ends, whichever way.
+struct PendingTicket {
+    shared: Arc<ServerShared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PendingTicket {
+    fn drop(&mut self) {
+        lock(&self.shared.admission).finished(self.ip);
     }
 }
 
@@ -182,7 +210,11 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    tasks.spawn(serve(incoming, shared.clone(), sessions.clone()));
+                    if let Some(ticket) = admit(&shared, &incoming) {
+                        tasks.spawn(serve(incoming, ticket, shared.clone(), sessions.clone()));
+                    } else {
+                        refuse_politely(&shared, incoming);
+                    }
                 }
                 None => break,
             },
@@ -205,6 +237,37 @@ pub(crate) async fn accept_loop(
     endpoint.close(reason.code().into(), reason.describe().as_bytes());
 }
 
+/// Decides about a new connection attempt (see [`Admission`]); `Some` takes it on.
+fn admit(shared: &Arc<ServerShared>, incoming: &quinn::Incoming) -> Option<PendingTicket> {
+    let ip = incoming.remote_address().ip();
+    let validated = incoming.remote_address_validated() || !incoming.may_retry();
+    match lock(&shared.admission).consider(ip, validated) {
+        Admit::Accept => Some(PendingTicket {
+            shared: shared.clone(),
+            ip,
+        }),
+        _ => None,
+    }
+}
+
+/// What a refused attempt gets: a stateless Retry when the admission asks for one and QUIC
+/// allows it, otherwise its packet is dropped (the client tries again after its probe timeout).
+fn refuse_politely(shared: &ServerShared, incoming: quinn::Incoming) {
+    let validated = incoming.remote_address_validated() || !incoming.may_retry();
+    let wants_retry = !validated && lock(&shared.admission).pending() >= shared.config.retry_threshold;
+    if wants_retry {
+        // `retry` hands the attempt back if QUIC cannot retry it after all.
+        match incoming.retry() {
+            Ok(()) => return bump(&shared.counters.retries_sent),
+            Err(e) => e.into_incoming().ignore(),
+        }
+    } else {
+        // Dropping an `Incoming` would refuse it: ignore it instead.
+        incoming.ignore();
+    }
+    bump(&shared.counters.attempts_dropped);
+}
+
 /// Resolves when shutdown is requested (never, if the server is gone without asking).
 async fn shutdown_signal(rx: &mut watch::Receiver<Option<Shutdown>>) -> Shutdown {
     loop {
@@ -220,6 +283,7 @@ async fn shutdown_signal(rx: &mut watch::Receiver<Option<Shutdown>>) -> Shutdown
 /// One connection, from its first packet to its end.
 async fn serve(
     incoming: quinn::Incoming,
+    ticket: PendingTicket,
     shared: Arc<ServerShared>,
     sessions: mpsc::Sender<Session>,
 ) {
@@ -236,7 +300,10 @@ async fn serve(
     let Ok((conn, _)) = connecting.into_0rtt() else {
         return debug!(%remote, "0.5-RTT refused");
     };
-    let (core, attached) = match handshake(&conn, &shared, remote, deadline, &mut shutdown).await {
+    let outcome = handshake(&conn, &shared, remote, deadline, &mut shutdown).await;
+    // The handshake is over, whichever way: its place among those in progress is free.
+    drop(ticket);
+    let (core, attached) = match outcome {
         Outcome::New {
             established,
             main,

@@ -8,7 +8,7 @@ use quinn::{ReadError, RecvStream, SendStream, WriteError};
 use crate::protocol::codec::{self, DecodeError};
 
 /// Most bytes taken from quinn in one read. Bounds the buffer to one frame plus this.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug)]

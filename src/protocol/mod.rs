@@ -6,6 +6,7 @@
 //! no sockets, and a driver for another runtime could reuse it unchanged.
 
 mod client;
+mod admission;
 pub mod codec;
 mod message;
 mod registry;
@@ -14,6 +15,7 @@ mod server;
 mod session;
 mod token;
 
+pub use admission::{Admission, AdmissionLimits, Admit};
 pub use client::{
     ClientEstablished, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
     HandshakeStep, ResumeTicket,

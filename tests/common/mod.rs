@@ -162,6 +162,11 @@ pub async fn assert_echoes(session: &mut Session, n: u32) {
     }
 }
 
+/// A quinn client configuration that trusts `certificate` and speaks quicfeed's ALPN.
+pub fn raw_client_config(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
+    rustls_client(certificate)
+}
+
 fn rustls_client(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate.clone()).unwrap();
@@ -196,11 +201,15 @@ impl RawStream {
         self.write(&codec::encode_message(message).unwrap()).await;
     }
 
-    /// Reads the next message; `None` when the stream or the connection ends first.
+    /// Reads the next message other than an ACK (the peer's periodic acknowledgements only trim
+    /// its replay buffer); `None` when the stream or the connection ends first.
     pub async fn recv(&mut self) -> Option<Message> {
         loop {
             if let Some(body) = codec::decode_frame(&mut self.buf, 1 << 20).unwrap() {
-                return Some(codec::decode_message(body).unwrap());
+                match codec::decode_message(body).unwrap() {
+                    Message::Ack { .. } => continue,
+                    message => return Some(message),
+                }
             }
             match within(self.recv.read_chunk(65536, true)).await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
@@ -222,7 +231,17 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub async fn connect(addr: SocketAddr, certificate: &CertificateDer<'static>) -> RawPeer {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::connect_from("127.0.0.1".parse().unwrap(), addr, certificate).await
+    }
+
+    /// Connects from `local` (any 127.x.y.z address works on Linux loopback), to appear as a
+    /// distinct source address.
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        certificate: &CertificateDer<'static>,
+    ) -> RawPeer {
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0)).unwrap();
         endpoint.set_default_client_config(rustls_client(certificate));
         let conn = within(endpoint.connect(addr, "localhost").unwrap())
             .await
