@@ -164,6 +164,9 @@ impl Identity {
         // resumption, whose store hands each ticket out once: a replayed 0-RTT flight finds
         // its ticket gone. Sized so that every session can hold its tickets.
         config.max_early_data_size = u32::MAX;
+        // One ticket per connection is enough (each resumed connection gets a fresh one), and
+        // each is stored.
+        config.send_tls13_tickets = 1;
         config.session_storage =
             rustls::server::ServerSessionMemoryCache::new(session_cache_size.max(256));
         Ok(config)

@@ -108,7 +108,7 @@ pub struct Events {
 
 impl Events {
     /// The next event, or `None` once the session has ended and every event before the end has
-    /// been returned. Events are kept for a subscriber that falls behind, up to 64; older ones
+    /// been returned. Events are kept for a subscriber that falls behind, up to 16; older ones
     /// are skipped.
     pub async fn next(&mut self) -> Option<SessionEvent> {
         loop {

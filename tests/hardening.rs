@@ -59,13 +59,19 @@ async fn a_busy_address_waits_while_others_get_in() {
     // ... while a client from another address connects at once.
     let mut other = fixture.connect().await;
     assert_echoes(&mut other, 1).await;
-    assert!(started.elapsed() < Duration::from_millis(800), "not held up");
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "not held up"
+    );
     // The stuck ones are reaped at the deadline, and the waiting one gets in.
     for peer in &stuck {
         assert_eq!(peer.close_reason().await.0, Reason::HandshakeTimeout);
     }
     let late = within(waiting).await.unwrap();
-    assert!(late.conn.close_reason().is_none(), "admitted once places freed");
+    assert!(
+        late.conn.close_reason().is_none(),
+        "admitted once places freed"
+    );
     assert!(fixture.server.counters().attempts_dropped >= 1);
 }
 
@@ -116,7 +122,9 @@ async fn a_flood_of_half_open_and_stuck_connections_leaves_honest_clients_unaffe
     let mut connect_times = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();
-        let mut session = within(Client::connect(&fixture.client_config())).await.unwrap();
+        let mut session = within(Client::connect(&fixture.client_config()))
+            .await
+            .unwrap();
         connect_times.push(started.elapsed());
         assert_echoes(&mut session, 2).await;
     }
@@ -126,7 +134,10 @@ async fn a_flood_of_half_open_and_stuck_connections_leaves_honest_clients_unaffe
         counters.handshakes_in_progress <= 200 + 64 + 64,
         "handshake state stays bounded: {counters:?}"
     );
-    assert!(counters.retries_sent > 0, "half-open attempts got stateless Retries");
+    assert!(
+        counters.retries_sent > 0,
+        "half-open attempts got stateless Retries"
+    );
 
     // Every stuck connection is reaped by the deadline.
     for peer in &stuck_peers {

@@ -29,9 +29,8 @@ use crate::events::{ServerCounters, ServerEvent, SessionEvent};
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
     Admission, AdmissionLimits, Admit, ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, PlayerId,
-    Reason, ResumeRequest,
-    ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput, SessionRegistry,
-    SystemEntropy, random_token,
+    Reason, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput,
+    SessionRegistry, SystemEntropy, random_token,
 };
 use crate::session::Session;
 
@@ -150,7 +149,8 @@ impl ServerShared {
             superseded: get(&c.superseded),
             retries_sent: get(&c.retries_sent),
             attempts_dropped: get(&c.attempts_dropped),
-            handshakes_in_progress: u64::try_from(lock(&self.admission).pending()).unwrap_or(u64::MAX),
+            handshakes_in_progress: u64::try_from(lock(&self.admission).pending())
+                .unwrap_or(u64::MAX),
         }
     }
 
@@ -254,7 +254,8 @@ fn admit(shared: &Arc<ServerShared>, incoming: &quinn::Incoming) -> Option<Pendi
 /// allows it, otherwise its packet is dropped (the client tries again after its probe timeout).
 fn refuse_politely(shared: &ServerShared, incoming: quinn::Incoming) {
     let validated = incoming.remote_address_validated() || !incoming.may_retry();
-    let wants_retry = !validated && lock(&shared.admission).pending() >= shared.config.retry_threshold;
+    let wants_retry =
+        !validated && lock(&shared.admission).pending() >= shared.config.retry_threshold;
     if wants_retry {
         // `retry` hands the attempt back if QUIC cannot retry it after all.
         match incoming.retry() {
@@ -300,7 +301,9 @@ async fn serve(
     let Ok((conn, _)) = connecting.into_0rtt() else {
         return debug!(%remote, "0.5-RTT refused");
     };
-    let outcome = handshake(&conn, &shared, remote, deadline, &mut shutdown).await;
+    // Boxed: the handshake's state is large and needed only until it ends, while this task
+    // lives as long as the connection.
+    let outcome = Box::pin(handshake(&conn, &shared, remote, deadline, &mut shutdown)).await;
     // The handshake is over, whichever way: its place among those in progress is free.
     drop(ticket);
     let (core, attached) = match outcome {
@@ -323,7 +326,8 @@ async fn serve(
             }
             slot.keep();
             let attach = attachment(&shared, conn.clone(), &established, main, feed);
-            let Ok(attached) = core.attach(attach).await else {
+            // Boxed, like the handshake: this task outlives both.
+            let Ok(attached) = Box::pin(core.attach(attach)).await else {
                 return;
             };
             bump(&shared.counters.sessions_established);
@@ -348,7 +352,8 @@ async fn serve(
         } => {
             core.expect_confirmation();
             let attach = attachment(&shared, conn.clone(), &established, main, feed);
-            let Ok(attached) = core.attach(attach).await else {
+            // Boxed, like the handshake: this task outlives both.
+            let Ok(attached) = Box::pin(core.attach(attach)).await else {
                 return;
             };
             let outage = lost_at.map_or(Duration::ZERO, |t| t.elapsed());

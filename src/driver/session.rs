@@ -31,7 +31,7 @@ use crate::protocol::reliability::{Inbound, Outbound};
 use crate::protocol::{ChannelKind, FrameLimits, InboundRules, Message, PlayerId, Reason, Token};
 
 /// Capacity of a session's event channel; a subscriber that falls further behind skips events.
-const EVENT_CAPACITY: usize = 64;
+const EVENT_CAPACITY: usize = 16;
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -257,7 +257,8 @@ pub(crate) struct SessionCore {
     /// Wakes connection watchers when the connection is attached or detached.
     connection_changed: tokio::sync::Notify,
     ended: watch::Sender<Option<Disconnect>>,
-    events: broadcast::Sender<SessionEvent>,
+    /// Created on the first subscription: most sessions never have a subscriber.
+    events: std::sync::OnceLock<broadcast::Sender<SessionEvent>>,
     pub(crate) counters: Counters,
     /// Server: a resume replaced the credential and the client has not yet shown (by a message
     /// on the resumed connection) that it got the new one.
@@ -283,7 +284,7 @@ impl SessionCore {
             attached: watch::Sender::new(0),
             connection_changed: tokio::sync::Notify::new(),
             ended: watch::Sender::new(None),
-            events: broadcast::Sender::new(EVENT_CAPACITY),
+            events: std::sync::OnceLock::new(),
             counters: Counters::default(),
             unconfirmed: std::sync::atomic::AtomicBool::new(false),
         })
@@ -308,7 +309,9 @@ impl SessionCore {
 
     /// Subscribes to the session's events.
     pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<SessionEvent> {
-        self.events.subscribe()
+        self.events
+            .get_or_init(|| broadcast::Sender::new(EVENT_CAPACITY))
+            .subscribe()
     }
 
     pub(crate) fn emit(&self, event: SessionEvent) {
@@ -317,7 +320,9 @@ impl SessionCore {
                 server.record(self.player_id, &event);
             }
         }
-        let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
     /// Server: records that a resume issued a credential the client has not confirmed yet.

@@ -74,6 +74,11 @@ impl FrameReader {
             if let Some(body) =
                 codec::decode_frame(&mut self.buf, self.max_body).map_err(ReadFailure::Decode)?
             {
+                if self.buf.is_empty() {
+                    // Let go of the read buffer (the frame keeps what it needs): an idle
+                    // stream then holds no memory of its own.
+                    self.buf = BytesMut::new();
+                }
                 return Ok(body);
             }
             // The buffer grows with the bytes that arrive, never ahead of them: a length prefix

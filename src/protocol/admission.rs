@@ -161,9 +161,16 @@ mod tests {
         let mut a = Admission::new(LIMITS);
         assert_eq!(a.consider(ip("2001:db8:1:2::1"), true), Admit::Accept);
         assert_eq!(a.consider(ip("2001:db8:1:2::ffff"), true), Admit::Accept);
-        assert_eq!(a.consider(ip("2001:db8:1:2:abcd::9"), true), Admit::DropAddressBusy);
+        assert_eq!(
+            a.consider(ip("2001:db8:1:2:abcd::9"), true),
+            Admit::DropAddressBusy
+        );
         assert_eq!(a.consider(ip("2001:db8:1:3::1"), true), Admit::Accept);
-        assert_eq!(a.consider(ip("::ffff:10.0.0.1"), true), Admit::Accept, "IPv4-mapped");
+        assert_eq!(
+            a.consider(ip("::ffff:10.0.0.1"), true),
+            Admit::Accept,
+            "IPv4-mapped"
+        );
         assert_eq!(
             a.consider(ip("10.0.0.2"), true),
             Admit::DropOverloaded,

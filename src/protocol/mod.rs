@@ -5,8 +5,8 @@
 //! neither tokio nor quinn, so every rule of `PROTOCOL.md` can be tested with virtual time and
 //! no sockets, and a driver for another runtime could reuse it unchanged.
 
-mod client;
 mod admission;
+mod client;
 pub mod codec;
 mod message;
 mod registry;
