@@ -586,6 +586,40 @@ fn refusal_by_the_application_is_sent_on_main() {
 }
 
 #[test]
+fn a_decision_nobody_asked_for_changes_nothing() {
+    let t0 = Instant::now();
+    let (mut s, mut e) = (server(t0), CountingEntropy::default());
+    let resume = ResumeRequest {
+        player_id: PlayerId(7),
+        credential: Token([9; TOKEN_LEN]),
+        main_next: 0,
+        feed_next: 0,
+    };
+    let decide_out_of_turn = |s: &mut ServerHandshake, e: &mut CountingEntropy| {
+        s.accept(PlayerId(99), t0, e);
+        s.accept_resume(&resume, Token([1; TOKEN_LEN]), 5, 5);
+        assert!(server_outputs(s).is_empty());
+    };
+    decide_out_of_turn(&mut s, &mut e);
+    let (player_id, token_a) = to_feed_init(&mut s, &mut e, t0);
+    decide_out_of_turn(&mut s, &mut e);
+    // The handshake carries on from where it was.
+    let out = exchange(
+        &mut s,
+        &mut e,
+        t0,
+        (ChannelKind::Feed, Message::FeedInit { player_id, token_a }),
+    );
+    assert!(matches!(
+        out[..],
+        [ServerOutput::Send(
+            ChannelKind::Feed,
+            Message::FeedInitReply { .. }
+        )]
+    ));
+}
+
+#[test]
 fn no_randomness_is_an_internal_error() {
     struct NoEntropy;
     impl Entropy for NoEntropy {

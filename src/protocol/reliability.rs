@@ -160,8 +160,15 @@ impl Inbound {
     /// A `DATA` with sequence number `seq` and `len` payload bytes arrived.
     ///
     /// A number above the expected one is a [`SequenceError`]: on a reliable stream it can only
-    /// follow a `GAP`.
+    /// follow a `GAP`. So is `u64::MAX`, which no sender reaches (PROTOCOL.md §11.1): after a
+    /// `GAP { next: u64::MAX }` it would otherwise be delivered again and again.
     pub fn arrive(&mut self, seq: u64, len: usize) -> Result<Arrival, SequenceError> {
+        if seq == u64::MAX {
+            return Err(SequenceError {
+                claimed: seq,
+                sent: self.next,
+            });
+        }
         match seq.cmp(&self.next) {
             std::cmp::Ordering::Less => Ok(Arrival::Duplicate),
             std::cmp::Ordering::Equal => {
@@ -278,6 +285,17 @@ mod tests {
         assert_eq!(inbound.arrive(5, 5), Ok(Arrival::Deliver));
         assert_eq!(inbound.gap(4), 0, "a gap behind us lost nothing");
         assert_eq!(inbound.next(), 6);
+    }
+
+    #[test]
+    fn the_last_number_is_never_delivered_even_after_a_gap_to_it() {
+        let mut inbound = Inbound::new();
+        assert!(inbound.arrive(u64::MAX, 1).is_err());
+        assert_eq!(inbound.gap(u64::MAX), u64::MAX);
+        assert!(inbound.arrive(u64::MAX, 1).is_err());
+        assert!(inbound.arrive(u64::MAX, 1).is_err());
+        assert_eq!(inbound.arrive(u64::MAX - 1, 1), Ok(Arrival::Duplicate));
+        assert_eq!(inbound.next(), u64::MAX);
     }
 
     #[test]

@@ -245,7 +245,13 @@ impl ServerHandshake {
     }
 
     /// The application admitted the client as `player_id`: issues token A.
+    ///
+    /// Does nothing unless the handshake is waiting for this decision
+    /// ([`ServerOutput::Authenticate`] was the last thing it asked for).
     pub fn accept(&mut self, player_id: PlayerId, now: Instant, entropy: &mut dyn Entropy) {
+        if !matches!(self.state, State::ExpectAuthDecision(_)) {
+            return;
+        }
         let State::ExpectAuthDecision(s) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
@@ -286,6 +292,8 @@ impl ServerHandshake {
     /// messages from the client are `main_next` and `feed_next`: issues the next credential
     /// and sends `CONN_OK`. `credential` is the one the caller already recorded as the
     /// session's next (see [`SessionRegistry::resume`](super::SessionRegistry::resume)).
+    ///
+    /// Does nothing unless the handshake is waiting for a resume decision.
     pub fn accept_resume(
         &mut self,
         request: &ResumeRequest,
@@ -293,6 +301,9 @@ impl ServerHandshake {
         main_next: u64,
         feed_next: u64,
     ) {
+        if !matches!(self.state, State::ExpectResumeDecision(_)) {
+            return;
+        }
         let State::ExpectResumeDecision(s) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
