@@ -35,7 +35,7 @@ use clap::Parser;
 use quicfeed::conditioner::{Conditions, Loss, Relay};
 use quicfeed::protocol::codec::{decode_frame, decode_message, encode_message};
 use quicfeed::protocol::{ALPN, ChannelKind, Message, PlayerId, Token};
-use quicfeed::{Client, ClientConfig, Identity, Server, ServerConfig, Session, Trust};
+use quicfeed::{Client, ClientConfig, Identity, Reason, Server, ServerConfig, Session, Trust};
 
 #[derive(Parser, Clone)]
 #[command(about = "quicfeed abuse tool: attacks a server on loopback and measures the cost")]
@@ -403,15 +403,21 @@ async fn attack(quick: bool) -> Result<(), Box<dyn std::error::Error>> {
                 .flatten()
                 .collect();
             let established = conns.len();
-            let mut reaped = 0;
+            let (mut timed_out, mut evicted) = (0, 0);
             let started = Instant::now();
             for conn in &conns {
                 if let quinn::ConnectionError::ApplicationClosed(close) = conn.closed().await {
-                    reaped += u32::from(close.error_code.into_inner() == 0x000a);
+                    let code = u16::try_from(close.error_code.into_inner()).ok();
+                    match code.map(Reason::from_code) {
+                        Some(Reason::HandshakeTimeout) => timed_out += 1,
+                        Some(Reason::ServerBusy) => evicted += 1,
+                        _ => {}
+                    }
                 }
             }
             format!(
-                "{established} connected; {reaped} reaped with HANDSHAKE_TIMEOUT within {:.1} s",
+                "{established} connected; all ended within {:.1} s: {timed_out} at the deadline \
+                 (HANDSHAKE_TIMEOUT), {evicted} evicted for newer attempts (SERVER_BUSY)",
                 started.elapsed().as_secs_f64()
             )
         })

@@ -157,8 +157,12 @@ pub struct ServerConfig {
     /// them for about one round trip each.
     pub token_lifetime: Duration,
     /// Most connections in their handshake (QUIC and token steps, before `CONN_OK`) at once.
-    /// Further attempts are dropped: an honest client sends its Initial again after its probe
-    /// timeout and gets in when handshakes complete. Default 1024.
+    /// At the cap, an attempt from a validated address (one that answered a Retry) is taken on
+    /// and the **oldest** handshake in progress is ended with
+    /// [`Reason::ServerBusy`](crate::Reason::ServerBusy): honest handshakes take a few round
+    /// trips, so the oldest are those that stall, and stalled connections cannot keep honest
+    /// clients out until their deadline. An unvalidated attempt at the cap is dropped (only
+    /// possible with `retry_threshold` above this cap). Default 1024.
     pub max_pending_handshakes: usize,
     /// Most connections in their handshake from one source address (an IPv4 address, or an
     /// IPv6 /64), so that one host cannot take all the places. Default 128. Raise it if very

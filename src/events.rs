@@ -170,6 +170,9 @@ pub struct ServerCounters {
     /// Connection attempts dropped because too many handshakes were in progress (overall or
     /// from their address); honest clients try again after their probe timeout.
     pub attempts_dropped: u64,
+    /// Handshakes ended with `SERVER_BUSY` to make room for a newer attempt when as many were
+    /// in progress as the server allows (the oldest go first: those that stall).
+    pub handshakes_evicted: u64,
     /// Connections in their handshake right now (a gauge, not a count).
     pub handshakes_in_progress: u64,
 }

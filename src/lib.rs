@@ -34,8 +34,8 @@
 //!
 //! - [`protocol`]: the pure core. Messages, framing codec, tokens, the client and server
 //!   handshake (and resume) state machines, session rules, the session registry with its
-//!   resume credentials, and [`protocol::reliability`] (sequence numbers, acknowledgements,
-//!   replay buffers, gaps). No I/O, no clock, no tokio or quinn: time is passed in, so it is
+//!   resume credentials, admission of connection attempts (Retry, caps), and
+//!   [`protocol::reliability`] (sequence numbers, acknowledgements, replay buffers, gaps). No I/O, no clock, no tokio or quinn: time is passed in, so it is
 //!   tested with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
 //!   I/O, the accept loop and per-connection tasks, the connect and resume routines, and the

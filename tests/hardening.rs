@@ -75,6 +75,46 @@ async fn a_busy_address_waits_while_others_get_in() {
     assert!(fixture.server.counters().attempts_dropped >= 1);
 }
 
+/// Proves: at the cap of handshakes in progress, a new (validated) attempt evicts the oldest
+/// handshake, which gets `CONN_FAILED(SERVER_BUSY)` on main and the close; the honest client gets in at once instead of waiting for the stalled ones' deadline,
+/// and the other stalled handshakes are untouched.
+#[tokio::test]
+async fn at_the_cap_the_oldest_stalled_handshake_makes_room() {
+    let fixture = Fixture::start_with(|c| {
+        c.max_pending_handshakes = 8;
+        c.retry_threshold = 4;
+        c.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for i in 0..8u8 {
+        let ip = Ipv4Addr::new(127, 0, 1, i + 2);
+        stalled.push(RawPeer::connect_from(ip.into(), fixture.addr, &fixture.certificate).await);
+    }
+    // The oldest gets as far as token A (so it holds a player slot too), then stalls.
+    let (oldest, others) = stalled.split_first_mut().unwrap();
+    oldest.conn_init(b"").await;
+    assert_eq!(fixture.server.counters().handshakes_in_progress, 8);
+
+    let started = Instant::now();
+    let mut honest = within(Client::connect(&fixture.client_config()))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_echoes(&mut honest, 1).await;
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+
+    oldest
+        .expect_failed(quicfeed::ChannelKind::Main, Reason::ServerBusy)
+        .await;
+    let counters = fixture.server.counters();
+    assert_eq!(counters.handshakes_evicted, 1, "{counters:?}");
+    assert_eq!(counters.handshakes_in_progress, 7, "{counters:?}");
+    for peer in others.iter() {
+        assert!(peer.conn.close_reason().is_none(), "only the oldest ends");
+    }
+}
+
 /// Proves: under 2,000 half-open handshakes and 200 connections stuck before CONN_INIT, honest
 /// clients all connect and exchange messages, the server's handshake state stays bounded, and
 /// every stuck connection is reaped by the handshake deadline.

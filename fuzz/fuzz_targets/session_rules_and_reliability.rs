@@ -14,11 +14,12 @@
 //!   message is delivered exactly once, in order, or counted lost by a `GAP`.
 //! - `SessionRegistry`: admission, IDs, the session limit, single-use resume credentials with
 //!   the confirmation window, release.
-//! - `Admission`: retry, drop and accept decisions, per-address counts (IPv4, IPv6 /64,
-//!   IPv4-mapped), and pending = accepted - finished.
+//! - `Admission`: retry, drop, accept and evict decisions (only validated attempts evict, only
+//!   at the cap, always the oldest), per-address counts (IPv4, IPv6 /64, IPv4-mapped), and
+//!   finishing a place twice or after its eviction changes nothing.
 #![no_main]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::Arbitrary;
@@ -26,8 +27,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use quicfeed::protocol::reliability::{Arrival, Inbound, Outbound, SequenceError};
 use quicfeed::protocol::{
-    Admission, AdmissionLimits, Admit, Inbound as Classified, InboundRules, Message, PlayerId,
-    Reason, SessionRegistry, Token,
+    Admission, AdmissionLimits, Admit, Inbound as Classified, InboundRules, Message, Place,
+    PlayerId, Reason, SessionRegistry, Token,
 };
 use quicfeed_fuzz::{IdPick, MsgSpec, Pool, SeqPick, TokenPick};
 
@@ -117,7 +118,7 @@ enum Op {
     Release(IdPick),
     Get(IdPick),
     Consider(IpPick, bool),
-    Finished(IpPick),
+    Finished(u16),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -568,59 +569,81 @@ impl Registry {
 struct AdmissionModel {
     admission: Admission,
     limits: AdmissionLimits,
-    pending: usize,
-    per_address: HashMap<(u8, u64), usize>,
-    accepted: usize,
-    finished: usize,
+    /// Handshakes in progress, oldest first: (place, address).
+    places: VecDeque<(Place, (u8, u64))>,
+    /// Every place ever given, evicted and finished ones included (for `Finished`).
+    given: Vec<Place>,
 }
 
 impl AdmissionModel {
+    fn count(&self, key: (u8, u64)) -> usize {
+        self.places.iter().filter(|(_, k)| *k == key).count()
+    }
+
     fn consider(&mut self, ip: IpAddr, validated: bool) {
         let got = self.admission.consider(ip, validated);
         let key = address_key(ip);
-        let from = self.per_address.get(&key).copied().unwrap_or(0);
-        let want = if !validated && self.pending >= self.limits.retry_threshold {
-            Admit::Retry
-        } else if self.pending >= self.limits.max_pending {
-            Admit::DropOverloaded
-        } else if from >= self.limits.max_pending_per_address {
-            Admit::DropAddressBusy
-        } else {
-            Admit::Accept
+        let pending = self.places.len();
+        let (place, evicted) = match got {
+            Admit::Accept(place) => (place, None),
+            Admit::AcceptEvicting { place, evicted } => (place, Some(evicted)),
+            other => {
+                let want = if !validated && pending >= self.limits.retry_threshold {
+                    Admit::Retry
+                } else if self.count(key) >= self.limits.max_pending_per_address {
+                    Admit::DropAddressBusy
+                } else {
+                    Admit::DropOverloaded
+                };
+                assert_eq!(other, want, "{ip}");
+                assert!(
+                    want != Admit::DropOverloaded
+                        || pending >= self.limits.max_pending && (!validated || pending == 0),
+                    "dropped although a place was free or could be taken"
+                );
+                return self.check();
+            }
         };
-        assert_eq!(got, want, "{ip}");
-        if got == Admit::Accept {
-            *self.per_address.entry(key).or_insert(0) += 1;
-            self.pending += 1;
-            self.accepted += 1;
+        assert!(validated || pending < self.limits.retry_threshold, "{ip}");
+        assert!(
+            self.count(key) < self.limits.max_pending_per_address,
+            "{ip}"
+        );
+        // Places are new and increasing.
+        assert!(self.given.last().is_none_or(|last| place > *last));
+        match evicted {
+            Some(evicted) => {
+                assert!(validated, "an unvalidated attempt evicted {evicted:?}");
+                assert_eq!(pending, self.limits.max_pending, "evicted below the cap");
+                let oldest = self.places.pop_front().map(|(p, _)| p);
+                assert_eq!(Some(evicted), oldest, "the oldest is evicted");
+            }
+            None => assert!(pending < self.limits.max_pending, "accepted over the cap"),
         }
+        self.places.push_back((place, key));
+        self.given.push(place);
         self.check();
     }
 
-    fn finished(&mut self, ip: IpAddr) {
-        self.admission.finished(ip);
-        let key = address_key(ip);
-        if let Some(count) = self.per_address.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_address.remove(&key);
-            }
-            self.pending -= 1;
-            self.finished += 1;
-        }
+    fn finished(&mut self, pick: u16) {
+        let Some(place) = self
+            .given
+            .get(usize::from(pick) % self.given.len().max(1))
+            .copied()
+        else {
+            return;
+        };
+        self.admission.finished(place);
+        self.places.retain(|(p, _)| *p != place);
         self.check();
     }
 
     fn check(&self) {
-        assert_eq!(self.admission.pending(), self.pending);
-        assert_eq!(self.pending, self.accepted - self.finished);
-        assert_eq!(self.per_address.values().sum::<usize>(), self.pending);
-        assert!(self.pending <= self.limits.max_pending);
-        assert!(
-            self.per_address
-                .values()
-                .all(|&n| n <= self.limits.max_pending_per_address)
-        );
+        assert_eq!(self.admission.pending(), self.places.len());
+        assert!(self.places.len() <= self.limits.max_pending);
+        for (_, key) in &self.places {
+            assert!(self.count(*key) <= self.limits.max_pending_per_address);
+        }
     }
 }
 
@@ -673,10 +696,8 @@ fuzz_target!(|input: Input| {
     let mut admission = AdmissionModel {
         admission: Admission::new(limits),
         limits,
-        pending: 0,
-        per_address: HashMap::new(),
-        accepted: 0,
-        finished: 0,
+        places: VecDeque::new(),
+        given: Vec::new(),
     };
 
     for op in input.ops.iter().take(512) {
@@ -742,7 +763,7 @@ fuzz_target!(|input: Input| {
             | Op::Release(_)
             | Op::Get(_) => registry.run(op),
             Op::Consider(ip, validated) => admission.consider(ip.get(), *validated),
-            Op::Finished(ip) => admission.finished(ip.get()),
+            Op::Finished(pick) => admission.finished(*pick),
         }
     }
     link.finish();

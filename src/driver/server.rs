@@ -6,6 +6,7 @@
 //! then watches its connection for as long as it is the session's connection, and if it is lost,
 //! waits for the client's return until the grace period ends.
 
+use std::collections::HashMap;
 use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -28,9 +29,9 @@ use crate::error::Disconnect;
 use crate::events::{ServerCounters, ServerEvent, SessionEvent};
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
-    Admission, AdmissionLimits, Admit, ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, PlayerId,
-    Reason, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig, ServerOutput,
-    SessionRegistry, SystemEntropy, random_token,
+    Admission, AdmissionLimits, Admit, ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, Place,
+    PlayerId, Reason, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig,
+    ServerOutput, SessionRegistry, SystemEntropy, random_token,
 };
 use crate::session::Session;
 
@@ -60,6 +61,7 @@ struct Counters {
     superseded: AtomicU64,
     retries_sent: AtomicU64,
     attempts_dropped: AtomicU64,
+    handshakes_evicted: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -71,7 +73,7 @@ fn bump(counter: &AtomicU64) {
 pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
     registry: Mutex<SessionRegistry<Arc<SessionCore>>>,
-    admission: Mutex<Admission>,
+    pending: Mutex<Pending>,
     pub(crate) shutdown: watch::Sender<Option<Shutdown>>,
     events: broadcast::Sender<ServerEvent>,
     counters: Counters,
@@ -80,15 +82,18 @@ pub(crate) struct ServerShared {
 impl ServerShared {
     pub(crate) fn new(config: ServerConfig) -> Self {
         let registry = Mutex::new(SessionRegistry::new(config.max_sessions));
-        let admission = Mutex::new(Admission::new(AdmissionLimits {
-            max_pending: config.max_pending_handshakes,
-            max_pending_per_address: config.max_pending_per_address,
-            retry_threshold: config.retry_threshold,
-        }));
+        let pending = Mutex::new(Pending {
+            admission: Admission::new(AdmissionLimits {
+                max_pending: config.max_pending_handshakes,
+                max_pending_per_address: config.max_pending_per_address,
+                retry_threshold: config.retry_threshold,
+            }),
+            evictors: HashMap::new(),
+        });
         ServerShared {
             config,
             registry,
-            admission,
+            pending,
             shutdown: watch::Sender::new(None),
             events: broadcast::Sender::new(EVENT_CAPACITY),
             counters: Counters::default(),
@@ -149,7 +154,8 @@ impl ServerShared {
             superseded: get(&c.superseded),
             retries_sent: get(&c.retries_sent),
             attempts_dropped: get(&c.attempts_dropped),
-            handshakes_in_progress: u64::try_from(lock(&self.admission).pending())
+            handshakes_evicted: get(&c.handshakes_evicted),
+            handshakes_in_progress: u64::try_from(lock(&self.pending).admission.pending())
                 .unwrap_or(u64::MAX),
         }
     }
@@ -163,16 +169,25 @@ impl ServerShared {
     }
 }
 
+/// The handshakes in progress: the admission's account of them, and how to end each one early.
+struct Pending {
+    admission: Admission,
+    /// Fired to end a handshake that was evicted to make room (see [`Admit::AcceptEvicting`]).
+    evictors: HashMap<Place, oneshot::Sender<()>>,
+}
+
 /// An accepted connection attempt's place among the handshakes in progress; given back when its
 /// handshake ends, whichever way.
 struct PendingTicket {
     shared: Arc<ServerShared>,
-    ip: std::net::IpAddr,
+    place: Place,
 }
 
 impl Drop for PendingTicket {
     fn drop(&mut self) {
-        lock(&self.shared.admission).finished(self.ip);
+        let mut pending = lock(&self.shared.pending);
+        pending.admission.finished(self.place);
+        pending.evictors.remove(&self.place);
     }
 }
 
@@ -210,8 +225,8 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    if let Some(ticket) = admit(&shared, &incoming) {
-                        tasks.spawn(serve(incoming, ticket, shared.clone(), sessions.clone()));
+                    if let Some((ticket, evicted)) = admit(&shared, &incoming) {
+                        tasks.spawn(serve(incoming, ticket, evicted, shared.clone(), sessions.clone()));
                     } else {
                         refuse_politely(&shared, incoming);
                     }
@@ -237,17 +252,35 @@ pub(crate) async fn accept_loop(
     endpoint.close(reason.code().into(), reason.describe().as_bytes());
 }
 
-/// Decides about a new connection attempt (see [`Admission`]); `Some` takes it on.
-fn admit(shared: &Arc<ServerShared>, incoming: &quinn::Incoming) -> Option<PendingTicket> {
+/// Decides about a new connection attempt (see [`Admission`]); `Some` takes it on, with its
+/// place and what tells its task that the place was taken back. At the cap, this evicts the
+/// oldest handshake in progress.
+fn admit(
+    shared: &Arc<ServerShared>,
+    incoming: &quinn::Incoming,
+) -> Option<(PendingTicket, oneshot::Receiver<()>)> {
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated() || !incoming.may_retry();
-    match lock(&shared.admission).consider(ip, validated) {
-        Admit::Accept => Some(PendingTicket {
-            shared: shared.clone(),
-            ip,
-        }),
-        _ => None,
-    }
+    let mut pending = lock(&shared.pending);
+    let place = match pending.admission.consider(ip, validated) {
+        Admit::Accept(place) => place,
+        Admit::AcceptEvicting { place, evicted } => {
+            if let Some(evict) = pending.evictors.remove(&evicted) {
+                // The task may have ended on its own meanwhile; then there is nothing to end.
+                let _ = evict.send(());
+            }
+            bump(&shared.counters.handshakes_evicted);
+            place
+        }
+        Admit::Retry | Admit::DropOverloaded | Admit::DropAddressBusy => return None,
+    };
+    let (evict, evicted) = oneshot::channel();
+    pending.evictors.insert(place, evict);
+    let ticket = PendingTicket {
+        shared: shared.clone(),
+        place,
+    };
+    Some((ticket, evicted))
 }
 
 /// What a refused attempt gets: a stateless Retry when the admission asks for one and QUIC
@@ -255,7 +288,7 @@ fn admit(shared: &Arc<ServerShared>, incoming: &quinn::Incoming) -> Option<Pendi
 fn refuse_politely(shared: &ServerShared, incoming: quinn::Incoming) {
     let validated = incoming.remote_address_validated() || !incoming.may_retry();
     let wants_retry =
-        !validated && lock(&shared.admission).pending() >= shared.config.retry_threshold;
+        !validated && lock(&shared.pending).admission.pending() >= shared.config.retry_threshold;
     if wants_retry {
         // `retry` hands the attempt back if QUIC cannot retry it after all.
         match incoming.retry() {
@@ -285,6 +318,7 @@ async fn shutdown_signal(rx: &mut watch::Receiver<Option<Shutdown>>) -> Shutdown
 async fn serve(
     incoming: quinn::Incoming,
     ticket: PendingTicket,
+    evicted: oneshot::Receiver<()>,
     shared: Arc<ServerShared>,
     sessions: mpsc::Sender<Session>,
 ) {
@@ -303,7 +337,12 @@ async fn serve(
     };
     // Boxed: the handshake's state is large and needed only until it ends, while this task
     // lives as long as the connection.
-    let outcome = Box::pin(handshake(&conn, &shared, remote, deadline, &mut shutdown)).await;
+    let ends = HandshakeEnds {
+        deadline,
+        shutdown: &mut shutdown,
+        evicted: Some(evicted),
+    };
+    let outcome = Box::pin(handshake(&conn, &shared, remote, ends)).await;
     // The handshake is over, whichever way: its place among those in progress is free.
     drop(ticket);
     let (core, attached) = match outcome {
@@ -483,15 +522,28 @@ enum Outcome {
     Failed,
 }
 
+/// What can end a handshake from outside: its deadline, a shutdown, or an eviction (the server
+/// needed its place for a newer attempt).
+struct HandshakeEnds<'a> {
+    deadline: Instant,
+    shutdown: &'a mut watch::Receiver<Option<Shutdown>>,
+    /// Resolves if the handshake is evicted; `None` once it has resolved.
+    evicted: Option<oneshot::Receiver<()>>,
+}
+
 /// Runs the token handshake, or a resume, on an established QUIC connection. On failure the
 /// connection has been closed with the reason.
 async fn handshake(
     conn: &quinn::Connection,
     shared: &Arc<ServerShared>,
     remote: SocketAddr,
-    deadline: Instant,
-    shutdown: &mut watch::Receiver<Option<Shutdown>>,
+    ends: HandshakeEnds<'_>,
 ) -> Outcome {
+    let HandshakeEnds {
+        deadline,
+        shutdown,
+        mut evicted,
+    } = ends;
     let config = &shared.config;
     let mut core = ServerHandshake::new(ServerHandshakeConfig {
         deadline,
@@ -604,6 +656,23 @@ async fn handshake(
             biased;
             s = shutdown_signal(shutdown) => {
                 core.handle_violation(ChannelKind::Main, s.reason, s.message);
+            }
+            fired = async {
+                match evicted.as_mut() {
+                    Some(evicted) => evicted.await,
+                    None => pending().await,
+                }
+            }, if evicted.is_some() => {
+                evicted = None;
+                // An error means the sender is gone without firing: nothing to do.
+                if fired.is_ok() {
+                    debug!(%remote, "handshake evicted to make room for a newer attempt");
+                    core.handle_violation(
+                        ChannelKind::Main,
+                        Reason::ServerBusy,
+                        "too many handshakes in progress; try again".to_owned(),
+                    );
+                }
             }
             decision = async {
                 match auth.as_mut() {

@@ -3,18 +3,22 @@
 //! Each accepted attempt costs a QUIC connection, a TLS handshake and a task until its token
 //! handshake completes or its deadline passes. A flood of attempts (spoofed Initials that never
 //! answer, or real clients that never send `CONN_INIT`) must not hold more than a bounded amount
-//! of that. [`Admission`] decides, for each new attempt:
+//! of that, nor keep honest clients waiting. [`Admission`] decides, for each new attempt:
 //!
 //! - with many handshakes in progress, an address QUIC has not validated gets a stateless Retry
 //!   (it costs nothing; a spoofed or silent source never comes back);
-//! - at the cap of handshakes in progress, overall or for one source address, the attempt is
-//!   dropped: an honest client sends its Initial again after its probe timeout, and gets in once
-//!   handshakes complete, so a burst is delayed rather than refused.
+//! - at the cap of handshakes in progress from one source address, the attempt is dropped (an
+//!   honest client sends its Initial again after its probe timeout);
+//! - at the overall cap, an attempt from a validated address is taken on and the **oldest**
+//!   handshake in progress is evicted to make room. Honest handshakes take a few round trips,
+//!   so the oldest are the ones that stall: connections stuck before `CONN_OK` cannot keep
+//!   honest clients out until their deadline. An unvalidated attempt at the cap is dropped, so
+//!   spoofed sources can never evict anyone.
 //!
 //! Source addresses are counted per IPv4 address and per IPv6 /64 (one host usually holds a
 //! whole /64).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// The limits of [`Admission`].
@@ -28,14 +32,28 @@ pub struct AdmissionLimits {
     pub retry_threshold: usize,
 }
 
+/// One accepted attempt's place among the handshakes in progress. Places are numbered in the
+/// order they were given, so a lower number is an older handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Place(pub u64);
+
 /// What to do with a new connection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// Take it on; call [`Admission::finished`] when its handshake ends.
-    Accept,
+    /// Take it on; call [`Admission::finished`] with its place when its handshake ends.
+    Accept(Place),
+    /// Take it on in `place`, and end the handshake in place `evicted` at once (the oldest in
+    /// progress, which no longer counts): the server was at its cap.
+    AcceptEvicting {
+        /// The new attempt's place.
+        place: Place,
+        /// The place of the handshake to end.
+        evicted: Place,
+    },
     /// Answer with a stateless Retry: the client must prove it receives at its address.
     Retry,
-    /// Drop its packet: too many handshakes in progress overall.
+    /// Drop its packet: too many handshakes in progress overall, and the address is not
+    /// validated (or no handshake can be evicted).
     DropOverloaded,
     /// Drop its packet: too many handshakes in progress from its address.
     DropAddressBusy,
@@ -45,7 +63,9 @@ pub enum Admit {
 #[derive(Debug)]
 pub struct Admission {
     limits: AdmissionLimits,
-    pending: usize,
+    next_place: u64,
+    /// Every handshake in progress, oldest first.
+    places: BTreeMap<Place, AddressKey>,
     per_address: HashMap<AddressKey, usize>,
 }
 
@@ -76,43 +96,63 @@ impl Admission {
     pub fn new(limits: AdmissionLimits) -> Self {
         Admission {
             limits,
-            pending: 0,
+            next_place: 0,
+            places: BTreeMap::new(),
             per_address: HashMap::new(),
         }
     }
 
     /// Handshakes in progress.
     pub fn pending(&self) -> usize {
-        self.pending
+        self.places.len()
     }
 
     /// Decides about an attempt from `ip`; `validated` is whether QUIC has already validated
     /// the address (the Initial carried a Retry token).
     pub fn consider(&mut self, ip: IpAddr, validated: bool) -> Admit {
-        if !validated && self.pending >= self.limits.retry_threshold {
+        if !validated && self.pending() >= self.limits.retry_threshold {
             return Admit::Retry;
         }
-        if self.pending >= self.limits.max_pending {
-            return Admit::DropOverloaded;
-        }
-        let from_address = self.per_address.entry(AddressKey::from(ip)).or_insert(0);
-        if *from_address >= self.limits.max_pending_per_address {
+        let key = AddressKey::from(ip);
+        if self.per_address.get(&key).copied().unwrap_or(0) >= self.limits.max_pending_per_address {
             return Admit::DropAddressBusy;
         }
+        let evicted = if self.pending() >= self.limits.max_pending {
+            if !validated {
+                return Admit::DropOverloaded;
+            }
+            match self.places.first_key_value() {
+                Some((&oldest, _)) => {
+                    self.finished(oldest);
+                    Some(oldest)
+                }
+                None => return Admit::DropOverloaded,
+            }
+        } else {
+            None
+        };
+        let place = Place(self.next_place);
+        self.next_place = self.next_place.saturating_add(1);
+        self.places.insert(place, key);
+        let from_address = self.per_address.entry(key).or_insert(0);
         *from_address = from_address.saturating_add(1);
-        self.pending = self.pending.saturating_add(1);
-        Admit::Accept
+        match evicted {
+            Some(evicted) => Admit::AcceptEvicting { place, evicted },
+            None => Admit::Accept(place),
+        }
     }
 
-    /// A handshake accepted from `ip` ended (established or failed).
-    pub fn finished(&mut self, ip: IpAddr) {
-        let key = AddressKey::from(ip);
+    /// The handshake in `place` ended (established or failed). Nothing happens if the place was
+    /// already given back, or evicted.
+    pub fn finished(&mut self, place: Place) {
+        let Some(key) = self.places.remove(&place) else {
+            return;
+        };
         if let Some(count) = self.per_address.get_mut(&key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.per_address.remove(&key);
             }
-            self.pending = self.pending.saturating_sub(1);
         }
     }
 }
@@ -131,57 +171,116 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn accepted(admit: Admit) -> Place {
+        match admit {
+            Admit::Accept(place) => place,
+            other => panic!("expected Accept, got {other:?}"),
+        }
+    }
+
     #[test]
     fn attempts_are_accepted_up_to_the_per_address_limit() {
         let mut a = Admission::new(LIMITS);
-        assert_eq!(a.consider(ip("10.0.0.1"), false), Admit::Accept);
-        assert_eq!(a.consider(ip("10.0.0.1"), false), Admit::Accept);
+        let first = accepted(a.consider(ip("10.0.0.1"), false));
+        accepted(a.consider(ip("10.0.0.1"), false));
         assert_eq!(a.consider(ip("10.0.0.1"), false), Admit::DropAddressBusy);
-        assert_eq!(a.consider(ip("10.0.0.2"), false), Admit::Accept);
+        accepted(a.consider(ip("10.0.0.2"), false));
         assert_eq!(a.pending(), 3);
-        a.finished(ip("10.0.0.1"));
-        assert_eq!(a.consider(ip("10.0.0.1"), true), Admit::Accept);
+        a.finished(first);
+        accepted(a.consider(ip("10.0.0.1"), true));
     }
 
     #[test]
     fn past_the_threshold_unvalidated_addresses_get_a_retry_and_validated_ones_get_in() {
         let mut a = Admission::new(LIMITS);
         for host in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
-            assert_eq!(a.consider(ip(host), false), Admit::Accept);
+            accepted(a.consider(ip(host), false));
         }
         assert_eq!(a.consider(ip("10.0.0.4"), false), Admit::Retry);
-        assert_eq!(a.consider(ip("10.0.0.4"), true), Admit::Accept);
-        assert_eq!(a.consider(ip("10.0.0.5"), true), Admit::DropOverloaded);
-        a.finished(ip("10.0.0.2"));
-        assert_eq!(a.consider(ip("10.0.0.5"), true), Admit::Accept);
+        accepted(a.consider(ip("10.0.0.4"), true));
+        assert_eq!(a.pending(), 4);
+    }
+
+    #[test]
+    fn at_the_cap_a_validated_attempt_evicts_the_oldest_handshake() {
+        let mut a = Admission::new(LIMITS);
+        let places: Vec<Place> = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+            .into_iter()
+            .map(|host| accepted(a.consider(ip(host), true)))
+            .collect();
+        // The second-oldest finishes on its own; the oldest is then still the first.
+        a.finished(places[1]);
+        let fifth = accepted(a.consider(ip("10.0.0.5"), true));
+        match a.consider(ip("10.0.0.6"), true) {
+            Admit::AcceptEvicting { place, evicted } => {
+                assert_eq!(evicted, places[0]);
+                assert!(place > fifth);
+            }
+            other => panic!("expected an eviction, got {other:?}"),
+        }
+        assert_eq!(a.pending(), 4);
+        // The evicted handshake's own end changes nothing: its place is already free.
+        a.finished(places[0]);
+        assert_eq!(a.pending(), 4);
+        // 10.0.0.1 no longer counts against its address.
+        assert!(matches!(
+            a.consider(ip("10.0.0.1"), true),
+            Admit::AcceptEvicting { evicted, .. } if evicted == places[2]
+        ));
+    }
+
+    #[test]
+    fn an_unvalidated_attempt_never_evicts() {
+        let limits = AdmissionLimits {
+            retry_threshold: 100,
+            ..LIMITS
+        };
+        let mut a = Admission::new(limits);
+        for host in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+            accepted(a.consider(ip(host), false));
+        }
+        assert_eq!(a.consider(ip("10.0.0.5"), false), Admit::DropOverloaded);
+        assert_eq!(a.pending(), 4);
+    }
+
+    #[test]
+    fn with_no_places_at_all_everything_is_dropped() {
+        let limits = AdmissionLimits {
+            max_pending: 0,
+            ..LIMITS
+        };
+        let mut a = Admission::new(limits);
+        assert_eq!(a.consider(ip("10.0.0.1"), true), Admit::DropOverloaded);
+        assert_eq!(a.pending(), 0);
     }
 
     #[test]
     fn an_ipv6_slash_64_counts_as_one_address() {
-        let mut a = Admission::new(LIMITS);
-        assert_eq!(a.consider(ip("2001:db8:1:2::1"), true), Admit::Accept);
-        assert_eq!(a.consider(ip("2001:db8:1:2::ffff"), true), Admit::Accept);
+        let mut a = Admission::new(AdmissionLimits {
+            max_pending: 10,
+            ..LIMITS
+        });
+        accepted(a.consider(ip("2001:db8:1:2::1"), true));
+        accepted(a.consider(ip("2001:db8:1:2::ffff"), true));
         assert_eq!(
             a.consider(ip("2001:db8:1:2:abcd::9"), true),
             Admit::DropAddressBusy
         );
-        assert_eq!(a.consider(ip("2001:db8:1:3::1"), true), Admit::Accept);
+        accepted(a.consider(ip("2001:db8:1:3::1"), true));
+        accepted(a.consider(ip("::ffff:10.0.0.1"), true));
+        accepted(a.consider(ip("10.0.0.1"), true));
         assert_eq!(
             a.consider(ip("::ffff:10.0.0.1"), true),
-            Admit::Accept,
-            "IPv4-mapped"
-        );
-        assert_eq!(
-            a.consider(ip("10.0.0.2"), true),
-            Admit::DropOverloaded,
-            "limits overall still apply"
+            Admit::DropAddressBusy,
+            "IPv4-mapped counts as the IPv4 address"
         );
     }
 
     #[test]
-    fn finishing_an_unknown_address_changes_nothing() {
+    fn finishing_an_unknown_place_changes_nothing() {
         let mut a = Admission::new(LIMITS);
-        a.finished(ip("10.9.9.9"));
-        assert_eq!(a.pending(), 0);
+        accepted(a.consider(ip("10.0.0.1"), true));
+        a.finished(Place(99));
+        assert_eq!(a.pending(), 1);
     }
 }

@@ -142,9 +142,12 @@ pub enum Reason {
     SessionExpired,
     /// `0x0014`: the peer's acknowledgements or sequence numbers contradict what was sent.
     SequenceError,
+    /// `0x0015`: the server had too many handshakes in progress and ended this one, the oldest,
+    /// to make room for a newer attempt. Trying again is reasonable.
+    ServerBusy,
     /// `0x1000..=0xffff`: defined by the application.
     Application(u16),
-    /// A library code (`0x0015..=0x0fff`) this version does not know.
+    /// A library code (`0x0016..=0x0fff`) this version does not know.
     Unknown(u16),
 }
 
@@ -176,6 +179,7 @@ impl Reason {
             Reason::DeadPath => 0x0012,
             Reason::SessionExpired => 0x0013,
             Reason::SequenceError => 0x0014,
+            Reason::ServerBusy => 0x0015,
             Reason::Application(code) | Reason::Unknown(code) => code,
         }
     }
@@ -204,6 +208,7 @@ impl Reason {
             0x0012 => Reason::DeadPath,
             0x0013 => Reason::SessionExpired,
             0x0014 => Reason::SequenceError,
+            0x0015 => Reason::ServerBusy,
             c if c >= Reason::APPLICATION_MIN => Reason::Application(c),
             c => Reason::Unknown(c),
         }
@@ -233,6 +238,7 @@ impl Reason {
             Reason::DeadPath => "path dead",
             Reason::SessionExpired => "session expired",
             Reason::SequenceError => "sequence error",
+            Reason::ServerBusy => "server busy",
             Reason::Application(_) => "application reason",
             Reason::Unknown(_) => "unknown reason",
         }

@@ -15,7 +15,7 @@ mod server;
 mod session;
 mod token;
 
-pub use admission::{Admission, AdmissionLimits, Admit};
+pub use admission::{Admission, AdmissionLimits, Admit, Place};
 pub use client::{
     ClientEstablished, ClientFailure, ClientHandshake, ClientHandshakeConfig, ClientOutput,
     HandshakeStep, ResumeTicket,
