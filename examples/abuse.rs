@@ -19,8 +19,9 @@
 //! - slow senders: `CONN_INIT` written one byte at a time;
 //! - garbage: random UDP datagrams at the port, and random bytes on a stream;
 //! - token replay: a token A from one connection shown on another;
-//! - stream hogs: sessions that push data on feed as fast as flow control allows, which the
-//!   server's application never reads (the most memory one connection can pin);
+//! - stream hogs: sessions that push data on feed as fast as flow control allows and flood the
+//!   datagram lane, neither of which the server's application reads (the most memory one
+//!   connection can pin);
 //! - idle sessions: established sessions doing nothing (memory per idle session).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -58,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The server under attack: default settings; its application echoes main and never reads
-/// feed (so data pushed on feed stays with the connection).
+/// feed or the lane (so data pushed there stays with the connection).
 async fn serve(cert_path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     let identity = Identity::generate_self_signed(&["localhost"])?;
     let key_path = cert_path.with_extension("key");
@@ -565,7 +566,7 @@ async fn attack(quick: bool) -> Result<(), Box<dyn std::error::Error>> {
     restart(&mut target).await?;
     // 6. Stream hogs: sessions pushing on feed, which the application never reads.
     let h = scale(200, 50);
-    let hog = measure(&target, "stream hogs (feed never read)", h, || async {
+    let hog = measure(&target, "stream hogs (feed and lane never read)", h, || async {
         let mut sessions = Vec::new();
         for _ in 0..h {
             if let Ok(session) =
@@ -579,8 +580,20 @@ async fn attack(quick: bool) -> Result<(), Box<dyn std::error::Error>> {
             .map(|mut session: Session| {
                 tokio::spawn(async move {
                     let chunk = vec![0xab_u8; 60_000];
-                    let _ = tokio::time::timeout(Duration::from_secs(4), async {
+                    // Datagrams on the lane too, as fast as they go: the server keeps what it
+                    // has not read in a bounded buffer.
+                    let lane = session.lane();
+                    let datagram = vec![0xcd_u8; lane.max_payload_size().unwrap_or(1000)];
+                    let flood_lane = async {
+                        while lane.send_bytes(&datagram).is_ok() {
+                            tokio::task::yield_now().await;
+                        }
+                    };
+                    let fill_feed = async {
                         while session.feed().send_bytes(&chunk).await.is_ok() {}
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(4), async {
+                        tokio::join!(flood_lane, fill_feed)
                     })
                     .await;
                     session
@@ -595,7 +608,7 @@ async fn attack(quick: bool) -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let note = format!(
-            "{} sessions pushing until flow control stopped them",
+            "{} sessions pushing on feed until flow control stopped them, and flooding the lane",
             held.len()
         );
         drop(held);

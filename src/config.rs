@@ -79,6 +79,18 @@ pub struct TransportConfig {
     /// oldest messages are dropped and the peer's receiver reports a
     /// [`RecvError::Gap`](crate::RecvError::Gap). An idle session keeps nothing.
     pub replay_buffer: usize,
+    /// Bytes of received feed datagrams ([`Lane`](crate::Lane)) QUIC keeps until the
+    /// application reads them; when full, the oldest are dropped. Default 64 KiB (over 300
+    /// snapshots of 200 bytes). 0 refuses datagrams: the peer's lane then cannot send.
+    pub datagram_receive_buffer: usize,
+    /// Bytes of feed datagrams QUIC queues for sending while congestion control holds them
+    /// back; when full, the oldest are dropped (newest wins on the sending side too). Default
+    /// 64 KiB.
+    pub datagram_send_buffer: usize,
+    /// Feed datagrams that arrive later than this behind the fastest recent one are dropped
+    /// instead of delivered (the age excludes the path's base one-way delay, since clocks are not
+    /// synchronised; see PROTOCOL.md §13). Default `None`: deliver the newest, however late.
+    pub datagram_max_age: Option<Duration>,
 }
 
 impl Default for TransportConfig {
@@ -93,6 +105,9 @@ impl Default for TransportConfig {
             send_window: 256 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
             replay_buffer: 128 * 1024,
+            datagram_receive_buffer: 64 * 1024,
+            datagram_send_buffer: 64 * 1024,
+            datagram_max_age: None,
         }
     }
 }

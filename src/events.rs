@@ -97,6 +97,17 @@ pub struct SessionCounters {
     pub messages_replayed: u64,
     /// Messages that could not be sent again (replay buffer overflow).
     pub messages_lost: u64,
+    /// Feed datagrams handed to QUIC for sending.
+    pub datagrams_sent: u64,
+    /// Feed datagrams not sent because the session had no connection at the time.
+    pub datagrams_unsent: u64,
+    /// Feed datagrams delivered to the application.
+    pub datagrams_delivered: u64,
+    /// Feed datagrams dropped on arrival because a newer one had been delivered (late,
+    /// reordered or duplicated).
+    pub datagrams_stale: u64,
+    /// Feed datagrams dropped on arrival for exceeding the maximum age.
+    pub datagrams_too_old: u64,
 }
 
 /// A session's events, in order. See [`SessionHandle::events`](crate::SessionHandle::events).

@@ -34,9 +34,10 @@
 //!
 //! - [`protocol`]: the pure core. Messages, framing codec, tokens, the client and server
 //!   handshake (and resume) state machines, session rules, the session registry with its
-//!   resume credentials, admission of connection attempts (Retry, caps), and
-//!   [`protocol::reliability`] (sequence numbers, acknowledgements, replay buffers, gaps). No I/O, no clock, no tokio or quinn: time is passed in, so it is
-//!   tested with virtual time.
+//!   resume credentials, admission of connection attempts (Retry, caps, eviction of the oldest
+//!   handshake), and [`protocol::reliability`] (sequence numbers, acknowledgements, replay
+//!   buffers, gaps). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested
+//!   with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
 //!   I/O, the accept loop and per-connection tasks, the connect and resume routines, and the
 //!   per-session core that attaches connections to a session (replaying what the peer missed)
@@ -104,6 +105,7 @@ pub mod config;
 mod driver;
 mod error;
 pub mod events;
+mod lane;
 pub mod protocol;
 mod server;
 mod session;
@@ -116,6 +118,7 @@ pub use error::{
     CertError, ConfigError, ConnectError, Disconnect, RecvError, SendError, ServerError,
 };
 pub use events::{Events, ServerCounters, ServerEvent, SessionCounters, SessionEvent};
+pub use lane::Lane;
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};

@@ -20,6 +20,7 @@ use crate::driver::session::{ChannelCore, Role, SessionCore, lock, send_payload}
 use crate::driver::stream::{FrameReader, ReadFailure};
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::events::{Events, SessionCounters};
+use crate::lane::Lane;
 use crate::protocol::codec::{self, EncodeError, Payload};
 use crate::protocol::reliability::Arrival;
 use crate::protocol::{ChannelKind, Inbound, InboundRules, PlayerId, Reason};
@@ -50,8 +51,8 @@ pub struct Session {
 /// Keeps the session open while any application handle exists; the last one dropped closes it
 /// gracefully.
 #[derive(Debug)]
-struct AppRef {
-    core: Arc<SessionCore>,
+pub(crate) struct AppRef {
+    pub(crate) core: Arc<SessionCore>,
 }
 
 impl Drop for AppRef {
@@ -118,6 +119,12 @@ impl Session {
             main,
             feed,
         }
+    }
+
+    /// A handle on the feed datagram lane: unreliable, newest-wins messages for state
+    /// snapshots (see [`Lane`]).
+    pub fn lane(&self) -> Lane {
+        self.handle.lane()
     }
 
     /// The player's ID, the same on both sides and for the session's whole life.
@@ -211,6 +218,12 @@ impl SessionHandle {
     /// Whether the session has a live connection right now (it may be resuming otherwise).
     pub fn is_connected(&self) -> bool {
         self.core().connection().is_some()
+    }
+
+    /// A handle on the session's feed datagram lane: unreliable, newest-wins messages (see
+    /// [`Lane`]). Each call returns a new handle; all share the lane.
+    pub fn lane(&self) -> Lane {
+        Lane::new(self.app.clone())
     }
 
     /// The session's events (migrations, lost connections, resumes), from now on.
@@ -406,7 +419,7 @@ impl Sender {
     }
 }
 
-fn encode_error(e: EncodeError) -> SendError {
+pub(crate) fn encode_error(e: EncodeError) -> SendError {
     match e {
         EncodeError::TooLarge { len, max } => SendError::TooLarge { len, max },
         other => SendError::Encode(other.to_string()),

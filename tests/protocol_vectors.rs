@@ -589,3 +589,34 @@ fn data_size_rules_of_section_5_5_8() {
         );
     }
 }
+
+/// The `lane-vectors` block (§13.6): each datagram is exactly what the encoder writes for its
+/// `seq`, `sent_ms` and payload, and decodes back to them.
+#[test]
+fn lane_vectors_match_the_encoder_and_decoder() {
+    use quicfeed::protocol::lane::{decode_lane_datagram, encode_lane_datagram};
+    let vectors = entries("lane-vectors");
+    assert!(vectors.len() >= 4, "{vectors:?}");
+    for (name, value) in vectors {
+        let fields: Vec<&str> = value.split_whitespace().collect();
+        let [seq, sent_ms, payload, datagram] = fields[..] else {
+            panic!("{name}: not `seq sent_ms payload datagram`: {value:?}");
+        };
+        let seq: u64 = seq.parse().unwrap();
+        let sent_ms: u64 = sent_ms.parse().unwrap();
+        let payload = if payload == "-" {
+            Vec::new()
+        } else {
+            hex_decode(payload)
+        };
+        let datagram = hex_decode(datagram);
+        let encoded = encode_lane_datagram(seq, sent_ms, &payload);
+        assert_eq!(&encoded[..], &datagram[..], "{name}: encoder");
+        let decoded = decode_lane_datagram(Bytes::from(datagram)).unwrap();
+        assert_eq!(
+            (decoded.seq, decoded.sent_ms, &decoded.payload[..]),
+            (seq, sent_ms, &payload[..]),
+            "{name}: decoder"
+        );
+    }
+}

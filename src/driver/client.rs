@@ -110,11 +110,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
             return Err(error);
         }
     };
-    let params = SessionParams {
-        replay_capacity: config.transport.replay_buffer,
-        dead_path_timeout: config.transport.dead_path_timeout,
-        local_limits: config.frame_limits,
-    };
+    let params = SessionParams::new(&config.transport, config.frame_limits);
     let role = Role::Client(Box::new(Resumer {
         endpoint,
         server: config.server,

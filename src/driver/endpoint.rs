@@ -87,6 +87,9 @@ fn transport(
         .send_window(t.send_window)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_bidi_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .datagram_receive_buffer_size(None);
+        .datagram_receive_buffer_size(
+            (t.datagram_receive_buffer > 0).then_some(t.datagram_receive_buffer),
+        )
+        .datagram_send_buffer_size(t.datagram_send_buffer);
     Ok(q)
 }

@@ -161,11 +161,7 @@ impl ServerShared {
     }
 
     fn session_params(&self) -> SessionParams {
-        SessionParams {
-            replay_capacity: self.config.transport.replay_buffer,
-            dead_path_timeout: self.config.transport.dead_path_timeout,
-            local_limits: self.config.frame_limits,
-        }
+        SessionParams::new(&self.config.transport, self.config.frame_limits)
     }
 }
 

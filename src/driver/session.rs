@@ -27,6 +27,7 @@ use super::stream::{FrameReader, FrameWriter};
 use crate::error::Disconnect;
 use crate::events::{SessionCounters, SessionEvent};
 use crate::protocol::codec::{self, data_header, encode_message};
+use crate::protocol::lane::LaneInbound;
 use crate::protocol::reliability::{Inbound, Outbound};
 use crate::protocol::{ChannelKind, FrameLimits, InboundRules, Message, PlayerId, Reason, Token};
 
@@ -46,6 +47,22 @@ pub(crate) struct SessionParams {
     pub(crate) dead_path_timeout: Duration,
     /// The frame limits this side announced (its receive limits).
     pub(crate) local_limits: FrameLimits,
+    /// Feed datagrams later than this behind the fastest recent one are dropped.
+    pub(crate) datagram_max_age: Option<Duration>,
+}
+
+impl SessionParams {
+    pub(crate) fn new(
+        transport: &crate::config::TransportConfig,
+        local_limits: FrameLimits,
+    ) -> Self {
+        SessionParams {
+            replay_capacity: transport.replay_buffer,
+            dead_path_timeout: transport.dead_path_timeout,
+            local_limits,
+            datagram_max_age: transport.datagram_max_age,
+        }
+    }
 }
 
 /// One stream's pair of halves and the rules for what may still arrive on it.
@@ -211,6 +228,23 @@ struct Current {
     generation: u64,
 }
 
+/// The feed datagram lane of a session: numbering and clock for what it sends, newest-wins
+/// state for what it receives. Datagrams belong to no connection in particular: the numbering
+/// continues across resumes, so a datagram from an old connection never wins over a newer one.
+pub(crate) struct LaneCore {
+    /// Time zero of the session's send times.
+    pub(crate) epoch: Instant,
+    pub(crate) next_seq: AtomicU64,
+    pub(crate) inbound: Mutex<LaneInbound>,
+}
+
+impl LaneCore {
+    /// Milliseconds since the session began, on this side's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Per-session counters, updated from any task.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -222,6 +256,11 @@ pub(crate) struct Counters {
     pub(crate) superseded: AtomicU64,
     pub(crate) messages_replayed: AtomicU64,
     pub(crate) messages_lost: AtomicU64,
+    pub(crate) datagrams_sent: AtomicU64,
+    pub(crate) datagrams_unsent: AtomicU64,
+    pub(crate) datagrams_delivered: AtomicU64,
+    pub(crate) datagrams_stale: AtomicU64,
+    pub(crate) datagrams_too_old: AtomicU64,
 }
 
 impl Counters {
@@ -240,6 +279,11 @@ impl Counters {
             superseded: get(&self.superseded),
             messages_replayed: get(&self.messages_replayed),
             messages_lost: get(&self.messages_lost),
+            datagrams_sent: get(&self.datagrams_sent),
+            datagrams_unsent: get(&self.datagrams_unsent),
+            datagrams_delivered: get(&self.datagrams_delivered),
+            datagrams_stale: get(&self.datagrams_stale),
+            datagrams_too_old: get(&self.datagrams_too_old),
         }
     }
 }
@@ -251,6 +295,8 @@ pub(crate) struct SessionCore {
     pub(crate) role: Role,
     pub(crate) main: ChannelCore,
     pub(crate) feed: ChannelCore,
+    /// The feed's datagram lane.
+    pub(crate) lane: LaneCore,
     conn: Mutex<ConnState>,
     /// The attachment generation, for watchers of "a new connection took over".
     attached: watch::Sender<u64>,
@@ -271,6 +317,11 @@ impl SessionCore {
             player_id,
             main: ChannelCore::new(&params),
             feed: ChannelCore::new(&params),
+            lane: LaneCore {
+                epoch: Instant::now(),
+                next_seq: AtomicU64::new(0),
+                inbound: Mutex::new(LaneInbound::new(params.datagram_max_age)),
+            },
             params,
             role,
             conn: Mutex::new(ConnState {
@@ -300,6 +351,12 @@ impl SessionCore {
     /// Why the session ended, if it has.
     pub(crate) fn ended(&self) -> Option<Disconnect> {
         self.ended.borrow().clone()
+    }
+
+    /// Watches the attachment generation: it changes whenever a connection is attached or
+    /// detached.
+    pub(crate) fn subscribe_attached(&self) -> watch::Receiver<u64> {
+        self.attached.subscribe()
     }
 
     /// Watches for the end of the session.

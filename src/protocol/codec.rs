@@ -283,6 +283,11 @@ impl Payload {
         self.buf.len().saturating_sub(DATA_HEADER_MAX)
     }
 
+    /// The payload's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.get(DATA_HEADER_MAX..).unwrap_or_default()
+    }
+
     /// Whether the payload is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -418,7 +423,7 @@ impl DataHeader {
 ///
 /// `< 251`: one byte. Otherwise a marker byte then the value little-endian: `251` + 2 bytes,
 /// `252` + 4 bytes, `253` + 8 bytes. (Specified in PROTOCOL.md §5.1.)
-fn write_varint(value: u64, out: &mut [u8; 9]) -> usize {
+pub(crate) fn write_varint(value: u64, out: &mut [u8; 9]) -> usize {
     let mut w = &mut out[..];
     if value < 251 {
         w.put_u8(value as u8);

@@ -8,6 +8,7 @@
 mod admission;
 mod client;
 pub mod codec;
+pub mod lane;
 mod message;
 mod registry;
 pub mod reliability;

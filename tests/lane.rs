@@ -1,0 +1,229 @@
+//! The feed datagram lane over real QUIC: newest-wins delivery under loss, duplication and
+//! reordering (through the conditioner), the size limit, the maximum age, resumes, and a peer
+//! sending malformed datagrams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{RawPeer, within};
+use quicfeed::conditioner::{Conditions, Loss, Relay};
+use quicfeed::{
+    Client, ClientConfig, Reason, RecvError, SendError, Server, ServerConfig, Session, SessionEvent,
+};
+
+/// A server, a relay in front of it with `conditions` both ways, and a connected pair of
+/// sessions (client, server side).
+async fn through_relay(
+    conditions: Conditions,
+    configure: impl Fn(&mut quicfeed::TransportConfig),
+) -> (Server, Relay, Session, Session) {
+    common::init_tracing();
+    let (identity, trust) = common::identity();
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity);
+    configure(&mut config.transport);
+    let server = Server::bind(config).await.unwrap();
+    let relay = Relay::start_seeded(server.local_addr(), conditions.clone(), conditions, 11)
+        .await
+        .unwrap();
+    let mut client_config = ClientConfig::new(relay.local_addr(), trust);
+    configure(&mut client_config.transport);
+    let client = within(Client::connect(&client_config)).await.unwrap();
+    let session = within(server.accept()).await.unwrap();
+    (server, relay, client, session)
+}
+
+/// Sends `count` numbered snapshots on the client's lane, one every `every`, then a marker
+/// (`u64::MAX`) until the server sees it; returns what the server's lane delivered, in order.
+async fn send_and_collect(
+    client: &Session,
+    server_side: &Session,
+    count: u64,
+    every: Duration,
+) -> Vec<u64> {
+    let sender = client.lane();
+    let mut receiver = server_side.lane();
+    let collect = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let n: u64 = receiver.recv().await.unwrap();
+            if n == u64::MAX {
+                return got;
+            }
+            got.push(n);
+        }
+    });
+    let mut tick = tokio::time::interval(every);
+    for n in 0..count {
+        tick.tick().await;
+        sender.send(&n).unwrap();
+    }
+    // The marker may be lost too: repeat it until the collector has it.
+    let marker = async {
+        loop {
+            sender.send(&u64::MAX).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        got = collect => got.unwrap(),
+        _ = marker => unreachable!(),
+    }
+}
+
+/// Proves: under 10 % loss, duplication and reordering, the lane delivers only messages newer
+/// than everything before them (strictly increasing), drops the rest (counted as stale), and
+/// loses some without holding up the later ones.
+#[tokio::test]
+async fn the_newest_wins_under_loss_duplication_and_reordering() {
+    let conditions = Conditions {
+        latency: Duration::from_millis(10),
+        loss: Loss::Random(0.10),
+        duplicate: 0.10,
+        reorder: 0.20,
+        reorder_delay: Duration::from_millis(15),
+        ..Conditions::default()
+    };
+    let (_server, _relay, client, server_side) = through_relay(conditions, |_| {}).await;
+    let got = within(send_and_collect(
+        &client,
+        &server_side,
+        400,
+        Duration::from_millis(2),
+    ))
+    .await;
+
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing: {got:?}"
+    );
+    let counters = server_side.handle().counters();
+    assert!(got.len() > 200, "most arrive: {}", got.len());
+    assert!(got.len() < 400, "some are lost or dropped: {}", got.len());
+    assert!(
+        counters.datagrams_stale > 0,
+        "duplicates and late ones are dropped: {counters:?}"
+    );
+    assert_eq!(
+        counters.datagrams_delivered,
+        got.len() as u64 + 1,
+        "and the marker"
+    );
+    assert!(
+        *got.last().unwrap() >= 390,
+        "the newest get through: {:?}",
+        got.last()
+    );
+}
+
+/// Proves: a message over one datagram is refused with its size and the limit, nothing is sent;
+/// a message of exactly the limit arrives.
+#[tokio::test]
+async fn an_oversize_message_is_refused_and_one_at_the_limit_arrives() {
+    let (_server, _relay, client, server_side) = through_relay(Conditions::default(), |_| {}).await;
+    let lane = client.lane();
+    let max = lane.max_payload_size().unwrap();
+    assert!((1000..1500).contains(&max), "about one packet: {max}");
+    match lane.send_bytes(&vec![7; max + 1]) {
+        Err(SendError::TooLarge { len, max: limit }) => {
+            assert_eq!(len, max + 1);
+            assert!(limit <= max, "{limit} vs {max}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(client.handle().counters().datagrams_sent, 0);
+    lane.send_bytes(&vec![9; max]).unwrap();
+    let got = within(server_side.lane().recv_bytes()).await.unwrap();
+    assert_eq!(got.len(), max);
+    assert!(got.iter().all(|b| *b == 9));
+}
+
+/// Proves: with a maximum age, messages delayed beyond it (a latency spike) are dropped and
+/// counted, and delivery resumes once the delay is gone.
+#[tokio::test]
+async fn messages_older_than_the_maximum_age_are_dropped() {
+    let (_server, relay, client, server_side) = through_relay(Conditions::default(), |t| {
+        t.datagram_max_age = Some(Duration::from_millis(100));
+    })
+    .await;
+    let sender = client.lane();
+    let mut receiver = server_side.lane();
+    // A baseline of fast deliveries.
+    for n in 0..20u64 {
+        sender.send(&n).unwrap();
+        assert_eq!(within(receiver.recv::<u64>()).await.unwrap(), n);
+    }
+    // A 300 ms spike towards the server: what is sent meanwhile arrives 300 ms late.
+    let slow = Conditions::latency(Duration::from_millis(300));
+    relay.set_conditions(slow, Conditions::default());
+    for n in 20..30u64 {
+        sender.send(&n).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    relay.set_conditions(Conditions::default(), Conditions::default());
+    // Let the delayed ones land, then send a fresh one: the receiver drops the ten late ones
+    // on its way to it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sender.send(&99u64).unwrap();
+    assert_eq!(within(receiver.recv::<u64>()).await.unwrap(), 99);
+    let counters = server_side.handle().counters();
+    assert_eq!(counters.datagrams_too_old, 10, "{counters:?}");
+    assert_eq!(counters.datagrams_delivered, 21, "{counters:?}");
+}
+
+/// Proves: the lane keeps working across a resume on a new connection, its numbering carries
+/// on (nothing from the new connection is taken as stale), and `recv_latest` skips to the
+/// newest of what is queued.
+#[tokio::test]
+async fn the_lane_carries_on_after_a_resume() {
+    let (_server, _relay, client, server_side) = through_relay(Conditions::default(), |_| {}).await;
+    let sender = client.lane();
+    let mut receiver = server_side.lane();
+    for n in 0..5u64 {
+        sender.send(&n).unwrap();
+        assert_eq!(within(receiver.recv::<u64>()).await.unwrap(), n);
+    }
+    let mut events = client.handle().events();
+    client.handle().reconnect().unwrap();
+    within(async {
+        loop {
+            if let Some(SessionEvent::Resumed { .. }) = events.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    for n in 5..10u64 {
+        sender.send(&n).unwrap();
+    }
+    // All five are queued long before this (loopback).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let latest: u64 = within(receiver.recv_latest()).await.unwrap();
+    assert_eq!(latest, 9, "skips to the newest queued");
+    assert_eq!(server_side.handle().counters().datagrams_stale, 0);
+    assert_eq!(client.handle().counters().resumes, 1);
+}
+
+/// Proves: a malformed datagram (an unknown lane) from a peer closes its session with
+/// `UNKNOWN_MESSAGE`, reported to the application reading the lane and to the peer.
+#[tokio::test]
+async fn a_datagram_on_an_unknown_lane_closes_the_session() {
+    common::init_tracing();
+    let (identity, _) = common::identity();
+    let certificate = identity.certificate().clone();
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
+        .await
+        .unwrap();
+    let mut peer = RawPeer::connect(server.local_addr(), &certificate).await;
+    peer.handshake().await;
+    let session = within(server.accept()).await.unwrap();
+    let mut lane = session.lane();
+    peer.conn
+        .send_datagram(bytes::Bytes::from_static(&[0x02, 0x00, 0x00]))
+        .unwrap();
+    match within(lane.recv_bytes()).await {
+        Err(RecvError::Violation { reason, .. }) => assert_eq!(reason, Reason::UnknownMessage),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    assert_eq!(peer.close_reason().await.0, Reason::UnknownMessage);
+}
