@@ -2,8 +2,9 @@
 //! one, for tests, benchmarks and games under development.
 //!
 //! ```text
-//!   client  <-->  Relay::local_addr()  [delay, jitter, loss, duplication,  <-->  server
-//!                                        reordering, blackholes; per direction]
+//!   client  <-->  Relay::local_addr()  [bandwidth, delay, jitter, loss,    <-->  server
+//!                                        duplication, reordering, blackholes;
+//!                                        per direction]
 //!                        one upstream socket per client: `rebind()` swaps it for a new port,
 //!                        which the server sees as a NAT rebinding of that client
 //! ```
@@ -100,6 +101,12 @@ pub struct Conditions {
     pub reorder: f64,
     /// How long a reordered packet is held back.
     pub reorder_delay: Duration,
+    /// A bottleneck of this many bytes per second, with a first-in first-out queue in front
+    /// of it (before the latency); `None`: unlimited.
+    pub bandwidth: Option<u64>,
+    /// The bottleneck queue's size, as the longest a packet may wait in it: a packet that would
+    /// wait longer is dropped (drop-tail, as a router does). Only with `bandwidth`.
+    pub queue_limit: Duration,
 }
 
 impl Default for Conditions {
@@ -112,6 +119,8 @@ impl Default for Conditions {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::from_millis(5),
+            bandwidth: None,
+            queue_limit: Duration::from_millis(100),
         }
     }
 }
@@ -141,6 +150,8 @@ pub struct DirectionStats {
     pub duplicated: u64,
     /// Packets held back for reordering.
     pub reordered: u64,
+    /// Packets dropped because the bottleneck queue was full.
+    pub queue_dropped: u64,
 }
 
 /// Packet counts of both directions.
@@ -207,6 +218,8 @@ struct DirectionState {
     in_bad_state: bool,
     /// Delivery time of the last in-order packet, so jitter never reorders by itself.
     last_delivery: Instant,
+    /// When the bottleneck finishes sending what is queued.
+    link_free: Instant,
 }
 
 /// A packet waiting for its delivery time.
@@ -262,7 +275,7 @@ impl Relay {
         to_client: Conditions,
         seed: u64,
     ) -> io::Result<Relay> {
-        let downstream = Arc::new(UdpSocket::bind(loopback_for(server)).await?);
+        let downstream = Arc::new(relay_socket(loopback_for(server))?);
         let local_addr = downstream.local_addr()?;
         let (tx_server, rx_server) = mpsc::unbounded_channel();
         let (tx_client, rx_client) = mpsc::unbounded_channel();
@@ -273,6 +286,7 @@ impl Relay {
                 rng: SplitMix64(seed),
                 in_bad_state: false,
                 last_delivery: now,
+                link_free: now,
             }),
             stats: Mutex::new(DirectionStats::default()),
         };
@@ -356,7 +370,7 @@ impl Relay {
             let recording = lock(&self.shared.recorded).clone();
             recording.unwrap_or_else(|| lock(&self.replay_store).clone())
         };
-        let socket = UdpSocket::bind(loopback_for(self.shared.server)).await?;
+        let socket = relay_socket(loopback_for(self.shared.server))?;
         for datagram in &datagrams {
             socket.send_to(datagram, self.shared.server).await?;
         }
@@ -388,6 +402,14 @@ impl Drop for Relay {
         }
         lock(&self.shared.mappings).clear();
     }
+}
+
+/// A relay socket with 4 MiB kernel buffers: bursts (a congestion window's worth, a bottleneck's
+/// queue) must not overflow the relay itself.
+fn relay_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = crate::driver::endpoint::udp_socket(addr, 4 * 1024 * 1024)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
 }
 
 fn loopback_for(addr: SocketAddr) -> SocketAddr {
@@ -432,7 +454,7 @@ async fn read_clients(shared: Arc<Shared>) {
 
 /// Opens a new upstream socket for `client` and starts reading the server's packets from it.
 async fn new_mapping(shared: &Arc<Shared>, client: SocketAddr) -> io::Result<Mapping> {
-    let socket = Arc::new(UdpSocket::bind(loopback_for(shared.server)).await?);
+    let socket = Arc::new(relay_socket(loopback_for(shared.server))?);
     let reader = tokio::spawn({
         let (shared, socket) = (shared.clone(), socket.clone());
         async move {
@@ -486,10 +508,25 @@ fn impair(shared: &Shared, towards: Towards, client: SocketAddr, payload: Vec<u8
         stats.lost = stats.lost.saturating_add(1);
         return;
     }
+    // The bottleneck: the packet leaves once everything ahead of it has, then takes its own
+    // transmission time.
+    let mut departure = now;
+    if let Some(rate) = conditions.bandwidth.filter(|r| *r > 0) {
+        let start = state.link_free.max(now);
+        if start.saturating_duration_since(now) > conditions.queue_limit {
+            stats.queue_dropped = stats.queue_dropped.saturating_add(1);
+            return;
+        }
+        let seconds = (payload.len() as f64) / (rate as f64);
+        departure = start
+            .checked_add(Duration::from_secs_f64(seconds))
+            .unwrap_or(start);
+        state.link_free = departure;
+    }
     let jitter = state.rng.up_to(conditions.jitter);
-    let mut at = now
+    let mut at = departure
         .checked_add(conditions.latency.saturating_add(jitter))
-        .unwrap_or(now);
+        .unwrap_or(departure);
     if state.rng.chance(conditions.reorder) {
         stats.reordered = stats.reordered.saturating_add(1);
         at = at.checked_add(conditions.reorder_delay).unwrap_or(at);

@@ -91,6 +91,13 @@ pub struct TransportConfig {
     /// instead of delivered (the age excludes the path's base one-way delay, since clocks are not
     /// synchronised; see PROTOCOL.md §13). Default `None`: deliver the newest, however late.
     pub datagram_max_age: Option<Duration>,
+    /// The send priority of the main channel's stream against the feed's. QUIC sends queued
+    /// data of a higher-priority stream first, so with the default (main 1, feed 0) a request on
+    /// main never waits behind a feed backlog. Equal values share the connection round-robin,
+    /// packet by packet. (Lane datagrams go ahead of both streams.)
+    pub main_priority: i32,
+    /// The send priority of the feed channel's stream. Default 0 (see `main_priority`).
+    pub feed_priority: i32,
 }
 
 impl Default for TransportConfig {
@@ -108,6 +115,8 @@ impl Default for TransportConfig {
             datagram_receive_buffer: 64 * 1024,
             datagram_send_buffer: 64 * 1024,
             datagram_max_age: None,
+            main_priority: 1,
+            feed_priority: 0,
         }
     }
 }

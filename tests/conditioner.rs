@@ -143,3 +143,62 @@ async fn a_rebind_changes_the_address_the_server_sees() {
     assert_eq!(server.remote_address(), Some(after[0]));
     assert_eq!(relay.stats().rebinds, 1);
 }
+
+/// Proves: a bandwidth limit paces packets at that rate (100 packets of 1,000 bytes at
+/// 200 kB/s take about half a second to get through), and a burst larger than the queue is
+/// dropped at the tail.
+#[tokio::test]
+async fn a_bottleneck_paces_packets_and_drops_what_overflows_its_queue() {
+    use tokio::net::UdpSocket;
+    let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let paced = Conditions {
+        bandwidth: Some(200_000),
+        queue_limit: Duration::from_secs(10),
+        ..Conditions::default()
+    };
+    let relay = Relay::start(sink.local_addr().unwrap(), paced, Conditions::default())
+        .await
+        .unwrap();
+    let source = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = Instant::now();
+    for _ in 0..100 {
+        source
+            .send_to(&[7; 1000], relay.local_addr())
+            .await
+            .unwrap();
+    }
+    let mut buf = [0; 2048];
+    for _ in 0..100 {
+        within(sink.recv_from(&mut buf)).await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+
+    // A 100 ms queue holds 20 such packets: a burst of 100 loses most of them.
+    relay.set_conditions(
+        Conditions {
+            bandwidth: Some(200_000),
+            queue_limit: Duration::from_millis(100),
+            ..Conditions::default()
+        },
+        Conditions::default(),
+    );
+    for _ in 0..100 {
+        source
+            .send_to(&[7; 1000], relay.local_addr())
+            .await
+            .unwrap();
+    }
+    let dropped = within(async {
+        loop {
+            let stats = relay.stats().to_server;
+            if stats.delivered + stats.queue_dropped >= 200 {
+                return stats.queue_dropped;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!((70..=85).contains(&dropped), "{dropped} dropped");
+}

@@ -32,7 +32,10 @@ pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerErr
 }
 
 /// A UDP socket bound to `addr` with kernel buffers of (up to) `buffer_size` bytes each way.
-fn udp_socket(addr: SocketAddr, buffer_size: usize) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(
+    addr: SocketAddr,
+    buffer_size: usize,
+) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,

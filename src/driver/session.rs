@@ -49,6 +49,8 @@ pub(crate) struct SessionParams {
     pub(crate) local_limits: FrameLimits,
     /// Feed datagrams later than this behind the fastest recent one are dropped.
     pub(crate) datagram_max_age: Option<Duration>,
+    /// Send priorities of the main and feed streams.
+    pub(crate) priorities: (i32, i32),
 }
 
 impl SessionParams {
@@ -61,6 +63,7 @@ impl SessionParams {
             dead_path_timeout: transport.dead_path_timeout,
             local_limits,
             datagram_max_age: transport.datagram_max_age,
+            priorities: (transport.main_priority, transport.feed_priority),
         }
     }
 }
@@ -478,15 +481,27 @@ impl SessionCore {
         self.attached.send_replace(generation);
         self.connection_changed.notify_waiters();
         let (mut replayed_total, mut lost_total) = (0u64, 0u64);
+        let (main_priority, feed_priority) = self.params.priorities;
         let channels = [
-            (ChannelKind::Main, attach.main, attach.peer_next.0),
-            (ChannelKind::Feed, attach.feed, attach.peer_next.1),
+            (
+                ChannelKind::Main,
+                attach.main,
+                attach.peer_next.0,
+                main_priority,
+            ),
+            (
+                ChannelKind::Feed,
+                attach.feed,
+                attach.peer_next.1,
+                feed_priority,
+            ),
         ];
-        for (kind, pair, peer_next) in channels {
+        for (kind, pair, peer_next, priority) in channels {
             let channel = self.channel(kind);
             let mut out = channel.out.lock().await;
             out.peer_max = attach.peer_limits.get(kind).min(codec::MAX_FRAME_LIMIT);
             let mut writer = pair.writer;
+            writer.set_priority(priority);
             match replay(&mut out, &mut writer, peer_next).await {
                 Ok((replayed, lost)) => {
                     Counters::bump(&self.counters.messages_replayed, replayed);

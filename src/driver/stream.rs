@@ -118,6 +118,12 @@ impl FrameWriter {
         }
     }
 
+    /// Sets the stream's send priority (higher goes first). A stream that is already closed
+    /// reports that on its next write instead.
+    pub(crate) fn set_priority(&self, priority: i32) {
+        let _ = self.stream.set_priority(priority);
+    }
+
     /// Writes one encoded frame, after the rest of any frame a cancelled call left behind.
     pub(crate) async fn write(&mut self, frame: Bytes) -> Result<(), WriteError> {
         self.write_parts(frame, Bytes::new()).await
