@@ -7,12 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::broadcast::Prepared;
 use crate::driver::session::{Counters, SessionCore, lock};
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::protocol::codec::{self, Payload};
-use crate::protocol::lane::{
-    LaneArrival, decode_lane_datagram, encode_lane_datagram, lane_header_len,
-};
+use crate::protocol::lane::{LaneArrival, decode_lane_datagram, lane_header_len};
 use crate::session::{AppRef, encode_error};
 
 /// The session's feed datagram lane: state snapshots and other messages where only the newest
@@ -85,39 +84,13 @@ impl Lane {
     /// and [`SendError::Closed`] once the session has ended. Between connections the message is
     /// dropped and `Ok` returned: a lane message is only worth sending now.
     pub fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
-        let core = self.core();
-        if let Some(ended) = core.ended() {
-            return Err(SendError::Closed(ended));
-        }
-        let Some(conn) = core.connection() else {
-            Counters::bump(&core.counters.datagrams_unsent, 1);
-            return Ok(());
-        };
-        let sent_ms = core.lane.now_ms();
-        let seq = core
-            .lane
-            .next_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let header = lane_header_len(seq, sent_ms);
-        let max = conn.max_datagram_size().unwrap_or(0);
-        if header.saturating_add(payload.len()) > max {
-            return Err(SendError::TooLarge {
-                len: payload.len(),
-                max: max.saturating_sub(header),
-            });
-        }
-        match conn.send_datagram(encode_lane_datagram(seq, sent_ms, payload)) {
-            Ok(()) => Counters::bump(&core.counters.datagrams_sent, 1),
-            Err(quinn::SendDatagramError::TooLarge) => {
-                return Err(SendError::TooLarge {
-                    len: payload.len(),
-                    max: conn.max_datagram_size().unwrap_or(0).saturating_sub(header),
-                });
-            }
-            // Lost meanwhile, or refused by the peer: like sending between connections.
-            Err(_) => Counters::bump(&core.counters.datagrams_unsent, 1),
-        }
-        Ok(())
+        self.core().send_lane(payload)
+    }
+
+    /// Sends a message encoded once for many sessions (see [`Prepared`]) in one datagram:
+    /// no serialisation here, one copy into the datagram. See [`send_bytes`](Self::send_bytes).
+    pub fn send_prepared(&self, message: &Prepared) -> Result<(), SendError> {
+        self.send_bytes(message.as_bytes())
     }
 
     /// Receives the next lane message newer than every one delivered so far, decoded as `T`.

@@ -36,13 +36,16 @@
 //!   handshake (and resume) state machines, session rules, the session registry with its
 //!   resume credentials, admission of connection attempts (Retry, caps, eviction of the oldest
 //!   handshake), and [`protocol::reliability`] (sequence numbers, acknowledgements, replay
-//!   buffers, gaps). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested
-//!   with virtual time.
+//!   buffers, gaps), and [`protocol::lane`] (the feed datagram lane's format and newest-wins
+//!   receiver). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested with
+//!   virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
 //!   I/O, the accept loop and per-connection tasks, the connect and resume routines, and the
 //!   per-session core that attaches connections to a session (replaying what the peer missed)
 //!   and watches them (liveness, migrations).
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
+//!   [`Lane`] is a session's feed datagram lane; [`Prepared`] and [`Group`] send one message to
+//!   many sessions, encoded once.
 //! - [`events`]: session and server events ([`SessionEvent`]) and counters.
 //! - [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]: configuration with documented
 //!   defaults tuned for games.
@@ -98,6 +101,7 @@
 )]
 
 mod auth;
+mod broadcast;
 pub mod certs;
 mod client;
 pub mod conditioner;
@@ -111,6 +115,7 @@ mod server;
 mod session;
 
 pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
+pub use broadcast::{Broadcast, Group, Prepared};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;
 pub use config::{ClientConfig, ResumePolicy, ServerConfig, TransportConfig};

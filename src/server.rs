@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::broadcast::{Broadcast, Prepared};
 use crate::certs::Fingerprint;
 use crate::config::ServerConfig;
 use crate::driver::{endpoint, server as driver};
@@ -106,6 +107,20 @@ impl Server {
     /// Counts over every session since the server started.
     pub fn counters(&self) -> ServerCounters {
         self.shared.counters()
+    }
+
+    /// Sends `message` on the reliable feed channel of every established session, concurrently
+    /// (see [`Group::send_feed`](crate::Group::send_feed)); encoded once by [`Prepared`].
+    pub async fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
+        let sessions = self.shared.established_sessions();
+        crate::broadcast::send_feed_to(sessions.into_iter(), message).await
+    }
+
+    /// Sends `message` on the datagram lane of every established session, without waiting
+    /// (see [`Lane`](crate::Lane)).
+    pub fn broadcast_lane(&self, message: &Prepared) -> Broadcast {
+        let sessions = self.shared.established_sessions();
+        crate::broadcast::send_lane_to(sessions.iter(), message)
     }
 
     /// Number of live sessions, counting handshakes from the admission of their `CONN_INIT`

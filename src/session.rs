@@ -15,8 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::broadcast::Prepared;
 use crate::driver::link::{CLOSE_LINGER, drain, finish_all};
-use crate::driver::session::{ChannelCore, Role, SessionCore, lock, send_payload};
+use crate::driver::session::{ChannelCore, Outgoing, Role, SessionCore, lock};
 use crate::driver::stream::{FrameReader, ReadFailure};
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::events::{Events, SessionCounters};
@@ -187,7 +188,7 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    fn core(&self) -> &Arc<SessionCore> {
+    pub(crate) fn core(&self) -> &Arc<SessionCore> {
         &self.app.core
     }
 
@@ -339,6 +340,11 @@ impl Channel {
         self.sender.send(value).await
     }
 
+    /// Sends a message encoded once for many sessions; see [`Sender::send_prepared`].
+    pub async fn send_prepared(&mut self, message: &Prepared) -> Result<(), SendError> {
+        self.sender.send_prepared(message).await
+    }
+
     /// Sends raw bytes; see [`Sender::send_bytes`].
     pub async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.sender.send_bytes(payload).await
@@ -395,27 +401,23 @@ impl Sender {
     /// dropped after the message was queued, it is still sent.
     pub async fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
         let payload = Payload::encode(value).map_err(encode_error)?;
-        self.send_payload(payload).await
+        self.send_payload(Outgoing::Owned(payload)).await
+    }
+
+    /// Sends a message encoded once for many sessions (see [`Prepared`]): no serialisation and
+    /// no copy here. Same guarantees as [`send`](Self::send).
+    pub async fn send_prepared(&mut self, message: &Prepared) -> Result<(), SendError> {
+        self.send_payload(message.shared()).await
     }
 
     /// Sends raw bytes. Same guarantees as [`send`](Self::send).
     pub async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        self.send_payload(Payload::from_bytes(payload)).await
+        self.send_payload(Outgoing::Owned(Payload::from_bytes(payload)))
+            .await
     }
 
-    async fn send_payload(&mut self, payload: Payload) -> Result<(), SendError> {
-        if let Some(ended) = self.app.core.ended() {
-            return Err(SendError::Closed(ended));
-        }
-        let mut out = self.channel().out.lock().await;
-        let failed = send_payload(&mut out, payload)
-            .await
-            .map_err(encode_error)?;
-        drop(out);
-        if let Some(detail) = failed {
-            self.app.core.stream_failed(self.kind, &detail);
-        }
-        Ok(())
+    async fn send_payload(&mut self, payload: Outgoing) -> Result<(), SendError> {
+        self.app.core.send(self.kind, payload).await
     }
 }
 

@@ -136,6 +136,14 @@ impl ServerShared {
         }
     }
 
+    /// The established sessions right now (the registry's lock is not held afterwards).
+    pub(crate) fn established_sessions(&self) -> Vec<Arc<SessionCore>> {
+        self.registry()
+            .established()
+            .map(|(_, core)| core.clone())
+            .collect()
+    }
+
     pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<ServerEvent> {
         self.events.subscribe()
     }

@@ -25,9 +25,10 @@ use tracing::{debug, info};
 use super::link::{Closer, disconnect_from_peer};
 use super::stream::{FrameReader, FrameWriter};
 use crate::error::Disconnect;
+use crate::error::SendError;
 use crate::events::{SessionCounters, SessionEvent};
 use crate::protocol::codec::{self, data_header, encode_message};
-use crate::protocol::lane::LaneInbound;
+use crate::protocol::lane::{LaneInbound, encode_lane_datagram, lane_header_len};
 use crate::protocol::reliability::{Inbound, Outbound};
 use crate::protocol::{ChannelKind, FrameLimits, InboundRules, Message, PlayerId, Reason, Token};
 
@@ -245,6 +246,57 @@ impl LaneCore {
     /// Milliseconds since the session began, on this side's clock.
     pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl SessionCore {
+    /// Sends a message on a reliable channel: numbered, kept for a replay, queued on the
+    /// current stream (waiting for flow control); see [`send_payload`].
+    pub(crate) async fn send(&self, kind: ChannelKind, payload: Outgoing) -> Result<(), SendError> {
+        if let Some(ended) = self.ended() {
+            return Err(SendError::Closed(ended));
+        }
+        let mut out = self.channel(kind).out.lock().await;
+        let failed = send_payload(&mut out, payload)
+            .await
+            .map_err(crate::session::encode_error)?;
+        drop(out);
+        if let Some(detail) = failed {
+            self.stream_failed(kind, &detail);
+        }
+        Ok(())
+    }
+
+    /// Sends `payload` in one lane datagram on the current connection, without waiting (PROTOCOL.md
+    /// §13). Between connections the message is dropped (and counted), not an error.
+    pub(crate) fn send_lane(&self, payload: &[u8]) -> Result<(), SendError> {
+        if let Some(ended) = self.ended() {
+            return Err(SendError::Closed(ended));
+        }
+        let Some(conn) = self.connection() else {
+            Counters::bump(&self.counters.datagrams_unsent, 1);
+            return Ok(());
+        };
+        let sent_ms = self.lane.now_ms();
+        let seq = self.lane.next_seq.fetch_add(1, Ordering::Relaxed);
+        let header = lane_header_len(seq, sent_ms);
+        let too_large = |max: usize| SendError::TooLarge {
+            len: payload.len(),
+            max: max.saturating_sub(header),
+        };
+        let max = conn.max_datagram_size().unwrap_or(0);
+        if header.saturating_add(payload.len()) > max {
+            return Err(too_large(max));
+        }
+        match conn.send_datagram(encode_lane_datagram(seq, sent_ms, payload)) {
+            Ok(()) => Counters::bump(&self.counters.datagrams_sent, 1),
+            Err(quinn::SendDatagramError::TooLarge) => {
+                return Err(too_large(conn.max_datagram_size().unwrap_or(0)));
+            }
+            // Lost meanwhile, or refused by the peer: like sending between connections.
+            Err(_) => Counters::bump(&self.counters.datagrams_unsent, 1),
+        }
+        Ok(())
     }
 }
 
@@ -839,9 +891,12 @@ async fn replay(
 /// write, or in the replay on the next connection.
 pub(crate) async fn send_payload(
     out: &mut OutState,
-    payload: codec::Payload,
+    payload: Outgoing,
 ) -> Result<Option<String>, codec::EncodeError> {
-    payload.check_size(out.peer_max)?;
+    match &payload {
+        Outgoing::Owned(owned) => owned.check_size(out.peer_max)?,
+        Outgoing::Shared(shared) => codec::check_data_size(shared.len(), out.peer_max)?,
+    }
     // Whatever a cancelled call left queued goes first; nothing of this message is committed
     // yet, so a cancellation here loses nothing.
     if let Some(writer) = out.writer.as_mut() {
@@ -850,10 +905,21 @@ pub(crate) async fn send_payload(
         }
     }
     let seq = out.outbound.next_seq();
-    let (frame, kept): (Bytes, Bytes) = payload.into_frame(seq, out.peer_max)?;
+    // An owned payload gets its header written in front of it (one buffer); a shared one (a
+    // broadcast) gets a header of its own and is sent, and kept, without a copy.
+    let (head, body, kept) = match payload {
+        Outgoing::Owned(owned) => {
+            let (frame, kept) = owned.into_frame(seq, out.peer_max)?;
+            (frame, Bytes::new(), kept)
+        }
+        Outgoing::Shared(shared) => {
+            let header = codec::data_header(seq, shared.len(), out.peer_max)?;
+            (header, shared.clone(), shared)
+        }
+    };
     out.outbound.push(kept);
     if let Some(writer) = out.writer.as_mut() {
-        writer.queue(frame, Bytes::new());
+        writer.queue(head, body);
         if let Err(error) = writer.flush().await {
             // The message stays in the replay buffer either way.
             out.writer = None;
@@ -861,6 +927,14 @@ pub(crate) async fn send_payload(
         }
     }
     Ok(None)
+}
+
+/// A message to send on a channel.
+pub(crate) enum Outgoing {
+    /// Encoded for this send alone, with room for its header.
+    Owned(codec::Payload),
+    /// Encoded once and shared between sessions (a broadcast).
+    Shared(Bytes),
 }
 
 /// A write error that means the stream (not the whole connection) failed: the peer stopped it.

@@ -295,7 +295,13 @@ impl Payload {
 
     /// Checks the frame this payload makes fits `max_body`, for any sequence number.
     pub fn check_size(&self, max_body: usize) -> Result<(), EncodeError> {
-        DataHeader::new(u64::MAX, self.len(), max_body).map(|_| ())
+        check_data_size(self.len(), max_body)
+    }
+
+    /// The payload alone, without the room for a header (to share between many frames).
+    pub fn into_bytes(self) -> Bytes {
+        let len = self.buf.len();
+        self.buf.freeze().slice(DATA_HEADER_MAX.min(len)..)
     }
 
     /// The complete `DATA` frame with sequence number `seq`, and the payload (a view into the
@@ -310,6 +316,12 @@ impl Payload {
         let payload = frame.slice(header.len..);
         Ok((frame, payload))
     }
+}
+
+/// Checks that a `DATA` frame carrying `payload_len` bytes fits `max_body`, for any sequence
+/// number.
+pub fn check_data_size(payload_len: usize, max_body: usize) -> Result<(), EncodeError> {
+    DataHeader::new(u64::MAX, payload_len, max_body).map(|_| ())
 }
 
 /// The header of a `DATA` frame carrying `payload_len` bytes with sequence number `seq`; the

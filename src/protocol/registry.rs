@@ -50,6 +50,14 @@ impl<T> SessionRegistry<T> {
         }
     }
 
+    /// The established sessions (not those still in their first handshake), in no particular
+    /// order.
+    pub fn established(&self) -> impl Iterator<Item = (PlayerId, &T)> {
+        self.entries
+            .iter()
+            .filter_map(|(id, entry)| entry.established.as_ref().map(|e| (*id, &e.value)))
+    }
+
     /// Number of live sessions (first handshakes in progress included).
     pub fn len(&self) -> usize {
         self.entries.len()
