@@ -98,6 +98,10 @@ pub struct TransportConfig {
     pub main_priority: i32,
     /// The send priority of the feed channel's stream. Default 0 (see `main_priority`).
     pub feed_priority: i32,
+    /// Log connection statistics ([`crate::stats`]) through `tracing` at `info` level, target
+    /// `quicfeed::stats`, this often: a server logs its server-wide figures, a client its
+    /// session's. Default `None` (no logging; the figures are always readable through the API).
+    pub stats_log_interval: Option<Duration>,
 }
 
 impl Default for TransportConfig {
@@ -117,6 +121,7 @@ impl Default for TransportConfig {
             datagram_max_age: None,
             main_priority: 1,
             feed_priority: 0,
+            stats_log_interval: None,
         }
     }
 }

@@ -38,7 +38,8 @@
 //!   handshake), and [`protocol::reliability`] (sequence numbers, acknowledgements, replay
 //!   buffers, gaps), and [`protocol::lane`] (the feed datagram lane's format and newest-wins
 //!   receiver). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested with
-//!   virtual time.
+//!   virtual time. [`protocol::stats`] turns periodic counter samples into RTT percentiles,
+//!   jitter, loss and rates.
 //! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
 //!   I/O, the accept loop and per-connection tasks, the connect and resume routines, and the
 //!   per-session core that attaches connections to a session (replaying what the peer missed)
@@ -46,7 +47,8 @@
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
 //!   [`Lane`] is a session's feed datagram lane; [`Prepared`] and [`Group`] send one message to
 //!   many sessions, encoded once.
-//! - [`events`]: session and server events ([`SessionEvent`]) and counters.
+//! - [`events`]: session and server events ([`SessionEvent`]) and counters; [`stats`]:
+//!   connection quality ([`SessionStats`], [`ServerStats`]) from [`protocol::stats`] samples.
 //! - [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]: configuration with documented
 //!   defaults tuned for games.
 //! - [`Identity`], [`Trust`], [`Fingerprint`]: certificates, pinning and CA trust.
@@ -113,6 +115,7 @@ mod lane;
 pub mod protocol;
 mod server;
 mod session;
+pub mod stats;
 
 pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
 pub use broadcast::{Broadcast, Group, Prepared};
@@ -127,6 +130,7 @@ pub use lane::Lane;
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
+pub use stats::{ServerStats, SessionStats};
 
 /// Re-exported for [`Trust::Certificate`] and [`Identity::new`].
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

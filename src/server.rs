@@ -15,6 +15,7 @@ use crate::error::ServerError;
 use crate::events::{ServerCounters, ServerEvent};
 use crate::protocol::Reason;
 use crate::session::Session;
+use crate::stats::ServerStats;
 
 /// How long [`Server::shutdown`] waits for close frames to be acknowledged.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,6 +67,9 @@ impl Server {
         let shared = Arc::new(driver::ServerShared::new(config));
         let (tx, rx) = mpsc::channel(64);
         let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone(), tx));
+        if let Some(every) = shared.config.transport.stats_log_interval {
+            tokio::spawn(crate::stats::log_server(Arc::downgrade(&shared), every));
+        }
         tracing::info!(address = %local_addr, %fingerprint, "quicfeed server listening");
         Ok(Server {
             endpoint,
@@ -107,6 +111,11 @@ impl Server {
     /// Counts over every session since the server started.
     pub fn counters(&self) -> ServerCounters {
         self.shared.counters()
+    }
+
+    /// Connection quality over the established sessions (see [`crate::stats`]).
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
     }
 
     /// Sends `message` on the reliable feed channel of every established session, concurrently

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::broadcast::Prepared;
 use crate::driver::link::{CLOSE_LINGER, drain, finish_all};
-use crate::driver::session::{ChannelCore, Outgoing, Role, SessionCore, lock};
+use crate::driver::session::{ChannelCore, Counters, Outgoing, Role, SessionCore, lock};
 use crate::driver::stream::{FrameReader, ReadFailure};
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::events::{Events, SessionCounters};
@@ -25,6 +25,7 @@ use crate::lane::Lane;
 use crate::protocol::codec::{self, EncodeError, Payload};
 use crate::protocol::reliability::Arrival;
 use crate::protocol::{ChannelKind, Inbound, InboundRules, PlayerId, Reason};
+use crate::stats::SessionStats;
 
 /// How long a receiver that saw the peer finish a channel waits for the session to end (or to
 /// move to a new connection) before treating the half-closed channel as a violation.
@@ -233,6 +234,12 @@ impl SessionHandle {
             events: self.core().subscribe_events(),
             ended: self.core().subscribe_end(),
         }
+    }
+
+    /// The session's connection quality: RTT (smoothed, minimum, percentiles), jitter, loss,
+    /// throughput, congestion window, and its counters. See [`crate::stats`].
+    pub fn stats(&self) -> SessionStats {
+        self.core().stats()
     }
 
     /// Counts of what happened to the session's connections so far.
@@ -580,6 +587,7 @@ impl Receiver {
                 let arrival = lock(&channel.inbound).arrive(seq, payload.len());
                 match arrival {
                     Ok(Arrival::Deliver) => {
+                        Counters::bump(&self.core.counters.messages_received, 1);
                         if lock(&channel.inbound).ack_due() {
                             channel.try_ack().await;
                         }

@@ -131,6 +131,9 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         })?;
     debug!(%player_id, "handshake complete");
     tokio::spawn(run_session(core.clone(), attached.generation));
+    if let Some(every) = config.transport.stats_log_interval {
+        tokio::spawn(crate::stats::log_session(Arc::downgrade(&core), every));
+    }
     Ok(Session::new(core))
 }
 

@@ -136,6 +136,16 @@ impl ServerShared {
         }
     }
 
+    /// Statistics over the established sessions.
+    pub(crate) fn stats(&self) -> crate::stats::ServerStats {
+        let sessions: Vec<_> = self
+            .established_sessions()
+            .iter()
+            .map(|core| core.stats())
+            .collect();
+        crate::stats::ServerStats::over(&sessions, self.counters())
+    }
+
     /// The established sessions right now (the registry's lock is not held afterwards).
     pub(crate) fn established_sessions(&self) -> Vec<Arc<SessionCore>> {
         self.registry()

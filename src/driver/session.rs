@@ -30,6 +30,7 @@ use crate::events::{SessionCounters, SessionEvent};
 use crate::protocol::codec::{self, data_header, encode_message};
 use crate::protocol::lane::{LaneInbound, encode_lane_datagram, lane_header_len};
 use crate::protocol::reliability::{Inbound, Outbound};
+use crate::protocol::stats::{Sample, StatsWindow};
 use crate::protocol::{ChannelKind, FrameLimits, InboundRules, Message, PlayerId, Reason, Token};
 
 /// Capacity of a session's event channel; a subscriber that falls further behind skips events.
@@ -250,6 +251,44 @@ impl LaneCore {
 }
 
 impl SessionCore {
+    /// Records a statistics sample of the connection of `generation`.
+    fn sample(&self, now: Instant, generation: u64, quic: &quinn::ConnectionStats) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let c = &self.counters;
+        let sample = Sample {
+            connection: generation,
+            rtt: quic.path.rtt,
+            cwnd: quic.path.cwnd,
+            sent_bytes: quic.udp_tx.bytes,
+            received_bytes: quic.udp_rx.bytes,
+            sent_packets: quic.path.sent_packets,
+            lost_packets: quic.path.lost_packets,
+            sent_messages: get(&c.messages_sent).saturating_add(get(&c.datagrams_sent)),
+            received_messages: get(&c.messages_received)
+                .saturating_add(get(&c.datagrams_delivered)),
+        };
+        lock(&self.stats).record(now, sample);
+    }
+
+    /// The session's statistics now.
+    pub(crate) fn stats(&self) -> crate::stats::SessionStats {
+        let summary = lock(&self.stats).summary();
+        crate::stats::SessionStats {
+            rtt: summary.rtt,
+            min_rtt: summary.min_rtt,
+            rtt_p50: summary.rtt_p50,
+            rtt_p99: summary.rtt_p99,
+            jitter: summary.jitter,
+            loss_rate: summary.rates.loss_rate,
+            sent_bytes_per_s: summary.rates.sent_bytes_per_s,
+            received_bytes_per_s: summary.rates.received_bytes_per_s,
+            sent_messages_per_s: summary.rates.sent_messages_per_s,
+            received_messages_per_s: summary.rates.received_messages_per_s,
+            congestion_window: summary.cwnd,
+            counters: self.counters.snapshot(),
+        }
+    }
+
     /// Sends a message on a reliable channel: numbered, kept for a replay, queued on the
     /// current stream (waiting for flow control); see [`send_payload`].
     pub(crate) async fn send(&self, kind: ChannelKind, payload: Outgoing) -> Result<(), SendError> {
@@ -261,6 +300,7 @@ impl SessionCore {
             .await
             .map_err(crate::session::encode_error)?;
         drop(out);
+        Counters::bump(&self.counters.messages_sent, 1);
         if let Some(detail) = failed {
             self.stream_failed(kind, &detail);
         }
@@ -316,6 +356,9 @@ pub(crate) struct Counters {
     pub(crate) datagrams_delivered: AtomicU64,
     pub(crate) datagrams_stale: AtomicU64,
     pub(crate) datagrams_too_old: AtomicU64,
+    /// Messages sent and delivered on the reliable channels (for the statistics' rates).
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
 }
 
 impl Counters {
@@ -361,6 +404,8 @@ pub(crate) struct SessionCore {
     /// Created on the first subscription: most sessions never have a subscriber.
     events: std::sync::OnceLock<broadcast::Sender<SessionEvent>>,
     pub(crate) counters: Counters,
+    /// Connection quality samples (see [`crate::stats`]).
+    stats: Mutex<StatsWindow>,
     /// Server: a resume replaced the credential and the client has not yet shown (by a message
     /// on the resumed connection) that it got the new one.
     unconfirmed: std::sync::atomic::AtomicBool,
@@ -392,6 +437,7 @@ impl SessionCore {
             ended: watch::Sender::new(None),
             events: std::sync::OnceLock::new(),
             counters: Counters::default(),
+            stats: Mutex::new(StatsWindow::new()),
             unconfirmed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -693,7 +739,9 @@ impl SessionCore {
                         return end;
                     }
                     let now = Instant::now();
-                    let received = conn.stats().udp_rx.datagrams;
+                    let quic = conn.stats();
+                    self.sample(now, generation, &quic);
+                    let received = quic.udp_rx.datagrams;
                     if received != last_rx.0 {
                         last_rx = (received, now);
                         lock(&self.conn).last_heard = Some(now);

@@ -14,6 +14,7 @@ mod registry;
 pub mod reliability;
 mod server;
 mod session;
+pub mod stats;
 mod token;
 
 pub use admission::{Admission, AdmissionLimits, Admit, Place};

@@ -1,0 +1,166 @@
+//! Connection quality statistics, per session and server-wide.
+//!
+//! ```no_run
+//! # async fn run(session: quicfeed::Session, server: quicfeed::Server) {
+//! let stats = session.handle().stats();
+//! if let (Some(rtt), Some(p99)) = (stats.rtt, stats.rtt_p99) {
+//!     println!("rtt {rtt:?} (p99 {p99:?}), jitter {:?}, loss {:.1} %", stats.jitter, stats.loss_rate * 100.0);
+//! }
+//! let all = server.stats();
+//! println!("{} sessions, {:.0} B/s out", all.sessions, all.sent_bytes_per_s);
+//! # }
+//! ```
+//!
+//! Statistics are sampled from QUIC with the session's liveness check (about nine times a
+//! second by default); rates cover the last one to two seconds, RTT percentiles the last 64
+//! samples (about seven seconds). [`TransportConfig::stats_log_interval`] also logs them
+//! periodically through `tracing` (target `quicfeed::stats`).
+//!
+//! [`TransportConfig::stats_log_interval`]: crate::TransportConfig::stats_log_interval
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::driver::session::SessionCore;
+use crate::events::{ServerCounters, SessionCounters};
+
+/// One session's connection quality. RTT figures are `None` while the session has never had
+/// a sample (just connected) .
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// QUIC's smoothed RTT estimate, at the last sample.
+    pub rtt: Option<Duration>,
+    /// The smallest RTT sampled in the session.
+    pub min_rtt: Option<Duration>,
+    /// Median of the recent RTT samples.
+    pub rtt_p50: Option<Duration>,
+    /// 99th percentile of the recent RTT samples.
+    pub rtt_p99: Option<Duration>,
+    /// Mean deviation between consecutive RTT samples (smoothed, as RFC 3550's jitter).
+    pub jitter: Duration,
+    /// Packets declared lost out of packets sent, over the last interval (0.0 to 1.0).
+    pub loss_rate: f64,
+    /// UDP bytes per second sent.
+    pub sent_bytes_per_s: f64,
+    /// UDP bytes per second received.
+    pub received_bytes_per_s: f64,
+    /// Application messages per second sent (channels and lane).
+    pub sent_messages_per_s: f64,
+    /// Application messages per second delivered (channels and lane).
+    pub received_messages_per_s: f64,
+    /// QUIC's congestion window, in bytes.
+    pub congestion_window: u64,
+    /// Migrations, lost connections, resumes, datagram counts.
+    pub counters: SessionCounters,
+}
+
+/// A server's statistics over its established sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Established sessions.
+    pub sessions: usize,
+    /// Median of the sessions' smoothed RTTs.
+    pub rtt_p50: Option<Duration>,
+    /// 99th percentile of the sessions' smoothed RTTs.
+    pub rtt_p99: Option<Duration>,
+    /// Packets lost out of packets sent, over all sessions (weighted by what each sent).
+    pub loss_rate: f64,
+    /// UDP bytes per second sent, all sessions.
+    pub sent_bytes_per_s: f64,
+    /// UDP bytes per second received, all sessions.
+    pub received_bytes_per_s: f64,
+    /// Application messages per second sent, all sessions.
+    pub sent_messages_per_s: f64,
+    /// Application messages per second delivered, all sessions.
+    pub received_messages_per_s: f64,
+    /// Counts since the server started.
+    pub counters: ServerCounters,
+}
+
+impl ServerStats {
+    /// Aggregates the sessions' statistics.
+    pub(crate) fn over(sessions: &[SessionStats], counters: ServerCounters) -> ServerStats {
+        let mut rtts: Vec<Duration> = sessions.iter().filter_map(|s| s.rtt).collect();
+        rtts.sort_unstable();
+        let percentile = |p: usize| {
+            let last = rtts.len().checked_sub(1)?;
+            rtts.get(last.saturating_mul(p).div_ceil(100)).copied()
+        };
+        let sum = |f: fn(&SessionStats) -> f64| sessions.iter().map(f).sum::<f64>();
+        let sent = sum(|s| s.sent_bytes_per_s);
+        let lost_weighted = sum(|s| s.loss_rate * s.sent_bytes_per_s);
+        ServerStats {
+            sessions: sessions.len(),
+            rtt_p50: percentile(50),
+            rtt_p99: percentile(99),
+            loss_rate: if sent > 0.0 {
+                lost_weighted / sent
+            } else {
+                0.0
+            },
+            sent_bytes_per_s: sent,
+            received_bytes_per_s: sum(|s| s.received_bytes_per_s),
+            sent_messages_per_s: sum(|s| s.sent_messages_per_s),
+            received_messages_per_s: sum(|s| s.received_messages_per_s),
+            counters,
+        }
+    }
+}
+
+/// Logs a server's statistics every `every` while it runs.
+pub(crate) async fn log_server(shared: Weak<crate::driver::server::ServerShared>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.shutdown.borrow().is_some() {
+            return;
+        }
+        let s = shared.stats();
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "quicfeed::stats",
+            sessions = s.sessions,
+            rtt_p50_ms = ms(s.rtt_p50),
+            rtt_p99_ms = ms(s.rtt_p99),
+            loss_percent = s.loss_rate * 100.0,
+            sent_kbps = s.sent_bytes_per_s * 8.0 / 1000.0,
+            received_kbps = s.received_bytes_per_s * 8.0 / 1000.0,
+            sent_messages_per_s = s.sent_messages_per_s,
+            received_messages_per_s = s.received_messages_per_s,
+            handshakes_in_progress = s.counters.handshakes_in_progress,
+            "server stats"
+        );
+    }
+}
+
+/// Logs one session's statistics every `every` until the session ends.
+pub(crate) async fn log_session(core: Weak<SessionCore>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.ended().is_some() {
+            return;
+        }
+        let s = core.stats();
+        tracing::info!(
+            target: "quicfeed::stats",
+            player_id = %core.player_id,
+            rtt_ms = s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            rtt_p99_ms = s.rtt_p99.map(|d| d.as_secs_f64() * 1000.0),
+            jitter_ms = s.jitter.as_secs_f64() * 1000.0,
+            loss_percent = s.loss_rate * 100.0,
+            sent_kbps = s.sent_bytes_per_s * 8.0 / 1000.0,
+            received_kbps = s.received_bytes_per_s * 8.0 / 1000.0,
+            cwnd = s.congestion_window,
+            "session stats"
+        );
+    }
+}
