@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -49,6 +50,9 @@ pub enum AuthDecision {
         reason: Reason,
         /// Shown to the client; at most 256 bytes are sent.
         message: String,
+        /// A hint for the client of when to try again (a temporary ban, a full match);
+        /// `None` for no hint.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -58,6 +62,22 @@ impl AuthDecision {
         AuthDecision::Reject {
             reason: Reason::AuthRefused,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds a hint of when the client may try again to a refusal (no effect on an
+    /// acceptance).
+    pub fn retry_after(self, after: Duration) -> Self {
+        match self {
+            AuthDecision::Reject {
+                reason, message, ..
+            } => AuthDecision::Reject {
+                reason,
+                message,
+                retry_after: Some(after),
+            },
+            accept => accept,
         }
     }
 }

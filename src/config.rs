@@ -209,8 +209,12 @@ pub struct ServerConfig {
     ///
     /// A connection counts from the moment its `CONN_INIT` is admitted, so handshakes past that
     /// step count too. Connections that have not sent `CONN_INIT` yet do not: they are bounded
-    /// only by `handshake_timeout` for now.
+    /// by `max_pending_handshakes` and `handshake_timeout`.
     pub max_sessions: usize,
+    /// The hint of when to try again sent with `SERVER_FULL` and `SERVER_BUSY` refusals
+    /// ([`ConnectError::Refused::retry_after`](crate::ConnectError::Refused)). Default 2 s;
+    /// `None` sends no hint.
+    pub busy_retry_after: Option<Duration>,
     /// Largest frame bodies accepted from clients after `CONN_OK`. Default 64 KiB each.
     pub frame_limits: FrameLimits,
     /// QUIC settings.
@@ -243,6 +247,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             token_lifetime: Duration::from_secs(5),
             grace_period: Duration::from_secs(15),
+            busy_retry_after: Some(Duration::from_secs(2)),
             max_pending_handshakes: 1024,
             max_pending_per_address: 128,
             retry_threshold: 64,

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::protocol::{DecodeError, HandshakeStep, Reason};
 
@@ -91,6 +92,10 @@ pub enum ConnectError {
         reason: Reason,
         /// The server's detail text.
         message: String,
+        /// The server's hint of when to try again, if it gave one (for example with
+        /// [`Reason::ServerFull`], [`Reason::ServerBusy`], or an authenticator's temporary
+        /// refusal).
+        retry_after: Option<Duration>,
     },
     /// The handshake did not complete in time (deadline, or every `FEED_INIT` unanswered).
     #[error("handshake timed out {step}")]

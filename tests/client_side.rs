@@ -119,11 +119,16 @@ async fn server_refusals_and_violations_are_typed_errors() {
     main.send(&Message::ConnFailed {
         reason: Reason::ServerFull,
         message: "try later".into(),
+        retry_after_ms: Some(1500),
     })
     .await;
     let err = within(client).await.unwrap().unwrap_err();
     assert!(
-        matches!(&err, ConnectError::Refused { reason: Reason::ServerFull, message } if message == "try later"),
+        matches!(
+            &err,
+            ConnectError::Refused { reason: Reason::ServerFull, message, retry_after }
+                if message == "try later" && *retry_after == Some(Duration::from_millis(1500))
+        ),
         "{err}"
     );
 

@@ -141,7 +141,7 @@ async fn the_authenticator_sees_credentials_and_chooses_the_player_id() {
 }
 
 /// Proves: an authenticator's refusal reaches the client's caller as a typed error with the
-/// reason and the message.
+/// reason, the message and the hint of when to try again.
 #[tokio::test]
 async fn an_authenticator_refusal_is_a_typed_error_with_its_message() {
     let fixture = Fixture::start_with(|config| {
@@ -149,6 +149,7 @@ async fn an_authenticator_refusal_is_a_typed_error_with_its_message() {
             AuthDecision::Reject {
                 reason: Reason::Application(0x1001),
                 message: "banned until tomorrow".into(),
+                retry_after: Some(Duration::from_secs(86_400)),
             }
         });
     })
@@ -157,15 +158,21 @@ async fn an_authenticator_refusal_is_a_typed_error_with_its_message() {
         .await
         .unwrap_err();
     match err {
-        ConnectError::Refused { reason, message } => {
+        ConnectError::Refused {
+            reason,
+            message,
+            retry_after,
+        } => {
             assert_eq!(reason, Reason::Application(0x1001));
             assert_eq!(message, "banned until tomorrow");
+            assert_eq!(retry_after, Some(Duration::from_secs(86_400)));
         }
         other => panic!("expected a refusal, got {other}"),
     }
 }
 
-/// Proves: at the session limit new clients get SERVER_FULL, and a freed slot admits again.
+/// Proves: at the session limit new clients get SERVER_FULL with the server's hint of when to
+/// try again, and a freed slot admits again.
 #[tokio::test]
 async fn the_session_limit_refuses_with_server_full_until_a_slot_frees() {
     let fixture = Fixture::start_with(|config| config.max_sessions = 2).await;
@@ -179,8 +186,9 @@ async fn the_session_limit_refuses_with_server_full_until_a_slot_frees() {
             err,
             ConnectError::Refused {
                 reason: Reason::ServerFull,
+                retry_after: Some(hint),
                 ..
-            }
+            } if hint == Duration::from_secs(2)
         ),
         "{err}"
     );

@@ -325,7 +325,8 @@ async fn an_authenticator_refusal_is_auth_refused() {
         raw.recv(MAIN).await,
         Some(Message::ConnFailed {
             reason: Reason::AuthRefused,
-            message: "bad ticket".into()
+            message: "bad ticket".into(),
+            retry_after_ms: None,
         })
     );
     assert_eq!(

@@ -96,8 +96,11 @@ fn message() -> impl Strategy<Value = Message> {
                 feed_next,
             }
         ),
-        (reason(), any::<String>())
-            .prop_map(|(reason, message)| Message::ConnFailed { reason, message }),
+        (reason(), any::<String>()).prop_map(|(reason, message)| Message::ConnFailed {
+            reason,
+            message,
+            retry_after_ms: None,
+        }),
         (number(), bytes(600)).prop_map(|(seq, payload)| Message::Data { seq, payload }),
         number().prop_map(|next| Message::Ack { next }),
         (number(), token(), limit(), limit(), number(), number()).prop_map(
@@ -462,7 +465,12 @@ fn conn_failed_always_fits_a_handshake_frame() {
     runner
         .run(&(reason(), any::<String>()), |(reason, text)| {
             let long = text.repeat(20);
-            let frame = encode_message(&codec::conn_failed(reason, &long)).unwrap();
+            let frame = encode_message(&codec::conn_failed(
+                reason,
+                &long,
+                Some(std::time::Duration::MAX),
+            ))
+            .unwrap();
             prop_assert!(frame.len() - 4 <= HANDSHAKE_FRAME_LIMIT);
             Ok(())
         })

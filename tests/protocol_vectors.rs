@@ -101,18 +101,22 @@ fn message_for(name: &str) -> Option<Message> {
         "conn_failed_server_full" => Message::ConnFailed {
             reason: Reason::ServerFull,
             message: "server full".to_owned(),
+            retry_after_ms: Some(2000),
         },
         "conn_failed_empty_message" => Message::ConnFailed {
             reason: Reason::InvalidToken,
             message: String::new(),
+            retry_after_ms: None,
         },
         "conn_failed_application" => Message::ConnFailed {
             reason: Reason::Application(0x1234),
             message: "banned".to_owned(),
+            retry_after_ms: Some(3_600_000),
         },
         "conn_failed_unknown_session" => Message::ConnFailed {
             reason: Reason::UnknownSession,
             message: "unknown session".to_owned(),
+            retry_after_ms: None,
         },
         "data_empty" => data(0, &[]),
         "data_short" => data(0, b"hello"),
@@ -374,10 +378,11 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         "tag 4 as 251 + u16"
     );
     assert_eq!(
-        decode_body(&[0x06, 0xfb, 0x0c, 0x00, 0x00]),
+        decode_body(&[0x06, 0xfb, 0x0c, 0x00, 0x00, 0x00]),
         Ok(Message::ConnFailed {
             reason: Reason::ServerFull,
-            message: String::new()
+            message: String::new(),
+            retry_after_ms: None,
         }),
         "u16 reason as 251 + u16"
     );
@@ -435,12 +440,34 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         "u64 player ID as 253 + u64"
     );
     assert_eq!(
-        decode_body(&[0x06, 0x0c, 0xfd, 0x02, 0, 0, 0, 0, 0, 0, 0, b'o', b'k']),
+        decode_body(&[
+            0x06, 0x0c, 0xfd, 0x02, 0, 0, 0, 0, 0, 0, 0, b'o', b'k', 0x00
+        ]),
         Ok(Message::ConnFailed {
             reason: Reason::ServerFull,
-            message: "ok".to_owned()
+            message: "ok".to_owned(),
+            retry_after_ms: None,
         }),
         "string length as 253 + u64"
+    );
+    assert_eq!(
+        decode_body(&[0x06, 0x0c, 0x00, 0x01, 0xfc, 0xa0, 0x86, 0x01, 0x00]),
+        Ok(Message::ConnFailed {
+            reason: Reason::ServerFull,
+            message: String::new(),
+            retry_after_ms: Some(100_000),
+        }),
+        "retry_after_ms as 252 + u32"
+    );
+    assert_eq!(
+        decode_body(&[0x06, 0x0c, 0x00, 0x02, 0x00]),
+        Err(MalformedMessage),
+        "an option tag other than 0 or 1"
+    );
+    assert_eq!(
+        decode_body(&[0x06, 0x0c, 0x00]),
+        Err(MalformedMessage),
+        "CONN_FAILED without its retry_after_ms field"
     );
     assert_eq!(
         decode_body(&[0x07, 0x00, 0xfb, 0x02, 0x00, b'h', b'i']),

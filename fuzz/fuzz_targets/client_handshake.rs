@@ -154,11 +154,21 @@ impl Harness {
         };
         let expect = match (self.model.clone(), ch, &msg) {
             (Model::Failed, ..) => Expect::Nothing,
-            (_, _, Message::ConnFailed { reason, message }) => {
+            (
+                _,
+                _,
+                Message::ConnFailed {
+                    reason,
+                    message,
+                    retry_after_ms,
+                },
+            ) => {
                 self.model = Model::Failed;
                 Expect::Failed(ClientFailure::Refused {
                     reason: *reason,
                     message: message.clone(),
+                    retry_after: retry_after_ms
+                        .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
                 })
             }
             (Model::ConnInitReply, Main, Message::ConnInitReply { player_id, token_a }) => {

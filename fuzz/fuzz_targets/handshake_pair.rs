@@ -124,7 +124,7 @@ impl Pair {
                             self.server
                                 .accept_resume(&request, next, main_next, feed_next);
                         }
-                        Err(reason) => self.server.refuse(reason, reason.describe()),
+                        Err(reason) => self.server.refuse(reason, reason.describe(), None),
                     }
                 }
                 ServerOutput::Established(e) => {
@@ -241,10 +241,10 @@ impl Pair {
             return;
         }
         match reject {
-            Some(reason) => self.server.refuse(reason, "refused"),
+            Some(reason) => self.server.refuse(reason, "refused", None),
             None => match self.registry.admit(requested) {
                 Ok(id) => self.server.accept(id, self.now, &mut self.entropy),
-                Err(reason) => self.server.refuse(reason, reason.describe()),
+                Err(reason) => self.server.refuse(reason, reason.describe(), None),
             },
         }
         self.drain_server();

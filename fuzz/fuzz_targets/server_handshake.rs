@@ -403,7 +403,7 @@ impl Harness {
             }
             Step::Refuse(code, text) => {
                 let reason = Reason::from_code(*code);
-                self.hs.refuse(reason, text);
+                self.hs.refuse(reason, text, None);
                 match self.model {
                     Model::AuthDecision { .. } | Model::ResumeDecision { .. } => {
                         self.model = Model::Failed;
@@ -490,7 +490,9 @@ impl Harness {
                 ServerOutput::Send(_, message) => {
                     assert_sendable_in_handshake(message);
                     match message {
-                        Message::ConnFailed { reason, message } => {
+                        Message::ConnFailed {
+                            reason, message, ..
+                        } => {
                             assert!(message.len() <= MAX_FAILURE_MESSAGE);
                             assert!(
                                 matches!(next, Some(ServerOutput::Close { reason: r, .. }) if r == reason),

@@ -280,6 +280,8 @@ pub enum MsgSpec {
         reason: u16,
         /// Text.
         message: String,
+        /// Hint of when to try again.
+        retry_after_ms: Option<u32>,
     },
     /// `DATA`.
     Data {
@@ -357,9 +359,14 @@ impl MsgSpec {
                 main_next: main_next.get(),
                 feed_next: feed_next.get(),
             },
-            MsgSpec::ConnFailed { reason, message } => Message::ConnFailed {
+            MsgSpec::ConnFailed {
+                reason,
+                message,
+                retry_after_ms,
+            } => Message::ConnFailed {
                 reason: Reason::from_code(*reason),
                 message: message.clone(),
+                retry_after_ms: *retry_after_ms,
             },
             MsgSpec::Data { seq, payload } => Message::Data {
                 seq: seq.get(),

@@ -354,10 +354,11 @@ impl Resumer {
                     ConnectError::Refused {
                         reason: reason @ (Reason::DeadPath | Reason::Superseded),
                         message,
+                        ..
                     } => AttemptError::Retry(format!("{reason}: {message}")),
-                    ConnectError::Refused { reason, message } => {
-                        AttemptError::Refused(reason, message)
-                    }
+                    ConnectError::Refused {
+                        reason, message, ..
+                    } => AttemptError::Refused(reason, message),
                     ConnectError::ServerViolation { reason, message } => {
                         AttemptError::Refused(reason, message)
                     }
@@ -449,9 +450,15 @@ async fn run_handshake(
                 }
                 ClientOutput::Failed(failure) => {
                     return Err(match failure {
-                        ClientFailure::Refused { reason, message } => {
-                            ConnectError::Refused { reason, message }
-                        }
+                        ClientFailure::Refused {
+                            reason,
+                            message,
+                            retry_after,
+                        } => ConnectError::Refused {
+                            reason,
+                            message,
+                            retry_after,
+                        },
                         ClientFailure::TimedOut { step } => ConnectError::TimedOut { step },
                         ClientFailure::ServerViolation { reason, message } => {
                             ConnectError::ServerViolation { reason, message }
@@ -517,8 +524,13 @@ fn on_frame(
 /// else, a plain close included, is a transport failure.
 fn lost(error: quinn::ConnectionError, step: HandshakeStep) -> ConnectError {
     match disconnect_from_peer(&error) {
+        // A close carries no hint of when to try again; only CONN_FAILED does.
         Disconnect::ByPeer { reason, message } if reason != Reason::Normal => {
-            ConnectError::Refused { reason, message }
+            ConnectError::Refused {
+                reason,
+                message,
+                retry_after: None,
+            }
         }
         Disconnect::TimedOut => ConnectError::TimedOut { step },
         _ => ConnectError::Transport(error),

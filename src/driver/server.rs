@@ -597,7 +597,7 @@ async fn handshake(
                 }
                 ServerOutput::Authenticate { credentials } => {
                     if shared.registry().is_full() {
-                        core.refuse(Reason::ServerFull, "server full");
+                        core.refuse(Reason::ServerFull, "server full", config.busy_retry_after);
                     } else {
                         let request = AuthRequest {
                             credentials,
@@ -681,10 +681,10 @@ async fn handshake(
                 // An error means the sender is gone without firing: nothing to do.
                 if fired.is_ok() {
                     debug!(%remote, "handshake evicted to make room for a newer attempt");
-                    core.handle_violation(
-                        ChannelKind::Main,
+                    core.abort(
                         Reason::ServerBusy,
                         "too many handshakes in progress; try again".to_owned(),
+                        shared.config.busy_retry_after,
                     );
                 }
             }
@@ -699,16 +699,21 @@ async fn handshake(
                     AuthDecision::Accept => Ok(None),
                     AuthDecision::AcceptAs(id) => Ok(Some(id)),
                     // NORMAL is not a refusal; an authenticator that says so means AUTH_REFUSED.
-                    AuthDecision::Reject { reason: Reason::Normal, message } => Err((Reason::AuthRefused, message)),
-                    AuthDecision::Reject { reason, message } => Err((reason, message)),
+                    AuthDecision::Reject { reason: Reason::Normal, message, retry_after } => {
+                        Err((Reason::AuthRefused, message, retry_after))
+                    }
+                    AuthDecision::Reject { reason, message, retry_after } => Err((reason, message, retry_after)),
                 };
                 match requested.map(|id| shared.registry().admit(id)) {
                     Ok(Ok(player_id)) => {
                         slot = Some(Slot { shared: shared.clone(), player_id, kept: false });
                         core.accept(player_id, Instant::now(), &mut entropy);
                     }
-                    Ok(Err(reason)) => core.refuse(reason, reason.describe()),
-                    Err((reason, message)) => core.refuse(reason, &message),
+                    Ok(Err(reason)) => {
+                        let hint = (reason == Reason::ServerFull).then_some(config.busy_retry_after).flatten();
+                        core.refuse(reason, reason.describe(), hint);
+                    }
+                    Err((reason, message, retry_after)) => core.refuse(reason, &message, retry_after),
                 }
             }
             accepted = conn.accept_bi(), if has_free_slot => match accepted {
@@ -755,7 +760,7 @@ fn decide_resume(
     let next = match random_token(entropy) {
         Ok(token) => token,
         Err(e) => {
-            handshake.refuse(Reason::InternalError, &e.to_string());
+            handshake.refuse(Reason::InternalError, &e.to_string(), None);
             return None;
         }
     };
@@ -781,7 +786,7 @@ fn decide_resume(
         Err(reason) => {
             bump(&shared.counters.resumes_refused);
             debug!(player_id = %request.player_id, %reason, "resume refused");
-            handshake.refuse(reason, reason.describe());
+            handshake.refuse(reason, reason.describe(), None);
             None
         }
     }

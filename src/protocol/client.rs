@@ -76,6 +76,8 @@ pub enum ClientFailure {
         reason: Reason,
         /// The server's detail text.
         message: String,
+        /// The server's hint of when to try again.
+        retry_after: Option<Duration>,
     },
     /// The deadline passed, or every `FEED_INIT` attempt went unanswered.
     TimedOut {
@@ -298,11 +300,17 @@ impl ClientHandshake {
 
     /// A message arrived from the server on `channel`.
     pub fn handle_message(&mut self, channel: ChannelKind, message: Message, now: Instant) {
-        if let Message::ConnFailed { reason, message } = message {
+        if let Message::ConnFailed {
+            reason,
+            message,
+            retry_after_ms,
+        } = message
+        {
             if !self.is_done() {
                 self.finish(ClientOutput::Failed(ClientFailure::Refused {
                     reason,
                     message,
+                    retry_after: retry_after_ms.map(|ms| Duration::from_millis(u64::from(ms))),
                 }));
             }
             return;

@@ -7,6 +7,8 @@
 //! Everything here treats its input as hostile: lengths are checked against the caller's limit
 //! before any buffer grows, and every decode runs with a bincode allocation limit.
 
+use std::time::Duration;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -208,10 +210,11 @@ pub fn encode_message(message: &Message) -> Result<Bytes, EncodeError> {
 
 /// Builds a `CONN_FAILED` message, cutting `message` to [`MAX_FAILURE_MESSAGE`] bytes at a
 /// character boundary.
-pub fn conn_failed(reason: Reason, message: &str) -> Message {
+pub fn conn_failed(reason: Reason, message: &str, retry_after: Option<Duration>) -> Message {
     Message::ConnFailed {
         reason,
         message: truncate_utf8(message, MAX_FAILURE_MESSAGE).to_owned(),
+        retry_after_ms: retry_after.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
     }
 }
 
@@ -488,8 +491,12 @@ mod tests {
                 main_next: 0,
                 feed_next: 1 << 40,
             },
-            conn_failed(Reason::ServerFull, "server full"),
-            conn_failed(Reason::Application(0x1234), ""),
+            conn_failed(Reason::ServerFull, "server full", None),
+            conn_failed(
+                Reason::Application(0x1234),
+                "",
+                Some(Duration::from_secs(60)),
+            ),
             Message::Data {
                 seq: 0,
                 payload: Bytes::from_static(&[1, 2, 3]),
@@ -754,7 +761,8 @@ mod tests {
     #[test]
     fn failure_text_is_cut_at_a_character_boundary() {
         let long = "é".repeat(200);
-        let Message::ConnFailed { message, .. } = conn_failed(Reason::AuthRefused, &long) else {
+        let Message::ConnFailed { message, .. } = conn_failed(Reason::AuthRefused, &long, None)
+        else {
             unreachable!()
         };
         assert_eq!(message.len(), MAX_FAILURE_MESSAGE);

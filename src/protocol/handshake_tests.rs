@@ -574,7 +574,7 @@ fn refusal_by_the_application_is_sent_on_main() {
         credentials: Bytes::new(),
     };
     exchange(&mut s, &mut e, t0, (ChannelKind::Main, conn_init));
-    s.refuse(Reason::ServerFull, "server full");
+    s.refuse(Reason::ServerFull, "server full", None);
     assert_failed(
         &server_outputs(&mut s),
         ChannelKind::Main,
@@ -652,14 +652,19 @@ fn the_client_surfaces_conn_failed_from_either_channel() {
         client_sends(&mut c);
         c.handle_message(
             channel,
-            codec::conn_failed(Reason::AuthRefused, "banned"),
+            codec::conn_failed(
+                Reason::AuthRefused,
+                "banned",
+                Some(Duration::from_millis(1500)),
+            ),
             t0,
         );
         assert_eq!(
             c.poll_output(),
             Some(ClientOutput::Failed(ClientFailure::Refused {
                 reason: Reason::AuthRefused,
-                message: "banned".into()
+                message: "banned".into(),
+                retry_after: Some(Duration::from_millis(1500)),
             }))
         );
         assert!(c.is_done());
@@ -845,7 +850,7 @@ fn a_refused_resume_fails_the_client_with_the_reason() {
         feed_next: 0,
     };
     exchange(&mut s, &mut e, t0, (ChannelKind::Main, resume));
-    s.refuse(Reason::UnknownSession, "unknown session");
+    s.refuse(Reason::UnknownSession, "unknown session", None);
     assert_failed(
         &server_outputs(&mut s),
         ChannelKind::Main,

@@ -335,6 +335,9 @@ pub enum Message {
         /// Human-readable detail, at most [`MAX_FAILURE_MESSAGE`](crate::protocol::MAX_FAILURE_MESSAGE)
         /// bytes of UTF-8.
         message: String,
+        /// A hint: the client may try again after this many milliseconds (a full or busy
+        /// server, a temporary ban). `None`: no hint.
+        retry_after_ms: Option<u32>,
     },
     /// An application message (after `CONN_OK` only), numbered per channel and direction from 0.
     Data {

@@ -134,6 +134,7 @@ struct Failure {
     channel: ChannelKind,
     reason: Reason,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 impl Failure {
@@ -142,6 +143,7 @@ impl Failure {
             channel,
             reason,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -278,13 +280,26 @@ impl ServerHandshake {
         }
     }
 
-    /// The application (or the server's limits) refused the client, or its `RESUME`.
-    pub fn refuse(&mut self, reason: Reason, message: &str) {
+    /// The application (or the server's limits) refused the client, or its `RESUME`, with an
+    /// optional hint of when to try again.
+    pub fn refuse(&mut self, reason: Reason, message: &str, retry_after: Option<Duration>) {
         if matches!(
             self.state,
             State::ExpectAuthDecision(_) | State::ExpectResumeDecision(_)
         ) {
-            self.fail(Failure::new(ChannelKind::Main, reason, message));
+            let mut failure = Failure::new(ChannelKind::Main, reason, message);
+            failure.retry_after = retry_after;
+            self.fail(failure);
+        }
+    }
+
+    /// The server ends the handshake for a reason of its own (shutdown, making room for newer
+    /// attempts): `CONN_FAILED` on main, with an optional hint of when to try again.
+    pub fn abort(&mut self, reason: Reason, message: String, retry_after: Option<Duration>) {
+        if !self.is_done() {
+            let mut failure = Failure::new(ChannelKind::Main, reason, message);
+            failure.retry_after = retry_after;
+            self.fail(failure);
         }
     }
 
@@ -512,7 +527,7 @@ impl ServerHandshake {
         self.state = State::Done;
         self.send(
             failure.channel,
-            conn_failed(failure.reason, &failure.message),
+            conn_failed(failure.reason, &failure.message, failure.retry_after),
         );
         self.outputs.push_back(ServerOutput::Close {
             reason: failure.reason,
