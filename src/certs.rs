@@ -19,6 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::error::{CertError, ConfigError};
+use crate::known_hosts::KnownHosts;
 use crate::protocol::ALPN;
 
 /// The names a generated development certificate is valid for.
@@ -300,6 +301,15 @@ pub enum Trust {
     Certificate(CertificateDer<'static>),
     /// Trust exactly the end-entity certificate with this SHA-256 fingerprint.
     Fingerprint(Fingerprint),
+    /// Trust any of these fingerprints: for certificate rotation, pin the current certificate
+    /// and its successor, and the server can switch
+    /// ([`Server::rotate_identity`](crate::Server::rotate_identity)) without breaking clients.
+    Fingerprints(Vec<Fingerprint>),
+    /// Trust on first use: the first certificate a server (`server_name:port`) presents is
+    /// recorded in this `known_hosts` file and trusted; later connections must present the same
+    /// one, otherwise they fail with an error that shows both fingerprints. See
+    /// [`KnownHosts`](crate::KnownHosts).
+    KnownHosts(KnownHosts),
     /// Verify the chain against these CA certificates and the server name, as browsers do.
     CaCertificates(Vec<CertificateDer<'static>>),
     /// Verify the chain against the operating system's trusted roots and the server name.
@@ -321,9 +331,12 @@ impl Trust {
         }
     }
 
+    /// The rustls configuration for connecting to `host` (`server_name:port`, the key of a
+    /// `known_hosts` file).
     pub(crate) fn rustls_client_config(
         &self,
         zero_rtt: bool,
+        host: &str,
     ) -> Result<rustls::ClientConfig, ConfigError> {
         let provider = provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -341,6 +354,24 @@ impl Trust {
             Trust::Fingerprint(fp) => builder
                 .dangerous()
                 .with_custom_certificate_verifier(pinned(Pin::Fingerprint(*fp))),
+            Trust::Fingerprints(set) => {
+                if set.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "Trust::Fingerprints holds no fingerprint".into(),
+                    ));
+                }
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(pinned(Pin::AnyOf(set.clone())))
+            }
+            Trust::KnownHosts(known) => {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(pinned(Pin::FirstUse {
+                        known: known.clone(),
+                        host: host.to_owned(),
+                    }))
+            }
             Trust::DangerousAcceptAnyCertificate => builder
                 .dangerous()
                 .with_custom_certificate_verifier(pinned(Pin::Any)),
@@ -386,6 +417,12 @@ fn provider() -> Arc<CryptoProvider> {
 #[derive(Debug)]
 enum Pin {
     Fingerprint(Fingerprint),
+    AnyOf(Vec<Fingerprint>),
+    /// Trust on first use of `host`, recorded in `known`.
+    FirstUse {
+        known: KnownHosts,
+        host: String,
+    },
     Any,
 }
 
@@ -397,12 +434,34 @@ struct PinnedVerifier {
     provider: Arc<CryptoProvider>,
 }
 
-/// A pinned certificate did not match; carries both fingerprints for the error message.
+/// A pinned certificate did not match; carries the fingerprints for the error message.
 #[derive(Debug, thiserror::Error)]
-#[error("server certificate {presented} does not match the pinned certificate {pinned}")]
+#[error(
+    "server certificate {presented} does not match the pinned certificate {}",
+    list(pinned)
+)]
 struct PinMismatch {
     presented: Fingerprint,
-    pinned: Fingerprint,
+    pinned: Vec<Fingerprint>,
+}
+
+fn list(fingerprints: &[Fingerprint]) -> String {
+    let all: Vec<String> = fingerprints.iter().map(ToString::to_string).collect();
+    all.join(" or ")
+}
+
+/// A known host presented another certificate than the one recorded on first use.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the certificate of {host} has changed: {presented} presented, {recorded} recorded in {}; \
+     if the change is expected, remove the line for {host} from that file",
+    path.display()
+)]
+struct KnownHostChanged {
+    host: String,
+    recorded: Fingerprint,
+    presented: Fingerprint,
+    path: std::path::PathBuf,
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -414,21 +473,41 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = Fingerprint::of(end_entity);
+        let refuse = |error: Arc<dyn std::error::Error + Send + Sync>| {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(error),
+            )))
+        };
         match &self.pin {
             Pin::Any => Ok(ServerCertVerified::assertion()),
-            Pin::Fingerprint(pinned) => {
-                let presented = Fingerprint::of(end_entity);
-                if presented == *pinned {
-                    Ok(ServerCertVerified::assertion())
-                } else {
-                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                        rustls::OtherError(Arc::new(PinMismatch {
-                            presented,
-                            pinned: *pinned,
-                        })),
-                    )))
-                }
-            }
+            Pin::Fingerprint(pinned) if presented == *pinned => Ok(ServerCertVerified::assertion()),
+            Pin::Fingerprint(pinned) => refuse(Arc::new(PinMismatch {
+                presented,
+                pinned: vec![*pinned],
+            })),
+            Pin::AnyOf(set) if set.contains(&presented) => Ok(ServerCertVerified::assertion()),
+            Pin::AnyOf(set) => refuse(Arc::new(PinMismatch {
+                presented,
+                pinned: set.clone(),
+            })),
+            Pin::FirstUse { known, host } => match known.get(host) {
+                Ok(Some(recorded)) if recorded == presented => Ok(ServerCertVerified::assertion()),
+                Ok(Some(recorded)) => refuse(Arc::new(KnownHostChanged {
+                    host: host.clone(),
+                    recorded,
+                    presented,
+                    path: known.path().to_owned(),
+                })),
+                Ok(None) => match known.insert(host, presented) {
+                    Ok(()) => {
+                        tracing::info!(%host, fingerprint = %presented, path = %known.path().display(), "trusting a new server on first use");
+                        Ok(ServerCertVerified::assertion())
+                    }
+                    Err(e) => refuse(Arc::new(e)),
+                },
+                Err(e) => refuse(Arc::new(e)),
+            },
         }
     }
 

@@ -54,6 +54,14 @@ pub enum CertError {
     /// rcgen failed to generate a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(String),
+    /// A `known_hosts` file has a line that is not `host:port fingerprint`.
+    #[error("{}: {detail}", path.display())]
+    KnownHosts {
+        /// The file.
+        path: PathBuf,
+        /// Which line, and what was wrong.
+        detail: String,
+    },
 }
 
 /// Starting a [`Server`](crate::Server) failed.

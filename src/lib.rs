@@ -111,6 +111,7 @@ pub mod config;
 mod driver;
 mod error;
 pub mod events;
+mod known_hosts;
 mod lane;
 pub mod protocol;
 mod server;
@@ -126,6 +127,7 @@ pub use error::{
     CertError, ConfigError, ConnectError, Disconnect, RecvError, SendError, ServerError,
 };
 pub use events::{Events, ServerCounters, ServerEvent, SessionCounters, SessionEvent};
+pub use known_hosts::KnownHosts;
 pub use lane::Lane;
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
 pub use server::{Server, ServerEvents};

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::broadcast::{Broadcast, Prepared};
-use crate::certs::Fingerprint;
+use crate::certs::{Fingerprint, Identity};
 use crate::config::ServerConfig;
 use crate::driver::{endpoint, server as driver};
 use crate::error::ServerError;
@@ -44,14 +44,14 @@ pub struct Server {
     sessions: tokio::sync::Mutex<mpsc::Receiver<Session>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
     local_addr: SocketAddr,
-    fingerprint: Fingerprint,
+    fingerprint: Mutex<Fingerprint>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
-            .field("fingerprint", &self.fingerprint)
+            .field("fingerprint", &self.fingerprint())
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +77,7 @@ impl Server {
             sessions: tokio::sync::Mutex::new(rx),
             accept_task: Mutex::new(Some(accept_task)),
             local_addr,
-            fingerprint,
+            fingerprint: Mutex::new(fingerprint),
         })
     }
 
@@ -86,9 +86,31 @@ impl Server {
         self.local_addr
     }
 
-    /// The SHA-256 fingerprint of the server's certificate.
+    /// The SHA-256 fingerprint of the certificate the server presents (the newest, after a
+    /// [`rotate_identity`](Self::rotate_identity)).
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        *self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Presents `identity` to new connections from now on; established sessions, and
+    /// handshakes already under way, keep the certificate they started with. Clients that pin
+    /// both the old and the new certificate ([`Trust::Fingerprints`](crate::Trust::Fingerprints))
+    /// notice nothing; clients pinning only the old one are refused. Resumes after the rotation
+    /// cannot use 0-RTT (their tickets came from the old configuration) and take one more round
+    /// trip.
+    pub fn rotate_identity(&self, identity: Identity) -> Result<(), ServerError> {
+        let config = endpoint::server_config(&self.shared.config, &identity)?;
+        let fingerprint = identity.fingerprint();
+        self.endpoint.set_server_config(Some(config));
+        *self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fingerprint;
+        tracing::info!(%fingerprint, "server certificate rotated");
+        Ok(())
     }
 
     /// The next session whose handshake completed, or `None` once the server has shut down.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
 
+use crate::certs::Identity;
 use crate::config::{ClientConfig, ServerConfig, TransportConfig};
 use crate::error::{ConfigError, ConnectError, ServerError};
 
@@ -14,14 +15,7 @@ const CLIENT_STREAMS: u32 = 2;
 
 /// A bound server endpoint.
 pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerError> {
-    let tls = config
-        .identity
-        .rustls_server_config(config.max_sessions.saturating_mul(4))?;
-    let crypto =
-        QuicServerConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport(&config.transport, CLIENT_STREAMS)?));
-    server.migration(true);
+    let server = server_config(config, &config.identity)?;
     let socket = udp_socket(config.listen, config.transport.udp_buffer_size)?;
     Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -29,6 +23,20 @@ pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerErr
         socket,
         Arc::new(quinn::TokioRuntime),
     )?)
+}
+
+/// The quinn server configuration of `config`, presenting `identity`.
+pub(crate) fn server_config(
+    config: &ServerConfig,
+    identity: &Identity,
+) -> Result<quinn::ServerConfig, ServerError> {
+    let tls = identity.rustls_server_config(config.max_sessions.saturating_mul(4))?;
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(&config.transport, CLIENT_STREAMS)?));
+    server.migration(true);
+    Ok(server)
 }
 
 /// A UDP socket bound to `addr` with kernel buffers of (up to) `buffer_size` bytes each way.
@@ -54,7 +62,8 @@ pub(crate) fn udp_socket(
 
 /// A bound client endpoint whose default client configuration is `config`'s.
 pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectError> {
-    let tls = config.trust.rustls_client_config(config.zero_rtt)?;
+    let host = format!("{}:{}", config.server_name, config.server.port());
+    let tls = config.trust.rustls_client_config(config.zero_rtt, &host)?;
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
