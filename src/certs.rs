@@ -308,7 +308,7 @@ pub enum Trust {
     /// Trust on first use: the first certificate a server (`server_name:port`) presents is
     /// recorded in this `known_hosts` file and trusted; later connections must present the same
     /// one, otherwise they fail with an error that shows both fingerprints. See
-    /// [`KnownHosts`](crate::KnownHosts).
+    /// [`KnownHosts`].
     KnownHosts(KnownHosts),
     /// Verify the chain against these CA certificates and the server name, as browsers do.
     CaCertificates(Vec<CertificateDer<'static>>),
