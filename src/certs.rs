@@ -238,6 +238,17 @@ impl Fingerprint {
         out.copy_from_slice(digest.as_ref());
         Fingerprint(out)
     }
+
+    /// The fingerprint of the first (end-entity) certificate in a PEM file.
+    pub fn of_pem_file(path: &Path) -> Result<Self, CertError> {
+        let chain = load_certificates(path)?;
+        chain
+            .first()
+            .map(Fingerprint::of)
+            .ok_or_else(|| CertError::NoCertificate {
+                path: path.to_owned(),
+            })
+    }
 }
 
 impl fmt::Display for Fingerprint {

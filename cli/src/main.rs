@@ -1,0 +1,363 @@
+//! `quicfeed`: run a server, talk to one interactively, make and inspect certificates.
+//!
+//! ```text
+//! quicfeed gen-cert --out certs                     # a self-signed certificate and its key
+//! quicfeed fingerprint certs/cert.pem               # the SHA-256 fingerprint clients pin
+//! quicfeed server --listen 0.0.0.0:4433             # echoes main, ticks on feed
+//! quicfeed client 10.0.0.5:4433 --fingerprint AB:CD:...   # lines typed go on main
+//! quicfeed client 10.0.0.5:4433                     # trust on first use (known_hosts)
+//! ```
+//!
+//! Progress goes to stdout, logs to stderr (`RUST_LOG` or `--verbose` for more).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use quicfeed::certs::DEV_CERT_NAMES;
+use quicfeed::{
+    Client, ClientConfig, Fingerprint, Identity, KnownHosts, Prepared, Reason, Server,
+    ServerConfig, Session, SessionEvent, Trust,
+};
+use tokio::io::AsyncBufReadExt;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "quicfeed",
+    version,
+    about = "quicfeed: game networking over QUIC"
+)]
+struct Cli {
+    /// Log more (debug level) to stderr.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server: prints each player's main messages and echoes them back, sends a tick on
+    /// every session's feed, and sends lines typed here to every session's feed.
+    Server {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        listen: SocketAddr,
+        /// Certificate chain (PEM); generated with `--key` when both are missing.
+        #[arg(long, default_value = "certs/cert.pem")]
+        cert: PathBuf,
+        /// Private key (PEM).
+        #[arg(long, default_value = "certs/key.pem")]
+        key: PathBuf,
+        /// Feed ticks per second (0: none).
+        #[arg(long, default_value_t = 1.0)]
+        tick_hz: f64,
+    },
+    /// Connect to a server: lines typed go on main; main replies and feed messages are printed.
+    /// End with Ctrl-D.
+    Client {
+        /// The server's UDP address.
+        server: SocketAddr,
+        /// The name the certificate must be for (and the `known_hosts` key, with the port).
+        #[arg(long, default_value = "localhost")]
+        name: String,
+        /// Trust a certificate with this SHA-256 fingerprint (repeat to accept several, for a
+        /// rotation).
+        #[arg(long)]
+        fingerprint: Vec<Fingerprint>,
+        /// Trust exactly this certificate (PEM).
+        #[arg(long, conflicts_with = "fingerprint")]
+        cert: Option<PathBuf>,
+        /// Trust on first use with this `known_hosts` file (the default trust, at
+        /// `$QUICFEED_KNOWN_HOSTS` or `~/.config/quicfeed/known_hosts`).
+        #[arg(long, conflicts_with_all = ["fingerprint", "cert"])]
+        known_hosts: Option<PathBuf>,
+        /// Do not authenticate the server at all (encrypted, but anyone can impersonate it).
+        #[arg(long, conflicts_with_all = ["fingerprint", "cert", "known_hosts"])]
+        insecure: bool,
+    },
+    /// Generate a self-signed certificate and key (ECDSA P-256) and print the fingerprint.
+    GenCert {
+        /// Directory for `cert.pem` and `key.pem`.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Names the certificate is for (default: localhost, 127.0.0.1, ::1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the SHA-256 fingerprint of a certificate (PEM), as clients pin it.
+    Fingerprint {
+        /// The certificate file.
+        cert: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Server {
+            listen,
+            cert,
+            key,
+            tick_hz,
+        } => server(listen, &cert, &key, tick_hz).await,
+        Command::Client {
+            server,
+            name,
+            fingerprint,
+            cert,
+            known_hosts,
+            insecure,
+        } => {
+            let trust = trust(fingerprint, cert, known_hosts, insecure);
+            match trust {
+                Ok(trust) => client(server, name, trust).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::GenCert { out, names, force } => gen_cert(&out, &names, force),
+        Command::Fingerprint { cert } => Fingerprint::of_pem_file(&cert)
+            .map(|fp| say(format!("{fp}")))
+            .map_err(Into::into),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A line of progress on stdout, flushed at once (so pipes see it).
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn gen_cert(out: &Path, names: &[String], force: bool) -> Result {
+    let (cert, key) = (out.join("cert.pem"), out.join("key.pem"));
+    if !force && (cert.exists() || key.exists()) {
+        return Err(format!(
+            "{} or {} exists; pass --force to overwrite",
+            cert.display(),
+            key.display()
+        )
+        .into());
+    }
+    let names: Vec<&str> = if names.is_empty() {
+        DEV_CERT_NAMES.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    std::fs::create_dir_all(out)?;
+    let identity = Identity::generate_self_signed(&names)?;
+    identity.write_pem_files(&cert, &key)?;
+    say(format!(
+        "wrote {} and {} for {}",
+        cert.display(),
+        key.display(),
+        names.join(", ")
+    ));
+    say(format!("fingerprint {}", identity.fingerprint()));
+    Ok(())
+}
+
+async fn server(listen: SocketAddr, cert: &Path, key: &Path, tick_hz: f64) -> Result {
+    let (identity, generated) = Identity::load_or_generate(cert, key, DEV_CERT_NAMES)?;
+    if generated {
+        say(format!("generated a certificate in {}", cert.display()));
+    }
+    let server = Arc::new(Server::bind(ServerConfig::new(listen, identity)).await?);
+    say(format!("listening on {}", server.local_addr()));
+    say(format!("fingerprint {}", server.fingerprint()));
+
+    let acceptor = tokio::spawn({
+        let server = server.clone();
+        async move {
+            while let Some(session) = server.accept().await {
+                tokio::spawn(serve(session));
+            }
+        }
+    });
+    if tick_hz > 0.0 {
+        tokio::spawn(tick(server.clone(), Duration::from_secs_f64(1.0 / tick_hz)));
+    }
+    // Lines typed on the server go to every session's feed; a closed stdin just stops that.
+    tokio::spawn({
+        let server = server.clone();
+        async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match Prepared::new(&format!("server: {line}")) {
+                    Ok(message) => {
+                        let sent = server.broadcast_feed(&message).await;
+                        say(format!("sent to {} players", sent.sent));
+                    }
+                    Err(e) => say(format!("cannot send: {e}")),
+                }
+            }
+        }
+    });
+    tokio::signal::ctrl_c().await?;
+    say("shutting down");
+    server
+        .shutdown(Reason::ServerShutdown, "server stopped by operator")
+        .await;
+    acceptor.await?;
+    Ok(())
+}
+
+/// One player: prints what it says on main and echoes it back.
+async fn serve(mut session: Session) {
+    let player = session.player_id();
+    say(format!(
+        "{player} joined from {}",
+        session
+            .remote_address()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string())
+    ));
+    loop {
+        match session.main().recv::<String>().await {
+            Ok(text) => {
+                say(format!("[{player}] {text}"));
+                if session.main().send(&format!("echo: {text}")).await.is_err() {
+                    break;
+                }
+            }
+            Err(quicfeed::RecvError::Decode(e)) => say(format!("[{player}] undecodable: {e}")),
+            Err(_) => break,
+        }
+    }
+    say(format!("{player} left: {}", session.closed().await));
+}
+
+/// Sends `tick N` on every session's feed, encoded once per tick.
+async fn tick(server: Arc<Server>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    for n in 0u64.. {
+        ticker.tick().await;
+        if let Ok(message) = Prepared::new(&format!("tick {n}")) {
+            server.broadcast_feed(&message).await;
+        }
+    }
+}
+
+fn trust(
+    fingerprints: Vec<Fingerprint>,
+    cert: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    insecure: bool,
+) -> Result<Trust> {
+    if insecure {
+        return Ok(Trust::DangerousAcceptAnyCertificate);
+    }
+    if let Some(cert) = cert {
+        return Ok(Trust::certificate_pem_file(&cert)?);
+    }
+    match fingerprints.len() {
+        0 => {}
+        1 => return Ok(Trust::Fingerprint(fingerprints[0])),
+        _ => return Ok(Trust::Fingerprints(fingerprints)),
+    }
+    let path = known_hosts
+        .or_else(KnownHosts::default_path)
+        .ok_or("no known_hosts file: pass --known-hosts, --fingerprint or --cert")?;
+    Ok(Trust::KnownHosts(KnownHosts::new(path)))
+}
+
+async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
+    let mut config = ClientConfig::new(server, trust);
+    config.server_name = name;
+    let started = Instant::now();
+    let session = Client::connect(&config).await?;
+    say(format!(
+        "connected to {server} as {} in {:.1} ms; type lines to send on main, Ctrl-D to quit",
+        session.player_id(),
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    let (handle, main, feed) = session.into_parts();
+    let (mut to_main, mut from_main) = main.split();
+    let (_, mut from_feed) = feed.split();
+
+    tokio::spawn(async move {
+        while let Ok(text) = from_feed.recv::<String>().await {
+            say(format!("feed: {text}"));
+        }
+    });
+    let replies = Arc::new(AtomicU64::new(0));
+    tokio::spawn({
+        let replies = replies.clone();
+        async move {
+            while let Ok(text) = from_main.recv::<String>().await {
+                say(format!("< {text}"));
+                replies.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::spawn({
+        let mut events = handle.events();
+        async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    SessionEvent::Migrated { from, to } => say(format!("(moved {from} -> {to})")),
+                    SessionEvent::ConnectionLost { why } => {
+                        say(format!("(connection lost: {why}; resuming)"))
+                    }
+                    SessionEvent::Resumed { outage, .. } => {
+                        say(format!("(resumed after {:.1} s)", outage.as_secs_f64()))
+                    }
+                    other => tracing::debug!(?other, "session event"),
+                }
+            }
+        }
+    });
+
+    let mut sent = 0u64;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(line) => {
+                    to_main.send(&line).await?;
+                    sent += 1;
+                }
+                None => break,
+            },
+            why = handle.closed() => return Err(format!("session ended: {why}").into()),
+        }
+    }
+    // End of input: wait (a little) for the replies still on their way.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replies.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = handle.stats();
+    say(format!(
+        "bye: rtt {:.1} ms, {} sent, {} replies",
+        stats.rtt.unwrap_or_default().as_secs_f64() * 1e3,
+        sent,
+        replies.load(Ordering::SeqCst)
+    ));
+    handle.close_gracefully(Reason::Normal, "client done").await;
+    Ok(())
+}
