@@ -187,12 +187,17 @@ pub struct ServerConfig {
     pub token_lifetime: Duration,
     /// Most connections in their handshake (QUIC and token steps, before `CONN_OK`) at once.
     /// At the cap, an attempt from a validated address (one that answered a Retry) is taken on
-    /// and the **oldest** handshake in progress is ended with
-    /// [`Reason::ServerBusy`](crate::Reason::ServerBusy): honest handshakes take a few round
-    /// trips, so the oldest are those that stall, and stalled connections cannot keep honest
-    /// clients out until their deadline. An unvalidated attempt at the cap is dropped (only
+    /// and the **oldest** handshake in progress, if older than `min_evictable_age`, is closed
+    /// with [`Reason::ServerBusy`](crate::Reason::ServerBusy): honest handshakes take a few
+    /// round trips, so the oldest are those that stall, and stalled connections cannot keep
+    /// honest clients out until their deadline. An unvalidated attempt at the cap is dropped (only
     /// possible with `retry_threshold` above this cap). Default 1024.
     pub max_pending_handshakes: usize,
+    /// How long a handshake must have been in progress before a new attempt may evict it at the
+    /// `max_pending_handshakes` cap; attempts that find only younger handshakes are dropped
+    /// (the client retries after its probe timeout). Default 1 s: longer than honest
+    /// handshakes take on most links, far shorter than `handshake_timeout`.
+    pub min_evictable_age: Duration,
     /// Most connections in their handshake from one source address (an IPv4 address, or an
     /// IPv6 /64), so that one host cannot take all the places. Default 128. Raise it if very
     /// many players behind one NAT connect at the same moment.
@@ -211,9 +216,10 @@ pub struct ServerConfig {
     /// step count too. Connections that have not sent `CONN_INIT` yet do not: they are bounded
     /// by `max_pending_handshakes` and `handshake_timeout`.
     pub max_sessions: usize,
-    /// The hint of when to try again sent with `SERVER_FULL` and `SERVER_BUSY` refusals
+    /// The hint of when to try again sent with `SERVER_FULL` refusals
     /// ([`ConnectError::Refused::retry_after`](crate::ConnectError::Refused)). Default 2 s;
-    /// `None` sends no hint.
+    /// `None` sends no hint. (An evicted handshake, `SERVER_BUSY`, is closed without
+    /// `CONN_FAILED`, so without a hint.)
     pub busy_retry_after: Option<Duration>,
     /// Largest frame bodies accepted from clients after `CONN_OK`. Default 64 KiB each.
     pub frame_limits: FrameLimits,
@@ -249,6 +255,7 @@ impl ServerConfig {
             grace_period: Duration::from_secs(15),
             busy_retry_after: Some(Duration::from_secs(2)),
             max_pending_handshakes: 1024,
+            min_evictable_age: Duration::from_secs(1),
             max_pending_per_address: 128,
             retry_threshold: 64,
             max_sessions: 1024,

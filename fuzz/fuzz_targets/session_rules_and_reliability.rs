@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
@@ -117,7 +118,8 @@ enum Op {
     Confirm(IdPick),
     Release(IdPick),
     Get(IdPick),
-    Consider(IpPick, bool),
+    /// An attempt, after this many milliseconds.
+    Consider(IpPick, bool, u8),
     Finished(u16),
 }
 
@@ -569,19 +571,28 @@ impl Registry {
 struct AdmissionModel {
     admission: Admission,
     limits: AdmissionLimits,
-    /// Handshakes in progress, oldest first: (place, address).
-    places: VecDeque<(Place, (u8, u64))>,
+    /// Handshakes in progress, oldest first: (place, address, start).
+    places: VecDeque<(Place, (u8, u64), Instant)>,
+    /// Virtual time.
+    now: Instant,
     /// Every place ever given, evicted and finished ones included (for `Finished`).
     given: Vec<Place>,
 }
 
 impl AdmissionModel {
     fn count(&self, key: (u8, u64)) -> usize {
-        self.places.iter().filter(|(_, k)| *k == key).count()
+        self.places.iter().filter(|(_, k, _)| *k == key).count()
+    }
+
+    /// Whether the oldest handshake may be evicted now.
+    fn oldest_evictable(&self) -> bool {
+        self.places.front().is_some_and(|(_, _, started)| {
+            self.now.saturating_duration_since(*started) >= self.limits.min_evictable_age
+        })
     }
 
     fn consider(&mut self, ip: IpAddr, validated: bool) {
-        let got = self.admission.consider(ip, validated);
+        let got = self.admission.consider(ip, validated, self.now);
         let key = address_key(ip);
         let pending = self.places.len();
         let (place, evicted) = match got {
@@ -598,7 +609,8 @@ impl AdmissionModel {
                 assert_eq!(other, want, "{ip}");
                 assert!(
                     want != Admit::DropOverloaded
-                        || pending >= self.limits.max_pending && (!validated || pending == 0),
+                        || pending >= self.limits.max_pending
+                            && (!validated || !self.oldest_evictable()),
                     "dropped although a place was free or could be taken"
                 );
                 return self.check();
@@ -615,12 +627,13 @@ impl AdmissionModel {
             Some(evicted) => {
                 assert!(validated, "an unvalidated attempt evicted {evicted:?}");
                 assert_eq!(pending, self.limits.max_pending, "evicted below the cap");
-                let oldest = self.places.pop_front().map(|(p, _)| p);
+                assert!(self.oldest_evictable(), "evicted a handshake too young");
+                let oldest = self.places.pop_front().map(|(p, _, _)| p);
                 assert_eq!(Some(evicted), oldest, "the oldest is evicted");
             }
             None => assert!(pending < self.limits.max_pending, "accepted over the cap"),
         }
-        self.places.push_back((place, key));
+        self.places.push_back((place, key, self.now));
         self.given.push(place);
         self.check();
     }
@@ -634,14 +647,14 @@ impl AdmissionModel {
             return;
         };
         self.admission.finished(place);
-        self.places.retain(|(p, _)| *p != place);
+        self.places.retain(|(p, _, _)| *p != place);
         self.check();
     }
 
     fn check(&self) {
         assert_eq!(self.admission.pending(), self.places.len());
         assert!(self.places.len() <= self.limits.max_pending);
-        for (_, key) in &self.places {
+        for (_, key, _) in &self.places {
             assert!(self.count(*key) <= self.limits.max_pending_per_address);
         }
     }
@@ -692,12 +705,14 @@ fuzz_target!(|input: Input| {
         max_pending: usize::from(input.max_pending % 16),
         max_pending_per_address: usize::from(input.max_per_address % 8),
         retry_threshold: usize::from(input.retry_threshold % 16),
+        min_evictable_age: Duration::from_millis(u64::from(input.retry_threshold % 4) * 100),
     };
     let mut admission = AdmissionModel {
         admission: Admission::new(limits),
         limits,
         places: VecDeque::new(),
         given: Vec::new(),
+        now: Instant::now(),
     };
 
     for op in input.ops.iter().take(512) {
@@ -762,7 +777,10 @@ fuzz_target!(|input: Input| {
             | Op::Confirm(_)
             | Op::Release(_)
             | Op::Get(_) => registry.run(op),
-            Op::Consider(ip, validated) => admission.consider(ip.get(), *validated),
+            Op::Consider(ip, validated, after_ms) => {
+                admission.now += Duration::from_millis(u64::from(*after_ms));
+                admission.consider(ip.get(), *validated)
+            }
             Op::Finished(pick) => admission.finished(*pick),
         }
     }

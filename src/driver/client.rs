@@ -350,9 +350,11 @@ impl Resumer {
             Err(HandshakeError::Failed(error)) => {
                 close_for(&closer, &error);
                 return Err(match error {
-                    // A close a resume itself can cause is worth another attempt.
+                    // A close a resume itself can cause, or a busy server making room, is worth
+                    // another attempt.
                     ConnectError::Refused {
-                        reason: reason @ (Reason::DeadPath | Reason::Superseded),
+                        reason:
+                            reason @ (Reason::DeadPath | Reason::Superseded | Reason::ServerBusy),
                         message,
                         ..
                     } => AttemptError::Retry(format!("{reason}: {message}")),

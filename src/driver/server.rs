@@ -87,6 +87,7 @@ impl ServerShared {
                 max_pending: config.max_pending_handshakes,
                 max_pending_per_address: config.max_pending_per_address,
                 retry_threshold: config.retry_threshold,
+                min_evictable_age: config.min_evictable_age,
             }),
             evictors: HashMap::new(),
         });
@@ -276,7 +277,7 @@ fn admit(
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated() || !incoming.may_retry();
     let mut pending = lock(&shared.pending);
-    let place = match pending.admission.consider(ip, validated) {
+    let place = match pending.admission.consider(ip, validated, Instant::now()) {
         Admit::Accept(place) => place,
         Admit::AcceptEvicting { place, evicted } => {
             if let Some(evict) = pending.evictors.remove(&evicted) {
@@ -678,14 +679,14 @@ async fn handshake(
                 }
             }, if evicted.is_some() => {
                 evicted = None;
-                // An error means the sender is gone without firing: nothing to do.
+                // An error means the sender is gone without firing: nothing to do. An evicted
+                // handshake gets no more of the server's time: closed at once, without the
+                // CONN_FAILED and its wait for an acknowledgement (which a client withholding
+                // flow control could stretch to the deadline, its place already given away).
                 if fired.is_ok() {
                     debug!(%remote, "handshake evicted to make room for a newer attempt");
-                    core.abort(
-                        Reason::ServerBusy,
-                        "too many handshakes in progress; try again".to_owned(),
-                        shared.config.busy_retry_after,
-                    );
+                    close(conn, Reason::ServerBusy, "too many handshakes in progress; try again");
+                    return failed(resumed);
                 }
             }
             decision = async {

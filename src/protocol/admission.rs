@@ -10,16 +10,19 @@
 //! - at the cap of handshakes in progress from one source address, the attempt is dropped (an
 //!   honest client sends its Initial again after its probe timeout);
 //! - at the overall cap, an attempt from a validated address is taken on and the **oldest**
-//!   handshake in progress is evicted to make room. Honest handshakes take a few round trips,
-//!   so the oldest are the ones that stall: connections stuck before `CONN_OK` cannot keep
-//!   honest clients out until their deadline. An unvalidated attempt at the cap is dropped, so
-//!   spoofed sources can never evict anyone.
+//!   handshake in progress is evicted to make room, if it has been in progress for at least
+//!   `min_evictable_age`. Honest handshakes take a few round trips, so the oldest are the ones
+//!   that stall: connections stuck before `CONN_OK` cannot keep honest clients out until their
+//!   deadline, and a flood of new attempts cannot evict handshakes younger than that age (the
+//!   attempt is dropped instead). An unvalidated attempt at the cap is dropped, so spoofed
+//!   sources can never evict anyone.
 //!
 //! Source addresses are counted per IPv4 address and per IPv6 /64 (one host usually holds a
 //! whole /64).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 /// The limits of [`Admission`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub struct AdmissionLimits {
     pub max_pending_per_address: usize,
     /// From this many handshakes in progress on, unvalidated addresses get a Retry first.
     pub retry_threshold: usize,
+    /// A handshake can be evicted only once it has been in progress this long.
+    pub min_evictable_age: Duration,
 }
 
 /// One accepted attempt's place among the handshakes in progress. Places are numbered in the
@@ -53,7 +58,7 @@ pub enum Admit {
     /// Answer with a stateless Retry: the client must prove it receives at its address.
     Retry,
     /// Drop its packet: too many handshakes in progress overall, and the address is not
-    /// validated (or no handshake can be evicted).
+    /// validated or the oldest handshake is younger than `min_evictable_age`.
     DropOverloaded,
     /// Drop its packet: too many handshakes in progress from its address.
     DropAddressBusy,
@@ -64,8 +69,8 @@ pub enum Admit {
 pub struct Admission {
     limits: AdmissionLimits,
     next_place: u64,
-    /// Every handshake in progress, oldest first.
-    places: BTreeMap<Place, AddressKey>,
+    /// Every handshake in progress, oldest first, with its address and start.
+    places: BTreeMap<Place, (AddressKey, Instant)>,
     per_address: HashMap<AddressKey, usize>,
 }
 
@@ -107,9 +112,9 @@ impl Admission {
         self.places.len()
     }
 
-    /// Decides about an attempt from `ip`; `validated` is whether QUIC has already validated
-    /// the address (the Initial carried a Retry token).
-    pub fn consider(&mut self, ip: IpAddr, validated: bool) -> Admit {
+    /// Decides about an attempt from `ip` at `now`; `validated` is whether QUIC has already
+    /// validated the address (the Initial carried a Retry token).
+    pub fn consider(&mut self, ip: IpAddr, validated: bool, now: Instant) -> Admit {
         if !validated && self.pending() >= self.limits.retry_threshold {
             return Admit::Retry;
         }
@@ -122,18 +127,20 @@ impl Admission {
                 return Admit::DropOverloaded;
             }
             match self.places.first_key_value() {
-                Some((&oldest, _)) => {
+                Some((&oldest, &(_, started)))
+                    if now.saturating_duration_since(started) >= self.limits.min_evictable_age =>
+                {
                     self.finished(oldest);
                     Some(oldest)
                 }
-                None => return Admit::DropOverloaded,
+                _ => return Admit::DropOverloaded,
             }
         } else {
             None
         };
         let place = Place(self.next_place);
         self.next_place = self.next_place.saturating_add(1);
-        self.places.insert(place, key);
+        self.places.insert(place, (key, now));
         let from_address = self.per_address.entry(key).or_insert(0);
         *from_address = from_address.saturating_add(1);
         match evicted {
@@ -145,7 +152,7 @@ impl Admission {
     /// The handshake in `place` ended (established or failed). Nothing happens if the place was
     /// already given back, or evicted.
     pub fn finished(&mut self, place: Place) {
-        let Some(key) = self.places.remove(&place) else {
+        let Some((key, _)) = self.places.remove(&place) else {
             return;
         };
         if let Some(count) = self.per_address.get_mut(&key) {
@@ -165,7 +172,13 @@ mod tests {
         max_pending: 4,
         max_pending_per_address: 2,
         retry_threshold: 3,
+        min_evictable_age: Duration::from_secs(1),
     };
+
+    /// Far enough in the future that every handshake is evictable.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -181,37 +194,41 @@ mod tests {
     #[test]
     fn attempts_are_accepted_up_to_the_per_address_limit() {
         let mut a = Admission::new(LIMITS);
-        let first = accepted(a.consider(ip("10.0.0.1"), false));
-        accepted(a.consider(ip("10.0.0.1"), false));
-        assert_eq!(a.consider(ip("10.0.0.1"), false), Admit::DropAddressBusy);
-        accepted(a.consider(ip("10.0.0.2"), false));
+        let first = accepted(a.consider(ip("10.0.0.1"), false, later()));
+        accepted(a.consider(ip("10.0.0.1"), false, later()));
+        assert_eq!(
+            a.consider(ip("10.0.0.1"), false, later()),
+            Admit::DropAddressBusy
+        );
+        accepted(a.consider(ip("10.0.0.2"), false, later()));
         assert_eq!(a.pending(), 3);
         a.finished(first);
-        accepted(a.consider(ip("10.0.0.1"), true));
+        accepted(a.consider(ip("10.0.0.1"), true, later()));
     }
 
     #[test]
     fn past_the_threshold_unvalidated_addresses_get_a_retry_and_validated_ones_get_in() {
         let mut a = Admission::new(LIMITS);
         for host in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
-            accepted(a.consider(ip(host), false));
+            accepted(a.consider(ip(host), false, later()));
         }
-        assert_eq!(a.consider(ip("10.0.0.4"), false), Admit::Retry);
-        accepted(a.consider(ip("10.0.0.4"), true));
+        assert_eq!(a.consider(ip("10.0.0.4"), false, later()), Admit::Retry);
+        accepted(a.consider(ip("10.0.0.4"), true, later()));
         assert_eq!(a.pending(), 4);
     }
 
     #[test]
     fn at_the_cap_a_validated_attempt_evicts_the_oldest_handshake() {
+        let t0 = Instant::now();
         let mut a = Admission::new(LIMITS);
         let places: Vec<Place> = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
             .into_iter()
-            .map(|host| accepted(a.consider(ip(host), true)))
+            .map(|host| accepted(a.consider(ip(host), true, t0)))
             .collect();
         // The second-oldest finishes on its own; the oldest is then still the first.
         a.finished(places[1]);
-        let fifth = accepted(a.consider(ip("10.0.0.5"), true));
-        match a.consider(ip("10.0.0.6"), true) {
+        let fifth = accepted(a.consider(ip("10.0.0.5"), true, t0));
+        match a.consider(ip("10.0.0.6"), true, t0 + Duration::from_secs(1)) {
             Admit::AcceptEvicting { place, evicted } => {
                 assert_eq!(evicted, places[0]);
                 assert!(place > fifth);
@@ -224,8 +241,27 @@ mod tests {
         assert_eq!(a.pending(), 4);
         // 10.0.0.1 no longer counts against its address.
         assert!(matches!(
-            a.consider(ip("10.0.0.1"), true),
+            a.consider(ip("10.0.0.1"), true, later()),
             Admit::AcceptEvicting { evicted, .. } if evicted == places[2]
+        ));
+    }
+
+    #[test]
+    fn handshakes_younger_than_the_minimum_age_are_not_evicted() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(LIMITS);
+        for host in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+            accepted(a.consider(ip(host), true, t0));
+        }
+        let young = t0 + Duration::from_millis(999);
+        assert_eq!(
+            a.consider(ip("10.0.0.5"), true, young),
+            Admit::DropOverloaded
+        );
+        assert_eq!(a.pending(), 4);
+        assert!(matches!(
+            a.consider(ip("10.0.0.5"), true, t0 + Duration::from_secs(1)),
+            Admit::AcceptEvicting { .. }
         ));
     }
 
@@ -237,9 +273,12 @@ mod tests {
         };
         let mut a = Admission::new(limits);
         for host in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
-            accepted(a.consider(ip(host), false));
+            accepted(a.consider(ip(host), false, later()));
         }
-        assert_eq!(a.consider(ip("10.0.0.5"), false), Admit::DropOverloaded);
+        assert_eq!(
+            a.consider(ip("10.0.0.5"), false, later()),
+            Admit::DropOverloaded
+        );
         assert_eq!(a.pending(), 4);
     }
 
@@ -250,7 +289,10 @@ mod tests {
             ..LIMITS
         };
         let mut a = Admission::new(limits);
-        assert_eq!(a.consider(ip("10.0.0.1"), true), Admit::DropOverloaded);
+        assert_eq!(
+            a.consider(ip("10.0.0.1"), true, later()),
+            Admit::DropOverloaded
+        );
         assert_eq!(a.pending(), 0);
     }
 
@@ -260,17 +302,17 @@ mod tests {
             max_pending: 10,
             ..LIMITS
         });
-        accepted(a.consider(ip("2001:db8:1:2::1"), true));
-        accepted(a.consider(ip("2001:db8:1:2::ffff"), true));
+        accepted(a.consider(ip("2001:db8:1:2::1"), true, later()));
+        accepted(a.consider(ip("2001:db8:1:2::ffff"), true, later()));
         assert_eq!(
-            a.consider(ip("2001:db8:1:2:abcd::9"), true),
+            a.consider(ip("2001:db8:1:2:abcd::9"), true, later()),
             Admit::DropAddressBusy
         );
-        accepted(a.consider(ip("2001:db8:1:3::1"), true));
-        accepted(a.consider(ip("::ffff:10.0.0.1"), true));
-        accepted(a.consider(ip("10.0.0.1"), true));
+        accepted(a.consider(ip("2001:db8:1:3::1"), true, later()));
+        accepted(a.consider(ip("::ffff:10.0.0.1"), true, later()));
+        accepted(a.consider(ip("10.0.0.1"), true, later()));
         assert_eq!(
-            a.consider(ip("::ffff:10.0.0.1"), true),
+            a.consider(ip("::ffff:10.0.0.1"), true, later()),
             Admit::DropAddressBusy,
             "IPv4-mapped counts as the IPv4 address"
         );
@@ -279,7 +321,7 @@ mod tests {
     #[test]
     fn finishing_an_unknown_place_changes_nothing() {
         let mut a = Admission::new(LIMITS);
-        accepted(a.consider(ip("10.0.0.1"), true));
+        accepted(a.consider(ip("10.0.0.1"), true, later()));
         a.finished(Place(99));
         assert_eq!(a.pending(), 1);
     }

@@ -293,16 +293,6 @@ impl ServerHandshake {
         }
     }
 
-    /// The server ends the handshake for a reason of its own (shutdown, making room for newer
-    /// attempts): `CONN_FAILED` on main, with an optional hint of when to try again.
-    pub fn abort(&mut self, reason: Reason, message: String, retry_after: Option<Duration>) {
-        if !self.is_done() {
-            let mut failure = Failure::new(ChannelKind::Main, reason, message);
-            failure.retry_after = retry_after;
-            self.fail(failure);
-        }
-    }
-
     /// The `RESUME`'s credential was valid for `player_id`'s session, whose next expected
     /// messages from the client are `main_next` and `feed_next`: issues the next credential
     /// and sends `CONN_OK`. `credential` is the one the caller already recorded as the
