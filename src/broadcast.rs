@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -141,19 +142,24 @@ impl Group {
     }
 
     /// Sends `message` on every member's reliable feed channel, to all of them at once: it
-    /// returns when the message is queued for every member (a member whose flow control is
-    /// full delays only its own send, not the others'). Same guarantees per member as
+    /// returns when the message is queued for every member, or after [`MEMBER_WAIT`] for
+    /// members whose flow control stays full (a peer that stopped reading), which are reported
+    /// as [`SendError::Blocked`]. Same guarantees per member as
     /// [`Sender::send`](crate::Sender::send).
     pub async fn send_feed(&self, message: &Prepared) -> Broadcast {
         send_feed_to(self.members.values().map(|s| s.core().clone()), message).await
     }
 
     /// Sends `message` on every member's datagram lane (see [`Lane`](crate::Lane)), without
-    /// waiting.
+    /// waiting. A member between connections counts as sent (its datagram is dropped, as
+    /// [`Lane::send_bytes`](crate::Lane::send_bytes) does).
     pub fn send_lane(&self, message: &Prepared) -> Broadcast {
         send_lane_to(self.members.values().map(SessionHandle::core), message)
     }
 }
+
+/// How long a reliable broadcast waits for one member's flow control.
+pub const MEMBER_WAIT: Duration = Duration::from_secs(1);
 
 /// One session's part of a broadcast: its player and how its send went.
 type BoxedSend = Pin<Box<dyn Future<Output = (PlayerId, Result<(), SendError>)> + Send>>;
@@ -167,7 +173,10 @@ pub(crate) async fn send_feed_to(
         .map(|core| {
             let payload = message.shared();
             let send: BoxedSend = Box::pin(async move {
-                let result = core.send(ChannelKind::Feed, payload).await;
+                let send = core.send(ChannelKind::Feed, payload);
+                let result = tokio::time::timeout(MEMBER_WAIT, send)
+                    .await
+                    .unwrap_or(Err(SendError::Blocked));
                 (core.player_id, result)
             });
             send

@@ -316,10 +316,10 @@ pub enum Trust {
     /// and its successor, and the server can switch
     /// ([`Server::rotate_identity`](crate::Server::rotate_identity)) without breaking clients.
     Fingerprints(Vec<Fingerprint>),
-    /// Trust on first use: the first certificate a server (`server_name:port`) presents is
-    /// recorded in this `known_hosts` file and trusted; later connections must present the same
-    /// one, otherwise they fail with an error that shows both fingerprints. See
-    /// [`KnownHosts`].
+    /// Trust on first use: the first certificate a server (`server_name@address:port`)
+    /// presents, once it has proved it holds the key, is recorded in this `known_hosts` file
+    /// and trusted; later connections must present the same one, otherwise they fail with an
+    /// error that shows both fingerprints. See [`KnownHosts`].
     KnownHosts(KnownHosts),
     /// Verify the chain against these CA certificates and the server name, as browsers do.
     CaCertificates(Vec<CertificateDer<'static>>),
@@ -342,8 +342,8 @@ impl Trust {
         }
     }
 
-    /// The rustls configuration for connecting to `host` (`server_name:port`, the key of a
-    /// `known_hosts` file).
+    /// The rustls configuration for connecting to `host` (`server_name@address:port`, the key
+    /// of a `known_hosts` file).
     pub(crate) fn rustls_client_config(
         &self,
         zero_rtt: bool,
@@ -510,13 +510,9 @@ impl ServerCertVerifier for PinnedVerifier {
                     presented,
                     path: known.path().to_owned(),
                 })),
-                Ok(None) => match known.insert(host, presented) {
-                    Ok(()) => {
-                        tracing::info!(%host, fingerprint = %presented, path = %known.path().display(), "trusting a new server on first use");
-                        Ok(ServerCertVerified::assertion())
-                    }
-                    Err(e) => refuse(Arc::new(e)),
-                },
+                // Recorded only once the server proves it holds the key (CertificateVerify,
+                // below): a certificate shown without its key must not be pinned.
+                Ok(None) => Ok(ServerCertVerified::assertion()),
                 Err(e) => refuse(Arc::new(e)),
             },
         }
@@ -542,12 +538,25 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
+        let valid = rustls::crypto::verify_tls13_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        )?;
+        if let Pin::FirstUse { known, host } = &self.pin {
+            let presented = Fingerprint::of(cert);
+            let recorded = known
+                .get(host)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            if recorded.is_none() {
+                known
+                    .insert(host, presented)
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                tracing::info!(%host, fingerprint = %presented, path = %known.path().display(), "trusting a new server on first use");
+            }
+        }
+        Ok(valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -87,8 +87,8 @@ pub struct TransportConfig {
     /// back; when full, the oldest are dropped (newest wins on the sending side too). Default
     /// 64 KiB.
     pub datagram_send_buffer: usize,
-    /// Feed datagrams that arrive later than this behind the fastest recent one are dropped
-    /// instead of delivered (the age excludes the path's base one-way delay, since clocks are not
+    /// Feed datagrams read later than this behind the fastest recent one (transit and time
+    /// waiting to be read) are dropped instead of delivered (the age excludes the path's base one-way delay, since clocks are not
     /// synchronised; see PROTOCOL.md §13). Default `None`: deliver the newest, however late.
     pub datagram_max_age: Option<Duration>,
     /// The send priority of the main channel's stream against the feed's. QUIC sends queued
@@ -128,6 +128,9 @@ impl Default for TransportConfig {
 
 impl TransportConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.stats_log_interval.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("stats_log_interval must be non-zero"));
+        }
         if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.idle_timeout {
             return Err(invalid(format!(
                 "keep_alive_interval ({:?}) must be non-zero and below idle_timeout ({:?})",

@@ -182,6 +182,10 @@ pub enum SendError {
     /// The session has ended.
     #[error("session closed: {0}")]
     Closed(Disconnect),
+    /// A broadcast stopped waiting for this session: its flow control stayed full (the peer is
+    /// not reading). The message may still go out later, ahead of the session's next one.
+    #[error("the peer's flow control did not take the message in time")]
+    Blocked,
 }
 
 /// Receiving a message failed.

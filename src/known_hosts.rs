@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::certs::Fingerprint;
 use crate::error::CertError;
 
-/// A `known_hosts` file: one line per server, `host:port fingerprint`, in the order they were
-/// first seen. Blank lines and lines starting with `#` are ignored.
+/// A `known_hosts` file: one line per server, `name@address:port fingerprint` (the name the
+/// certificate is checked for, and the server's address), in the order they were first seen.
+/// Blank lines and lines starting with `#` are ignored.
 ///
 /// [`Trust::KnownHosts`](crate::Trust::KnownHosts) consults it on every connection: a server
 /// not in the file is trusted and recorded; one in the file must present the same certificate,
@@ -67,7 +68,7 @@ impl KnownHosts {
         Ok(entries)
     }
 
-    /// The fingerprint recorded for `host` (`host:port`), if any.
+    /// The fingerprint recorded for `host` (`name@address:port`), if any.
     pub fn get(&self, host: &str) -> Result<Option<Fingerprint>, CertError> {
         Ok(self
             .entries()?
@@ -106,7 +107,13 @@ impl KnownHosts {
             .filter(|(known, _)| known != host)
             .map(|(known, fingerprint)| format!("{known} {fingerprint}\n"))
             .collect();
-        fs::write(&self.path, text).map_err(|source| self.io_error(source))?;
+        // Written aside and renamed over the file: a reader never sees it half written (where a
+        // missing line would mean "trust whatever is presented").
+        let mut aside = self.path.clone().into_os_string();
+        aside.push(".tmp");
+        let aside = PathBuf::from(aside);
+        fs::write(&aside, text).map_err(|source| self.io_error(source))?;
+        fs::rename(&aside, &self.path).map_err(|source| self.io_error(source))?;
         Ok(true)
     }
 
@@ -121,7 +128,7 @@ impl KnownHosts {
         CertError::KnownHosts {
             path: self.path.clone(),
             detail: format!(
-                "line {}: expected `host:port fingerprint`, got {line:?}",
+                "line {}: expected `name@address:port fingerprint`, got {line:?}",
                 number.saturating_add(1)
             ),
         }

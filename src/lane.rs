@@ -14,6 +14,9 @@ use crate::protocol::codec::{self, Payload};
 use crate::protocol::lane::{LaneArrival, decode_lane_datagram, lane_header_len};
 use crate::session::{AppRef, encode_error};
 
+/// Most queued datagrams [`Lane::recv_latest_bytes`] looks through for a newer one.
+const MAX_SKIP: usize = 1024;
+
 /// The session's feed datagram lane: state snapshots and other messages where only the newest
 /// matters, sent unreliably as QUIC datagrams.
 ///
@@ -26,7 +29,8 @@ use crate::session::{AppRef, encode_error};
 ///   from before a resume) is dropped, so messages are delivered in increasing order, with
 ///   gaps.
 /// - **Optionally fresh**: with [`TransportConfig::datagram_max_age`], a message delayed longer
-///   than that beyond the fastest recent one is dropped on arrival.
+///   than that beyond the fastest recent one is dropped when read (the age counts the time it
+///   waited to be read, too).
 /// - **One packet per message**: a message must fit one QUIC datagram
 ///   ([`max_payload_size`](Self::max_payload_size), about 1,150 bytes on a typical path);
 ///   a larger one is refused with [`SendError::TooLarge`], never fragmented.
@@ -80,8 +84,9 @@ impl Lane {
     /// Sends `payload` in one datagram, without waiting: QUIC queues it (dropping the oldest
     /// queued datagram if its send buffer is full) and sends it as congestion control allows.
     ///
-    /// Fails with [`SendError::TooLarge`] if it does not fit one datagram on the current path,
-    /// and [`SendError::Closed`] once the session has ended. Between connections the message is
+    /// Fails with [`SendError::TooLarge`] if it does not fit one datagram on the current path
+    /// (with `max: 0` if the peer refuses datagrams: its `datagram_receive_buffer` is 0), and
+    /// [`SendError::Closed`] once the session has ended. Between connections the message is
     /// dropped and `Ok` returned: a lane message is only worth sending now.
     pub fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         self.core().send_lane(payload)
@@ -119,7 +124,11 @@ impl Lane {
     /// skips to the newest of them: for a consumer that only wants the latest state.
     pub async fn recv_latest_bytes(&mut self) -> Result<Bytes, RecvError> {
         let mut latest = self.recv_bytes().await?;
-        while let Some(datagram) = self.ready_datagram() {
+        // Bounded: a peer sending as fast as this reads must not keep it here.
+        for _ in 0..MAX_SKIP {
+            let Some(datagram) = self.ready_datagram() else {
+                break;
+            };
             if let Some(newer) = self.on_datagram(datagram)? {
                 latest = newer;
             }

@@ -119,7 +119,7 @@ mod session;
 pub mod stats;
 
 pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
-pub use broadcast::{Broadcast, Group, Prepared};
+pub use broadcast::{Broadcast, Group, MEMBER_WAIT, Prepared};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;
 pub use config::{ClientConfig, ResumePolicy, ServerConfig, TransportConfig};

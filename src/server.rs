@@ -44,7 +44,9 @@ pub struct Server {
     sessions: tokio::sync::Mutex<mpsc::Receiver<Session>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
     local_addr: SocketAddr,
+    /// The certificate presented now; its lock also orders rotations.
     fingerprint: Mutex<Fingerprint>,
+    token_key: endpoint::TokenKey,
 }
 
 impl std::fmt::Debug for Server {
@@ -61,7 +63,8 @@ impl Server {
     /// runtime. Logs the address and the certificate fingerprint clients can pin.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.validate()?;
-        let endpoint = endpoint::server(&config)?;
+        let token_key = endpoint::token_key()?;
+        let endpoint = endpoint::server(&config, &token_key)?;
         let local_addr = endpoint.local_addr()?;
         let fingerprint = config.identity.fingerprint();
         let shared = Arc::new(driver::ServerShared::new(config));
@@ -78,6 +81,7 @@ impl Server {
             accept_task: Mutex::new(Some(accept_task)),
             local_addr,
             fingerprint: Mutex::new(fingerprint),
+            token_key,
         })
     }
 
@@ -98,17 +102,21 @@ impl Server {
     /// Presents `identity` to new connections from now on; established sessions, and
     /// handshakes already under way, keep the certificate they started with. Clients that pin
     /// both the old and the new certificate ([`Trust::Fingerprints`](crate::Trust::Fingerprints))
-    /// notice nothing; clients pinning only the old one are refused. Resumes after the rotation
-    /// cannot use 0-RTT (their tickets came from the old configuration) and take one more round
-    /// trip.
+    /// notice nothing; clients pinning only the old one are refused. Retry tokens stay valid
+    /// (the server keeps its token key). Resumes after the rotation cannot use 0-RTT (their
+    /// tickets came from the old configuration) and take one more round trip.
     pub fn rotate_identity(&self, identity: Identity) -> Result<(), ServerError> {
-        let config = endpoint::server_config(&self.shared.config, &identity)?;
+        let config = endpoint::server_config(&self.shared.config, &identity, &self.token_key)?;
         let fingerprint = identity.fingerprint();
-        self.endpoint.set_server_config(Some(config));
-        *self
+        // Held across the switch, so concurrent rotations leave the reported fingerprint that
+        // of the certificate actually presented.
+        let mut current = self
             .fingerprint
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = fingerprint;
+            .unwrap_or_else(PoisonError::into_inner);
+        self.endpoint.set_server_config(Some(config));
+        *current = fingerprint;
+        drop(current);
         tracing::info!(%fingerprint, "server certificate rotated");
         Ok(())
     }
@@ -141,7 +149,8 @@ impl Server {
     }
 
     /// Sends `message` on the reliable feed channel of every established session, concurrently
-    /// (see [`Group::send_feed`](crate::Group::send_feed)); encoded once by [`Prepared`].
+    /// (see [`Group::send_feed`](crate::Group::send_feed): a session that stopped reading holds
+    /// it up for at most a second); encoded once by [`Prepared`].
     pub async fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
         let sessions = self.shared.established_sessions();
         crate::broadcast::send_feed_to(sessions.into_iter(), message).await

@@ -142,3 +142,60 @@ async fn a_prepared_message_sends_like_a_plain_one() {
     let got: (u32, String) = within(lane.recv()).await.unwrap();
     assert_eq!(got, (7, "seven".to_owned()));
 }
+
+/// Proves: a member that stopped reading (its flow control full) holds a reliable broadcast up
+/// for at most `MEMBER_WAIT`, is reported `Blocked`, and the other members get every message.
+#[tokio::test]
+async fn a_member_that_stopped_reading_does_not_hold_up_the_broadcast() {
+    let (identity, trust) = common::identity();
+    let certificate = identity.certificate().clone();
+    let server = Server::bind(quicfeed::ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+    ))
+    .await
+    .unwrap();
+    // A raw peer completes the handshake and then never reads anything.
+    let mut stalled = common::RawPeer::connect(server.local_addr(), &certificate).await;
+    stalled.handshake().await;
+    let _stalled_side = within(server.accept()).await.unwrap();
+    let config = ClientConfig::new(server.local_addr(), trust);
+    let mut reader = within(Client::connect(&config)).await.unwrap();
+    let _reader_side = within(server.accept()).await.unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let received = received.clone();
+        async move {
+            while reader.feed().recv_bytes().await.is_ok() {
+                received.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+
+    // Until the stalled peer's flow-control window (quinn's default, 1.25 MB per stream) is
+    // full and it has been reported blocked twice.
+    let chunk = Prepared::from_bytes(vec![0x42; 60_000]);
+    let (mut rounds, mut blocked) = (0, 0);
+    while blocked < 2 {
+        assert!(rounds < 100, "never blocked");
+        let started = std::time::Instant::now();
+        let report = server.broadcast_feed(&chunk).await;
+        assert!(
+            started.elapsed() < quicfeed::MEMBER_WAIT + std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        blocked += report
+            .failed
+            .iter()
+            .filter(|(_, e)| matches!(e, SendError::Blocked))
+            .count();
+        rounds += 1;
+    }
+    within(async {
+        while received.load(Ordering::SeqCst) < rounds {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_echoes, within};
 use quicfeed::{Client, ClientConfig, ConnectError, Fingerprint, KnownHosts, Trust};
 
-/// Proves: the first connection records the server's fingerprint under `localhost:port` and
+/// Proves: the first connection records the server's fingerprint under `localhost@address` and
 /// succeeds; the second is accepted against the record (the file unchanged); after the server
 /// changes its certificate the connection is refused with both fingerprints in the error; and
 /// once the line is removed the new certificate is recorded.
@@ -16,7 +16,7 @@ async fn trust_on_first_use_records_accepts_then_refuses_a_changed_certificate()
     let dir = tempfile::tempdir().unwrap();
     let known = KnownHosts::new(dir.path().join("known_hosts"));
     let config = ClientConfig::new(fixture.addr, Trust::KnownHosts(known.clone()));
-    let host = format!("localhost:{}", fixture.addr.port());
+    let host = format!("localhost@{}", fixture.addr);
     let original = Fingerprint::of(&fixture.certificate);
 
     let mut first = within(Client::connect(&config)).await.unwrap();

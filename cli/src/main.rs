@@ -55,7 +55,7 @@ enum Command {
         /// Private key (PEM).
         #[arg(long, default_value = "certs/key.pem")]
         key: PathBuf,
-        /// Feed ticks per second (0: none).
+        /// Feed ticks per second (0: none; at most 1000).
         #[arg(long, default_value_t = 1.0)]
         tick_hz: f64,
     },
@@ -183,6 +183,9 @@ fn gen_cert(out: &Path, names: &[String], force: bool) -> Result {
 }
 
 async fn server(listen: SocketAddr, cert: &Path, key: &Path, tick_hz: f64) -> Result {
+    if !(0.0..=1000.0).contains(&tick_hz) {
+        return Err(format!("--tick-hz must be within 0..=1000, not {tick_hz}").into());
+    }
     let (identity, generated) = Identity::load_or_generate(cert, key, DEV_CERT_NAMES)?;
     if generated {
         say(format!("generated a certificate in {}", cert.display()));
@@ -245,6 +248,9 @@ async fn serve(mut session: Session) {
                 }
             }
             Err(quicfeed::RecvError::Decode(e)) => say(format!("[{player}] undecodable: {e}")),
+            Err(quicfeed::RecvError::Gap { missed }) => {
+                say(format!("[{player}] {missed} messages lost in an outage"))
+            }
             Err(_) => break,
         }
     }
@@ -260,6 +266,15 @@ async fn tick(server: Arc<Server>, every: Duration) {
             server.broadcast_feed(&message).await;
         }
     }
+}
+
+/// A receive error after which the channel carries on (a message of another type, messages
+/// lost in an outage).
+fn recoverable(error: &quicfeed::RecvError) -> bool {
+    matches!(
+        error,
+        quicfeed::RecvError::Decode(_) | quicfeed::RecvError::Gap { .. }
+    )
 }
 
 fn trust(
@@ -300,17 +315,27 @@ async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
     let (_, mut from_feed) = feed.split();
 
     tokio::spawn(async move {
-        while let Ok(text) = from_feed.recv::<String>().await {
-            say(format!("feed: {text}"));
+        loop {
+            match from_feed.recv::<String>().await {
+                Ok(text) => say(format!("feed: {text}")),
+                Err(e) if recoverable(&e) => say(format!("feed: ({e})")),
+                Err(_) => break,
+            }
         }
     });
     let replies = Arc::new(AtomicU64::new(0));
     tokio::spawn({
         let replies = replies.clone();
         async move {
-            while let Ok(text) = from_main.recv::<String>().await {
-                say(format!("< {text}"));
-                replies.fetch_add(1, Ordering::SeqCst);
+            loop {
+                match from_main.recv::<String>().await {
+                    Ok(text) => {
+                        say(format!("< {text}"));
+                        replies.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if recoverable(&e) => say(format!("< ({e})")),
+                    Err(_) => break,
+                }
             }
         }
     });

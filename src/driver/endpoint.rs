@@ -14,8 +14,11 @@ use crate::error::{ConfigError, ConnectError, ServerError};
 const CLIENT_STREAMS: u32 = 2;
 
 /// A bound server endpoint.
-pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerError> {
-    let server = server_config(config, &config.identity)?;
+pub(crate) fn server(
+    config: &ServerConfig,
+    token_key: &TokenKey,
+) -> Result<quinn::Endpoint, ServerError> {
+    let server = server_config(config, &config.identity, token_key)?;
     let socket = udp_socket(config.listen, config.transport.udp_buffer_size)?;
     Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -25,15 +28,29 @@ pub(crate) fn server(config: &ServerConfig) -> Result<quinn::Endpoint, ServerErr
     )?)
 }
 
+/// The key that protects a server's Retry tokens: kept for the server's life, so that tokens
+/// issued before a certificate rotation stay valid after it.
+pub(crate) type TokenKey = Arc<dyn quinn::crypto::HandshakeTokenKey>;
+
+/// A fresh random Retry token key.
+pub(crate) fn token_key() -> Result<TokenKey, ServerError> {
+    let mut secret = [0u8; 64];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| ConfigError::Invalid("no randomness for the Retry token key".into()))?;
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&secret);
+    Ok(Arc::new(prk))
+}
+
 /// The quinn server configuration of `config`, presenting `identity`.
 pub(crate) fn server_config(
     config: &ServerConfig,
     identity: &Identity,
+    token_key: &TokenKey,
 ) -> Result<quinn::ServerConfig, ServerError> {
     let tls = identity.rustls_server_config(config.max_sessions.saturating_mul(4))?;
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut server = quinn::ServerConfig::new(Arc::new(crypto), token_key.clone());
     server.transport_config(Arc::new(transport(&config.transport, CLIENT_STREAMS)?));
     server.migration(true);
     Ok(server)
@@ -62,7 +79,9 @@ pub(crate) fn udp_socket(
 
 /// A bound client endpoint whose default client configuration is `config`'s.
 pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectError> {
-    let host = format!("{}:{}", config.server_name, config.server.port());
+    // The name and the address: servers at different addresses that share a name (the default
+    // `localhost` of development certificates) are different servers.
+    let host = format!("{}@{}", config.server_name, config.server);
     let tls = config.trust.rustls_client_config(config.zero_rtt, &host)?;
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
