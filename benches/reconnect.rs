@@ -11,40 +11,15 @@
 //! `CONN_OK`) with and without 0-RTT, in milliseconds and in RTT multiples. Times are figures
 //! of this run on this machine; the RTT multiples are what carries over.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use quicfeed::conditioner::{Conditions, Relay};
-use quicfeed::{
-    Client, ClientConfig, Identity, Server, ServerConfig, Session, SessionEvent, Trust,
-};
+use common::{Rig, rig};
+use quicfeed::conditioner::Conditions;
+use quicfeed::{Client, ClientConfig, Session, SessionEvent};
 
 const ONE_WAY: Duration = Duration::from_millis(10);
-
-struct Rig {
-    server: Server,
-    relay: Relay,
-    trust: Trust,
-}
-
-async fn rig() -> Rig {
-    let identity = Identity::generate_self_signed(&["localhost"]).expect("certificate");
-    let trust = Trust::Certificate(identity.certificate().clone());
-    let server = Server::bind(ServerConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        identity,
-    ))
-    .await
-    .expect("server");
-    let link = Conditions::latency(ONE_WAY);
-    let relay = Relay::start_seeded(server.local_addr(), link.clone(), link, 3)
-        .await
-        .expect("relay");
-    Rig {
-        server,
-        relay,
-        trust,
-    }
-}
 
 /// A connected client through the relay, and the server's side of its session, echoing main.
 async fn pair(rig: &Rig, zero_rtt: bool) -> Session {
@@ -92,7 +67,7 @@ async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (migrations, resumes, outages) = if quick { (10, 3, 1) } else { (100, 20, 5) };
     let rtt = ONE_WAY * 2;
-    let rig = rig().await;
+    let rig = rig(Conditions::latency(ONE_WAY), 3).await;
 
     // Migrations: the client moves to a new socket; the relay sees a new client address, and
     // so does the server.

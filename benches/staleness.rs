@@ -18,11 +18,14 @@
 //!
 //! Times are figures of this run on this machine (both ends in one process, clocks shared).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quicfeed::conditioner::{Conditions, Loss, Relay};
-use quicfeed::{Client, ClientConfig, Identity, Server, ServerConfig, Trust};
+use common::{Rig, rig};
+use quicfeed::conditioner::{Conditions, Loss};
+use quicfeed::{Client, ClientConfig};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -97,22 +100,16 @@ fn figures(arrivals: &[(u64, u64, u64)], sent: u64, from_us: u64, to_us: u64) ->
 }
 
 async fn run(loss: Loss, seconds: u64, seed: u64) -> (Figures, Figures) {
-    let identity = Identity::generate_self_signed(&["localhost"]).expect("certificate");
-    let trust = Trust::Certificate(identity.certificate().clone());
-    let server = Server::bind(ServerConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        identity,
-    ))
-    .await
-    .expect("server");
     let link = Conditions {
         latency: ONE_WAY,
         loss,
         ..Conditions::default()
     };
-    let relay = Relay::start_seeded(server.local_addr(), link.clone(), link, seed)
-        .await
-        .expect("relay");
+    let Rig {
+        server,
+        relay,
+        trust,
+    } = rig(link, seed).await;
     let client = Client::connect(&ClientConfig::new(relay.local_addr(), trust))
         .await
         .expect("connect");

@@ -546,13 +546,10 @@ impl ServerCertVerifier for PinnedVerifier {
         )?;
         if let Pin::FirstUse { known, host } = &self.pin {
             let presented = Fingerprint::of(cert);
-            let recorded = known
-                .get(host)
+            let new = known
+                .insert(host, presented)
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-            if recorded.is_none() {
-                known
-                    .insert(host, presented)
-                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+            if new {
                 tracing::info!(%host, fingerprint = %presented, path = %known.path().display(), "trusting a new server on first use");
             }
         }

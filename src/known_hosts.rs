@@ -77,11 +77,12 @@ impl KnownHosts {
             .map(|(_, fingerprint)| fingerprint))
     }
 
-    /// Records `fingerprint` for `host`, creating the file (and its directory) if needed. A host
-    /// already in the file keeps its first line; remove it first to replace it.
-    pub fn insert(&self, host: &str, fingerprint: Fingerprint) -> Result<(), CertError> {
+    /// Records `fingerprint` for `host`, creating the file (and its directory) if needed, and
+    /// returns whether it was new. A host already in the file keeps its first line; remove it
+    /// first to replace it.
+    pub fn insert(&self, host: &str, fingerprint: Fingerprint) -> Result<bool, CertError> {
         if self.get(host)?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|source| self.io_error(source))?;
@@ -93,7 +94,8 @@ impl KnownHosts {
             .map_err(|source| self.io_error(source))?;
         // One write per line: concurrent clients never interleave within a line.
         file.write_all(format!("{host} {fingerprint}\n").as_bytes())
-            .map_err(|source| self.io_error(source))
+            .map_err(|source| self.io_error(source))?;
+        Ok(true)
     }
 
     /// Forgets `host`; returns whether it was recorded.
@@ -145,9 +147,9 @@ mod tests {
         let known = KnownHosts::new(dir.path().join("sub/known_hosts"));
         assert_eq!(known.get("a:1").unwrap(), None);
         let (fa, fb) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
-        known.insert("a:1", fa).unwrap();
-        known.insert("b:2", fb).unwrap();
-        known.insert("a:1", fb).unwrap();
+        assert!(known.insert("a:1", fa).unwrap());
+        assert!(known.insert("b:2", fb).unwrap());
+        assert!(!known.insert("a:1", fb).unwrap());
         assert_eq!(known.get("a:1").unwrap(), Some(fa), "the first stays");
         assert_eq!(known.get("b:2").unwrap(), Some(fb));
         assert!(known.remove("a:1").unwrap());

@@ -251,11 +251,13 @@ impl ServerHandshake {
     /// Does nothing unless the handshake is waiting for this decision
     /// ([`ServerOutput::Authenticate`] was the last thing it asked for).
     pub fn accept(&mut self, player_id: PlayerId, now: Instant, entropy: &mut dyn Entropy) {
-        if !matches!(self.state, State::ExpectAuthDecision(_)) {
-            return;
-        }
-        let State::ExpectAuthDecision(s) = std::mem::replace(&mut self.state, State::Done) else {
-            return;
+        let s = match std::mem::replace(&mut self.state, State::Done) {
+            State::ExpectAuthDecision(s) => s,
+            // Not waiting for this decision: nothing changes.
+            other => {
+                self.state = other;
+                return;
+            }
         };
         match IssuedToken::issue(entropy, player_id, now, self.config.token_lifetime) {
             Ok(token_a) => {
@@ -306,23 +308,15 @@ impl ServerHandshake {
         main_next: u64,
         feed_next: u64,
     ) {
-        if !matches!(self.state, State::ExpectResumeDecision(_)) {
-            return;
-        }
-        let State::ExpectResumeDecision(s) = std::mem::replace(&mut self.state, State::Done) else {
-            return;
+        let s = match std::mem::replace(&mut self.state, State::Done) {
+            State::ExpectResumeDecision(s) => s,
+            // Not waiting for this decision: nothing changes.
+            other => {
+                self.state = other;
+                return;
+            }
         };
-        let limits = self.config.local_limits;
-        self.send(
-            ChannelKind::Main,
-            Message::ConnOk {
-                max_main_frame: limits.main,
-                max_feed_frame: limits.feed,
-                credential,
-                main_next,
-                feed_next,
-            },
-        );
+        self.send_conn_ok(credential, main_next, feed_next);
         self.outputs
             .push_back(ServerOutput::Established(ServerEstablished {
                 player_id: request.player_id,
@@ -475,17 +469,7 @@ impl ServerHandshake {
                         Failure::new(ChannelKind::Main, Reason::InternalError, e.to_string())
                     })?
                     .token();
-                let limits = self.config.local_limits;
-                self.send(
-                    ChannelKind::Main,
-                    Message::ConnOk {
-                        max_main_frame: limits.main,
-                        max_feed_frame: limits.feed,
-                        credential,
-                        main_next: 0,
-                        feed_next: 0,
-                    },
-                );
+                self.send_conn_ok(credential, 0, 0);
                 self.outputs
                     .push_back(ServerOutput::Established(ServerEstablished {
                         player_id: s.player_id,
@@ -511,6 +495,21 @@ impl ServerHandshake {
 
     fn send(&mut self, channel: ChannelKind, message: Message) {
         self.outputs.push_back(ServerOutput::Send(channel, message));
+    }
+
+    /// `CONN_OK` on main with this side's frame limits.
+    fn send_conn_ok(&mut self, credential: Token, main_next: u64, feed_next: u64) {
+        let limits = self.config.local_limits;
+        self.send(
+            ChannelKind::Main,
+            Message::ConnOk {
+                max_main_frame: limits.main,
+                max_feed_frame: limits.feed,
+                credential,
+                main_next,
+                feed_next,
+            },
+        );
     }
 
     fn fail(&mut self, failure: Failure) {
