@@ -413,10 +413,47 @@ impl Trust {
         }
         .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
-        // Resumes go in 0-RTT when the server gave this client a ticket (the config, and its
-        // ticket cache, live as long as the session's endpoint).
+        // Resumes, and new connections made with the same `ClientConfig`, go in 0-RTT when the
+        // server gave this client a ticket.
         config.enable_early_data = zero_rtt;
         Ok(config)
+    }
+}
+
+/// The rustls configuration a [`ClientConfig`](crate::ClientConfig) and its clones share, so
+/// that a new connection made with them can resume the TLS session of an earlier one and send
+/// `CONN_INIT` in 0-RTT. rustls resumes a session only under the same certificate verifier
+/// (the same `Arc`) as the connection that got its ticket, so the whole configuration, its
+/// ticket store and its verifier, is kept; it is built again when the trust or the server
+/// changes.
+#[derive(Clone, Default)]
+pub(crate) struct TlsSessions(Arc<std::sync::Mutex<Option<(String, rustls::ClientConfig)>>>);
+
+impl TlsSessions {
+    /// The configuration for `key` (what it was built from), built by `build` the first time.
+    pub(crate) fn get_or_build(
+        &self,
+        key: String,
+        build: impl FnOnce() -> Result<rustls::ClientConfig, ConfigError>,
+    ) -> Result<rustls::ClientConfig, ConfigError> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_for, config)) = kept.as_ref() {
+            if *built_for == key {
+                return Ok(config.clone());
+            }
+        }
+        let config = build()?;
+        *kept = Some((key, config.clone()));
+        Ok(config)
+    }
+}
+
+impl std::fmt::Debug for TlsSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSessions")
     }
 }
 

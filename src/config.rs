@@ -325,12 +325,21 @@ pub struct ClientConfig {
     pub frame_limits: FrameLimits,
     /// How to resume the session when its connection is lost.
     pub resume: ResumePolicy,
-    /// Send the reconnection request in 0-RTT data when the client holds a TLS session ticket
-    /// from the server, so a resume costs one round trip instead of two. Default `true`. The
-    /// request is safe to replay: its credential works once, and the server's TLS tickets too.
+    /// Send the first handshake message in 0-RTT data when the client holds a TLS session
+    /// ticket from the server: a resume then costs one round trip instead of two, and a new
+    /// connection three instead of four. The tickets are kept by this configuration and shared
+    /// by its clones, so connecting again with the same configuration (after a previous
+    /// connection to the server) uses 0-RTT. Default `true`.
+    ///
+    /// A replay of the 0-RTT data is refused: the server accepts each ticket once
+    /// (PROTOCOL.md §2.1), and a resume's credential works once. Note that `credentials`
+    /// then travel in 0-RTT data, which is encrypted with keys from the earlier TLS session
+    /// rather than fresh ones (RFC 8446 §2.3); turn this off if they must not.
     pub zero_rtt: bool,
     /// QUIC settings.
     pub transport: TransportConfig,
+    /// The TLS session tickets, shared by clones.
+    pub(crate) tls_sessions: crate::certs::TlsSessions,
 }
 
 /// How a client resumes its session after losing the connection: attempts with exponential
@@ -378,6 +387,7 @@ impl ClientConfig {
             resume: ResumePolicy::default(),
             zero_rtt: true,
             transport: TransportConfig::default(),
+            tls_sessions: crate::certs::TlsSessions::default(),
         }
     }
 

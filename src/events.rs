@@ -89,6 +89,9 @@ pub struct SessionCounters {
     pub resumes: u64,
     /// Successful resumes whose request went in 0-RTT (client side).
     pub resumes_0rtt: u64,
+    /// 1 when the session's first connection carried `CONN_INIT` in 0-RTT data that the server
+    /// accepted (client side), else 0.
+    pub connect_0rtt: u64,
     /// Failed resumes (a client's final one ends the session).
     pub resume_failures: u64,
     /// Connections replaced by a resumed one while still open.

@@ -424,3 +424,50 @@ async fn a_session_dropped_while_the_peer_streams_ends_normally_on_the_peer() {
     );
     assert_eq!(within(handle.closed()).await, normal);
 }
+
+/// Proves: connecting again with the same configuration (which keeps the TLS session ticket of
+/// the first connection) sends `CONN_INIT` in 0-RTT and the server accepts it; a fresh
+/// configuration, or `zero_rtt` off, connects in 1-RTT. Each connection is a working session.
+#[tokio::test]
+async fn a_second_connect_with_the_same_configuration_goes_in_0rtt() {
+    let (server, config) = common::server_and_config().await;
+    let server = std::sync::Arc::new(server);
+    let accepting = server.clone();
+    tokio::spawn(async move {
+        while let Some(mut session) = accepting.accept().await {
+            tokio::spawn(async move {
+                while let Ok(bytes) = session.main().recv_bytes().await {
+                    let _ = session.main().send_bytes(&bytes).await;
+                }
+            });
+        }
+    });
+    let mut first = within(Client::connect(&config)).await.unwrap();
+    ping(&mut first).await;
+    assert_eq!(first.handle().counters().connect_0rtt, 0, "no ticket yet");
+    let first_id = first.player_id();
+    first.close_gracefully(Reason::Normal, "done").await;
+
+    let mut second = within(Client::connect(&config)).await.unwrap();
+    ping(&mut second).await;
+    assert_eq!(
+        second.handle().counters().connect_0rtt,
+        1,
+        "CONN_INIT went in 0-RTT"
+    );
+    assert_ne!(second.player_id(), first_id);
+
+    let mut without = config.clone();
+    without.zero_rtt = false;
+    let third = within(Client::connect(&without)).await.unwrap();
+    assert_eq!(third.handle().counters().connect_0rtt, 0, "zero_rtt off");
+}
+
+/// One main round trip against a server that echoes main.
+async fn ping(session: &mut quicfeed::Session) {
+    session.main().send_bytes(b"ping").await.unwrap();
+    assert_eq!(
+        &within(session.main().recv_bytes()).await.unwrap()[..],
+        b"ping"
+    );
+}

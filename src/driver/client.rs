@@ -67,20 +67,30 @@ impl Resumer {
     }
 }
 
-/// Connects to `config.server` and completes the handshake.
+/// Connects to `config.server` and completes the handshake: `CONN_INIT` goes in 0-RTT data
+/// when the configuration holds a TLS session ticket from the server (PROTOCOL.md §12.4), and
+/// again in 1-RTT on the same connection if the server rejects it.
 pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
     let endpoint = endpoint::client(config)?;
     let connecting = endpoint.connect(config.server, &config.server_name)?;
-    let conn = match tokio::time::timeout_at(deadline.into(), connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => {
-            return Err(ConnectError::TimedOut {
-                step: HandshakeStep::Quic,
-            });
-        }
-        Ok(Err(e)) => return Err(ConnectError::Transport(e)),
+    let early = if config.zero_rtt {
+        connecting.into_0rtt()
+    } else {
+        Err(connecting)
+    };
+    let (conn, accepted) = match early {
+        Ok((conn, accepted)) => (conn, Some(accepted)),
+        Err(connecting) => match tokio::time::timeout_at(deadline.into(), connecting).await {
+            Ok(Ok(conn)) => (conn, None),
+            Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => {
+                return Err(ConnectError::TimedOut {
+                    step: HandshakeStep::Quic,
+                });
+            }
+            Ok(Err(e)) => return Err(ConnectError::Transport(e)),
+        },
     };
     let closer = Closer::new(conn.clone());
     let handshake = ClientHandshakeConfig {
@@ -90,14 +100,27 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         feed_init_attempts: config.feed_init_attempts,
         local_limits: config.frame_limits,
     };
-    let done = match run_handshake(
+    let first = run_handshake(
         &conn,
         ClientHandshake::new(handshake.clone()),
         deadline,
         false,
     )
-    .await
-    {
+    .await;
+    let result = match first {
+        Err(HandshakeError::ZeroRttRejected) if accepted.is_some() => {
+            debug!("0-RTT rejected; connecting in 1-RTT");
+            run_handshake(
+                &conn,
+                ClientHandshake::new(handshake.clone()),
+                deadline,
+                false,
+            )
+            .await
+        }
+        other => other,
+    };
+    let done = match result {
         Ok(done) => done,
         Err(error) => {
             let error = match error {
@@ -110,6 +133,13 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
             return Err(error);
         }
     };
+    // CONN_OK came after the server's handshake flight, so whether 0-RTT was accepted is known.
+    let zero_rtt = match accepted {
+        Some(accepted) => tokio::time::timeout(Duration::from_millis(100), accepted)
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
     let params = SessionParams::new(&config.transport, config.frame_limits);
     let role = Role::Client(Box::new(Resumer {
         endpoint,
@@ -121,6 +151,9 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
     }));
     let player_id = done.established.player_id;
     let core = SessionCore::new(player_id, params, role);
+    if zero_rtt {
+        Counters::bump(&core.counters.connect_0rtt, 1);
+    }
     core.set_credential(done.established.credential);
     let attached = core
         .attach(attachment(conn, closer, done, config.frame_limits))

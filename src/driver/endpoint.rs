@@ -82,7 +82,11 @@ pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectEr
     // The name and the address: servers at different addresses that share a name (the default
     // `localhost` of development certificates) are different servers.
     let host = format!("{}@{}", config.server_name, config.server);
-    let tls = config.trust.rustls_client_config(config.zero_rtt, &host)?;
+    // Kept across connections made with this configuration (and its clones), for 0-RTT.
+    let key = format!("{host} {} {:?}", config.zero_rtt, config.trust);
+    let tls = config.tls_sessions.get_or_build(key, || {
+        config.trust.rustls_client_config(config.zero_rtt, &host)
+    })?;
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
