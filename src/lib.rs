@@ -56,6 +56,8 @@
 //!   reordering, blackholes and NAT rebindings to a loopback link, for tests and benchmarks.
 //! - [`Authenticator`]: the server hook that admits clients and chooses player IDs.
 //! - Errors: [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
+//! - Beside the library: `benches/suite/` measures quicfeed against the handshake's round-trip
+//!   limit and against bare quinn, TCP + TLS and renet, side by side in one run (BENCHMARKS.md).
 //!
 //! ## Example
 //!

@@ -1,0 +1,209 @@
+//! What the scenarios share: percentiles, a server behind the conditioner, TLS material for the
+//! baselines, the run's clock, and CPU time per thread.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use quicfeed::conditioner::{Conditions, Relay};
+use quicfeed::{Identity, Server, ServerConfig, Trust};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Microseconds since the start of the run: one clock for both ends (they share the process).
+pub(crate) fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Percentiles of a set of samples, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(crate) struct Summary {
+    pub(crate) n: usize,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) max: f64,
+}
+
+impl Summary {
+    /// From samples in milliseconds (sorted here).
+    pub(crate) fn of_ms(samples: &mut [f64]) -> Summary {
+        samples.sort_by(f64::total_cmp);
+        Summary {
+            n: samples.len(),
+            p50: percentile(samples, 0.5),
+            p99: percentile(samples, 0.99),
+            p999: percentile(samples, 0.999),
+            max: samples.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    pub(crate) fn of_durations(samples: &[Duration]) -> Summary {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        Summary::of_ms(&mut ms)
+    }
+
+    /// From samples in microseconds.
+    pub(crate) fn of_us(samples: &[u32]) -> Summary {
+        let mut ms: Vec<f64> = samples.iter().map(|&us| f64::from(us) / 1e3).collect();
+        Summary::of_ms(&mut ms)
+    }
+}
+
+/// The nearest-rank percentile `p` (0..=1) of sorted samples; NaN when there are none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A quicfeed server on loopback, a relay in front of it with `link` both ways, and the trust
+/// that pins the server.
+pub(crate) struct Rig {
+    pub(crate) server: Server,
+    pub(crate) relay: Relay,
+    pub(crate) trust: Trust,
+}
+
+/// Starts a [`Rig`]; the relay's randomness comes from `seed`.
+pub(crate) async fn rig(link: Conditions, seed: u64) -> Rig {
+    let (server, trust) = server(ServerConfig::new(loopback(), identity())).await;
+    let relay = Relay::start_seeded(server.local_addr(), link.clone(), link, seed)
+        .await
+        .expect("relay");
+    Rig {
+        server,
+        relay,
+        trust,
+    }
+}
+
+/// A quicfeed server with `config`, and the trust that pins it.
+pub(crate) async fn server(config: ServerConfig) -> (Server, Trust) {
+    let trust = Trust::Certificate(config_certificate(&config));
+    (Server::bind(config).await.expect("server"), trust)
+}
+
+fn config_certificate(config: &ServerConfig) -> CertificateDer<'static> {
+    config.identity.certificate().clone()
+}
+
+pub(crate) fn identity() -> Identity {
+    Identity::generate_self_signed(&["localhost"]).expect("certificate")
+}
+
+pub(crate) fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("address")
+}
+
+/// A self-signed certificate for the baselines (the same kind quicfeed generates: ECDSA P-256).
+pub(crate) struct Tls {
+    pub(crate) certificate: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+impl Tls {
+    pub(crate) fn generate() -> Tls {
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        Tls {
+            certificate: generated.cert.der().clone(),
+            key: generated.signing_key.serialize_der(),
+        }
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()))
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A TLS 1.3 server configuration with `alpn`.
+    pub(crate) fn server_config(&self, alpn: &[u8]) -> rustls::ServerConfig {
+        let mut config = rustls::ServerConfig::builder_with_provider(Tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.certificate.clone()], self.key())
+            .expect("server config");
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config
+    }
+
+    /// A TLS 1.3 client configuration that trusts this certificate only.
+    pub(crate) fn client_config(&self, alpn: &[u8]) -> rustls::ClientConfig {
+        let mut config = Tls::trusting(self.certificate.clone());
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config
+    }
+
+    /// A TLS 1.3 client configuration that trusts `certificate` only, with the ALPN of the bare
+    /// quinn baseline.
+    pub(crate) fn trusting(certificate: CertificateDer<'static>) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate).expect("root");
+        let mut config = rustls::ClientConfig::builder_with_provider(Tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"bare".to_vec()];
+        config
+    }
+
+    /// A bare quinn server endpoint on loopback (default transport settings).
+    pub(crate) fn quinn_server(&self) -> quinn::Endpoint {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.server_config(b"bare"))
+            .expect("quic server config");
+        let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        quinn::Endpoint::server(config, loopback()).expect("quinn server")
+    }
+
+    /// A bare quinn client endpoint on loopback that trusts this certificate.
+    pub(crate) fn quinn_client(&self) -> quinn::Endpoint {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.client_config(b"bare"))
+            .expect("quic client config");
+        let mut endpoint = quinn::Endpoint::client(loopback()).expect("quinn client");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        endpoint
+    }
+}
+
+/// CPU time (user + system) used so far by this process's threads whose name starts with
+/// `prefix`, from /proc (Linux). `None` where /proc is not readable.
+pub(crate) fn thread_cpu(prefix: &str) -> Option<Duration> {
+    let ticks_per_second = 100.0; // USER_HZ, 100 on every Linux configuration in use.
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path();
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which ends with the last ')'): utime is the 12th and
+        // stime the 13th of them.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        total += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_secs_f64(total as f64 / ticks_per_second))
+}
+
+/// A tokio runtime whose threads are named `name` (so [`thread_cpu`] can count them).
+pub(crate) fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

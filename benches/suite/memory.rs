@@ -1,0 +1,336 @@
+//! Memory per idle session, server side and client side, counted on the heap (every byte
+//! allocated and not yet freed) rather than read from RSS, whose allocator noise is larger than
+//! the differences that matter here.
+//!
+//! The server runs in a child process (this same binary, re-run with an environment variable)
+//! so that its heap is counted alone; the clients stay in this process, whose heap gives the
+//! client side. Bare quinn with the same transport settings as quicfeed, holding the same two
+//! open streams per connection, runs the same way as the baseline.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicfeed::{Client, ClientConfig, Identity, ServerConfig, TransportConfig, Trust};
+use serde_json::json;
+
+use crate::ALLOCATOR;
+use crate::common::{Tls, loopback, runtime};
+use crate::report::Section;
+
+const ROLE_VAR: &str = "QUICFEED_BENCH_CHILD";
+/// Sessions opened before the first measurement, so one-off costs (tables, caches, first
+/// allocations of the runtime) are not counted per session.
+const WARM: usize = 50;
+
+/// Live heap bytes in this process.
+fn heap() -> i64 {
+    let s = ALLOCATOR.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The bare quinn transport: quicfeed's settings, so the difference is quicfeed's own state.
+fn quinn_transport() -> quinn::TransportConfig {
+    let t = TransportConfig::default();
+    let mut q = quinn::TransportConfig::default();
+    q.max_idle_timeout(Some(t.idle_timeout.try_into().expect("idle")))
+        .keep_alive_interval(Some(t.keep_alive_interval))
+        .initial_rtt(t.initial_rtt)
+        .stream_receive_window(t.stream_receive_window.into())
+        .receive_window(t.receive_window.into())
+        .send_window(t.send_window)
+        .max_concurrent_bidi_streams(2u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(Some(t.datagram_receive_buffer))
+        .datagram_send_buffer_size(t.datagram_send_buffer);
+    q
+}
+
+/// In the child: serve, and answer each line on stdin with the heap, RSS and session count.
+pub(crate) fn child_role() -> Option<i32> {
+    let role = std::env::var(ROLE_VAR).ok()?;
+    let rt = runtime("qf-mem-srv", 1);
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = rt.block_on(async {
+        match role.as_str() {
+            "quicfeed" => {
+                let identity = Identity::generate_self_signed(&["localhost"]).expect("cert");
+                std::fs::write(
+                    std::env::var("QUICFEED_BENCH_CERT").expect("cert path"),
+                    identity.certificate().as_ref(),
+                )
+                .expect("write cert");
+                let mut config = ServerConfig::new(loopback(), identity);
+                config.max_sessions = 100_000;
+                let server = quicfeed::Server::bind(config).await.expect("server");
+                let addr = server.local_addr();
+                let held = held.clone();
+                tokio::spawn(async move {
+                    let mut sessions = Vec::new();
+                    while let Some(session) = server.accept().await {
+                        sessions.push(session);
+                        held.store(sessions.len(), std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+                addr
+            }
+            _ => {
+                let tls = Tls::generate();
+                std::fs::write(
+                    std::env::var("QUICFEED_BENCH_CERT").expect("cert path"),
+                    tls.certificate.as_ref(),
+                )
+                .expect("write cert");
+                let crypto =
+                    quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config(b"bare"))
+                        .expect("crypto");
+                let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                config.transport_config(Arc::new(quinn_transport()));
+                let endpoint = quinn::Endpoint::server(config, loopback()).expect("endpoint");
+                let addr = endpoint.local_addr().expect("addr");
+                let held = held.clone();
+                tokio::spawn(async move {
+                    while let Some(incoming) = endpoint.accept().await {
+                        let held = held.clone();
+                        tokio::spawn(async move {
+                            let Ok(conn) = incoming.await else { return };
+                            let Ok(main) = conn.accept_bi().await else {
+                                return;
+                            };
+                            let Ok(feed) = conn.accept_bi().await else {
+                                return;
+                            };
+                            held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            conn.closed().await;
+                            drop((main, feed));
+                        });
+                    }
+                });
+                addr
+            }
+        }
+    });
+    println!("{addr}");
+    let mut line = String::new();
+    let stdin = std::io::stdin();
+    while stdin
+        .lock()
+        .read_line(&mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {
+        line.clear();
+        // Let the runtime settle before counting.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        println!(
+            "{} {} {}",
+            heap(),
+            rss_kb(),
+            held.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
+    Some(0)
+}
+
+struct ServerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: SocketAddr,
+    certificate: Vec<u8>,
+}
+
+impl ServerProcess {
+    fn start(role: &str) -> ServerProcess {
+        let cert =
+            std::env::temp_dir().join(format!("quicfeed-bench-{}-{role}.der", std::process::id()));
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .env(ROLE_VAR, role)
+            .env("QUICFEED_BENCH_CERT", &cert)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server process");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("address");
+        let addr = line.trim().parse().expect("address");
+        let certificate = std::fs::read(&cert).expect("certificate");
+        let _ = std::fs::remove_file(&cert);
+        ServerProcess {
+            child,
+            stdin,
+            stdout,
+            addr,
+            certificate,
+        }
+    }
+
+    /// (heap bytes, RSS kB, sessions held).
+    fn measure(&mut self) -> (i64, u64, usize) {
+        writeln!(self.stdin, "measure").expect("ask");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("answer");
+        let mut fields = line
+            .split_whitespace()
+            .map(|f| f.parse::<i64>().expect("number"));
+        let heap = fields.next().expect("heap");
+        let rss = fields.next().expect("rss") as u64;
+        let held = fields.next().expect("held") as usize;
+        (heap, rss, held)
+    }
+
+    /// Measures once all `expected` sessions are held.
+    fn measure_with(&mut self, expected: usize) -> (i64, u64) {
+        for _ in 0..100 {
+            let (heap, rss, held) = self.measure();
+            if held >= expected {
+                return (heap, rss);
+            }
+        }
+        panic!("the server never held {expected} sessions");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Holds open client connections of either kind.
+enum Held {
+    Quicfeed(Vec<quicfeed::Session>),
+    Quinn(
+        Vec<(
+            quinn::Endpoint,
+            quinn::Connection,
+            quinn::SendStream,
+            quinn::SendStream,
+        )>,
+    ),
+}
+
+async fn open(kind: &str, server: &ServerProcess, count: usize, held: &mut Held) {
+    let certificate = rustls::pki_types::CertificateDer::from(server.certificate.clone());
+    for _ in 0..count {
+        match held {
+            Held::Quicfeed(sessions) => {
+                let config =
+                    ClientConfig::new(server.addr, Trust::Certificate(certificate.clone()));
+                sessions.push(Client::connect(&config).await.expect("connect"));
+            }
+            Held::Quinn(conns) => {
+                let tls = crate::common::Tls::trusting(certificate.clone());
+                let crypto =
+                    quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("crypto");
+                let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+                config.transport_config(Arc::new(quinn_transport()));
+                let mut endpoint = quinn::Endpoint::client(loopback()).expect("endpoint");
+                endpoint.set_default_client_config(config);
+                let conn = endpoint
+                    .connect(server.addr, "localhost")
+                    .expect("connect")
+                    .await
+                    .expect("connection");
+                let (mut main, _) = conn.open_bi().await.expect("main");
+                main.write_all(&[0]).await.expect("declare main");
+                let (mut feed, _) = conn.open_bi().await.expect("feed");
+                feed.write_all(&[1]).await.expect("declare feed");
+                conns.push((endpoint, conn, main, feed));
+            }
+        }
+    }
+    let _ = kind;
+}
+
+/// Per idle session, in bytes: (server heap, server RSS, client heap).
+async fn per_session(kind: &str, count: usize) -> (f64, f64, f64) {
+    let mut server = ServerProcess::start(kind);
+    let mut held = match kind {
+        "quicfeed" => Held::Quicfeed(Vec::new()),
+        _ => Held::Quinn(Vec::new()),
+    };
+    open(kind, &server, WARM, &mut held).await;
+    let (heap0, rss0) = server.measure_with(WARM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client0 = heap();
+    open(kind, &server, count, &mut held).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client1 = heap();
+    let (heap1, rss1) = server.measure_with(WARM + count);
+    drop(held);
+    let n = count as f64;
+    (
+        (heap1 - heap0) as f64 / n,
+        (rss1 as f64 - rss0 as f64) * 1024.0 / n,
+        (client1 - client0) as f64 / n,
+    )
+}
+
+pub(crate) async fn run(quick: bool) -> Section {
+    let count = if quick { 100 } else { 1000 };
+    let ours = per_session("quicfeed", count).await;
+    let bare = per_session("quinn", count).await;
+    let kb = |bytes: f64| format!("{:.1} kB", bytes / 1000.0);
+    let mut section = Section::new(
+        "Memory per idle session",
+        &format!(
+            "The server runs alone in a child process; {WARM} sessions are opened first, then \
+             {count} more, and the growth of the server's live heap (bytes allocated and not \
+             freed, counted by a global allocator) is divided by {count}. RSS growth is shown \
+             too (it includes allocator slack). The client side is this process's heap growth \
+             per client (each client has its own endpoint and UDP socket). The baseline is bare \
+             quinn with quicfeed's transport settings, holding two open bidirectional streams \
+             per connection. Sessions are idle: keep-alives only."
+        ),
+        &[
+            "",
+            "server heap / session",
+            "server RSS / session",
+            "client heap / client",
+        ],
+    );
+    section.row(vec!["quicfeed".into(), kb(ours.0), kb(ours.1), kb(ours.2)]);
+    section.row(vec![
+        "bare quinn (same settings)".into(),
+        kb(bare.0),
+        kb(bare.1),
+        kb(bare.2),
+    ]);
+    section.row(vec![
+        "quicfeed's own share".into(),
+        kb(ours.0 - bare.0),
+        kb(ours.1 - bare.1),
+        kb(ours.2 - bare.2),
+    ]);
+    section.target(
+        "memory per idle server-side session (heap)",
+        kb(ours.0),
+        "<= 40 kB",
+        ours.0 <= 40_000.0,
+    );
+    section.figures = json!({
+        "sessions": count,
+        "quicfeed": {"server_heap_bytes": ours.0, "server_rss_bytes": ours.1, "client_heap_bytes": ours.2},
+        "bare_quinn": {"server_heap_bytes": bare.0, "server_rss_bytes": bare.1, "client_heap_bytes": bare.2},
+    });
+    section
+}
