@@ -228,7 +228,7 @@ enum Held {
     ),
 }
 
-async fn open(kind: &str, server: &ServerProcess, count: usize, held: &mut Held) {
+async fn open(server: &ServerProcess, count: usize, held: &mut Held) {
     let certificate = rustls::pki_types::CertificateDer::from(server.certificate.clone());
     for _ in 0..count {
         match held {
@@ -258,7 +258,6 @@ async fn open(kind: &str, server: &ServerProcess, count: usize, held: &mut Held)
             }
         }
     }
-    let _ = kind;
 }
 
 /// Per idle session, in bytes: (server heap, server RSS, client heap).
@@ -268,11 +267,11 @@ async fn per_session(kind: &str, count: usize) -> (f64, f64, f64) {
         "quicfeed" => Held::Quicfeed(Vec::new()),
         _ => Held::Quinn(Vec::new()),
     };
-    open(kind, &server, WARM, &mut held).await;
+    open(&server, WARM, &mut held).await;
     let (heap0, rss0) = server.measure_with(WARM);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client0 = heap();
-    open(kind, &server, count, &mut held).await;
+    open(&server, count, &mut held).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client1 = heap();
     let (heap1, rss1) = server.measure_with(WARM + count);

@@ -26,12 +26,6 @@ fn wall_clock() -> Duration {
         .unwrap_or_default()
 }
 
-/// The channels renet's connections use here: the defaults (unreliable, reliable ordered,
-/// reliable unordered), with room for a 1000-client fan-out's backlog.
-fn connection_config() -> ConnectionConfig {
-    ConnectionConfig::default()
-}
-
 /// What a renet server thread does with its clients.
 #[derive(Clone, Copy)]
 pub(crate) enum Role {
@@ -67,7 +61,7 @@ impl Server {
             authentication: ServerAuthentication::Unsecure,
         };
         let mut transport = NetcodeServerTransport::new(config, socket).expect("renet transport");
-        let mut server = RenetServer::new(connection_config());
+        let mut server = RenetServer::new(ConnectionConfig::default());
         let busy = Arc::new(AtomicBool::new(false));
         let sending = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -180,7 +174,7 @@ impl Client {
         let transport =
             NetcodeClientTransport::new(wall_clock(), authentication, socket).expect("transport");
         Client {
-            client: RenetClient::new(connection_config()),
+            client: RenetClient::new(ConnectionConfig::default()),
             transport,
             last: Instant::now(),
         }

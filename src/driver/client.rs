@@ -75,22 +75,14 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
     let deadline = super::deadline_after(config.handshake_timeout);
     let endpoint = endpoint::client(config)?;
     let connecting = endpoint.connect(config.server, &config.server_name)?;
-    let early = if config.zero_rtt {
-        connecting.into_0rtt()
-    } else {
-        Err(connecting)
-    };
-    let (conn, accepted) = match early {
-        Ok((conn, accepted)) => (conn, Some(accepted)),
-        Err(connecting) => match tokio::time::timeout_at(deadline.into(), connecting).await {
-            Ok(Ok(conn)) => (conn, None),
-            Ok(Err(quinn::ConnectionError::TimedOut)) | Err(_) => {
-                return Err(ConnectError::TimedOut {
-                    step: HandshakeStep::Quic,
-                });
-            }
-            Ok(Err(e)) => return Err(ConnectError::Transport(e)),
-        },
+    let (conn, accepted) = match open(connecting, config.zero_rtt, deadline).await {
+        Ok(opened) => opened,
+        Err(None | Some(quinn::ConnectionError::TimedOut)) => {
+            return Err(ConnectError::TimedOut {
+                step: HandshakeStep::Quic,
+            });
+        }
+        Err(Some(e)) => return Err(ConnectError::Transport(e)),
     };
     let closer = Closer::new(conn.clone());
     let handshake = ClientHandshakeConfig {
@@ -100,26 +92,14 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         feed_init_attempts: config.feed_init_attempts,
         local_limits: config.frame_limits,
     };
-    let first = run_handshake(
+    let result = handshake_once_more_in_1rtt(
         &conn,
-        ClientHandshake::new(handshake.clone()),
+        accepted.is_some(),
+        || ClientHandshake::new(handshake.clone()),
         deadline,
         false,
     )
     .await;
-    let result = match first {
-        Err(HandshakeError::ZeroRttRejected) if accepted.is_some() => {
-            debug!("0-RTT rejected; connecting in 1-RTT");
-            run_handshake(
-                &conn,
-                ClientHandshake::new(handshake.clone()),
-                deadline,
-                false,
-            )
-            .await
-        }
-        other => other,
-    };
     let done = match result {
         Ok(done) => done,
         Err(error) => {
@@ -133,13 +113,7 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
             return Err(error);
         }
     };
-    // CONN_OK came after the server's handshake flight, so whether 0-RTT was accepted is known.
-    let zero_rtt = match accepted {
-        Some(accepted) => tokio::time::timeout(Duration::from_millis(100), accepted)
-            .await
-            .unwrap_or(false),
-        None => false,
-    };
+    let zero_rtt = was_accepted(accepted).await;
     let params = SessionParams::new(&config.transport, config.frame_limits);
     let role = Role::Client(Box::new(Resumer {
         endpoint,
@@ -334,18 +308,10 @@ impl Resumer {
             .endpoint
             .connect(self.server, &self.server_name)
             .map_err(|e| AttemptError::Retry(e.to_string()))?;
-        let early = if self.zero_rtt {
-            connecting.into_0rtt()
-        } else {
-            Err(connecting)
-        };
-        let (conn, accepted) = match early {
-            Ok((conn, accepted)) => (conn, Some(accepted)),
-            Err(connecting) => match tokio::time::timeout_at(deadline.into(), connecting).await {
-                Ok(Ok(conn)) => (conn, None),
-                Ok(Err(e)) => return Err(AttemptError::Retry(e.to_string())),
-                Err(_) => return Err(AttemptError::Retry("QUIC handshake timed out".into())),
-            },
+        let (conn, accepted) = match open(connecting, self.zero_rtt, deadline).await {
+            Ok(opened) => opened,
+            Err(Some(e)) => return Err(AttemptError::Retry(e.to_string())),
+            Err(None) => return Err(AttemptError::Retry("QUIC handshake timed out".into())),
         };
         let closer = Closer::new(conn.clone());
         // The positions are read as late as possible: whatever arrives on the old connection
@@ -358,26 +324,14 @@ impl Resumer {
         };
         let mut config = self.handshake.clone();
         config.deadline = deadline;
-        let first = run_handshake(
+        let result = handshake_once_more_in_1rtt(
             &conn,
-            ClientHandshake::resume(config.clone(), &ticket()),
+            accepted.is_some(),
+            || ClientHandshake::resume(config.clone(), &ticket()),
             deadline,
             true,
         )
         .await;
-        let result = match first {
-            Err(HandshakeError::ZeroRttRejected) if accepted.is_some() => {
-                debug!(player_id = %core.player_id, "0-RTT rejected; resuming in 1-RTT");
-                run_handshake(
-                    &conn,
-                    ClientHandshake::resume(config, &ticket()),
-                    deadline,
-                    true,
-                )
-                .await
-            }
-            other => other,
-        };
         let done = match result {
             Ok(done) => done,
             Err(HandshakeError::Failed(error)) => {
@@ -405,14 +359,7 @@ impl Resumer {
                 return Err(AttemptError::Retry("0-RTT rejected".into()));
             }
         };
-        // CONN_OK came with the server's handshake flight, so whether 0-RTT was accepted is
-        // known by now.
-        let zero_rtt = match accepted {
-            Some(accepted) => tokio::time::timeout(Duration::from_millis(100), accepted)
-                .await
-                .unwrap_or(false),
-            None => false,
-        };
+        let zero_rtt = was_accepted(accepted).await;
         core.set_credential(done.established.credential);
         let attached = core
             .attach(attachment(conn, closer, done, core.params.local_limits))
@@ -430,6 +377,59 @@ impl Resumer {
             zero_rtt,
             handshake: started.elapsed(),
         })
+    }
+}
+
+/// Opens a connection: in 0-RTT when `zero_rtt` is set and the TLS configuration holds a
+/// ticket for the server (then with the future that tells whether the server accepted the
+/// early data), else by completing the QUIC handshake before `deadline`. The error is `None`
+/// when the deadline passed.
+async fn open(
+    connecting: quinn::Connecting,
+    zero_rtt: bool,
+    deadline: Instant,
+) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), Option<quinn::ConnectionError>> {
+    let connecting = if zero_rtt {
+        match connecting.into_0rtt() {
+            Ok((conn, accepted)) => return Ok((conn, Some(accepted))),
+            Err(connecting) => connecting,
+        }
+    } else {
+        connecting
+    };
+    match tokio::time::timeout_at(deadline.into(), connecting).await {
+        Ok(Ok(conn)) => Ok((conn, None)),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}
+
+/// Runs the handshake `start` builds; if its first flight went in 0-RTT (`sent_early`) and the
+/// server rejected it, runs a fresh one in 1-RTT on the same connection (PROTOCOL.md §12.4).
+async fn handshake_once_more_in_1rtt(
+    conn: &quinn::Connection,
+    sent_early: bool,
+    start: impl Fn() -> ClientHandshake,
+    deadline: Instant,
+    open_feed_early: bool,
+) -> Result<Handshaken, HandshakeError> {
+    match run_handshake(conn, start(), deadline, open_feed_early).await {
+        Err(HandshakeError::ZeroRttRejected) if sent_early => {
+            debug!("0-RTT rejected; the handshake goes again in 1-RTT");
+            run_handshake(conn, start(), deadline, open_feed_early).await
+        }
+        other => other,
+    }
+}
+
+/// Whether the server accepted the 0-RTT data. Called after `CONN_OK`, which comes after the
+/// server's handshake flight, so the answer is known by then.
+async fn was_accepted(accepted: Option<quinn::ZeroRttAccepted>) -> bool {
+    match accepted {
+        Some(accepted) => tokio::time::timeout(Duration::from_millis(100), accepted)
+            .await
+            .unwrap_or(false),
+        None => false,
     }
 }
 
