@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
 use super::server::MAX_FEED_INITS;
-use super::session::{FrameLimits, InboundRules};
+use super::rules::{FrameLimits, InboundRules};
 
 /// Settings of one client handshake.
 #[derive(Debug, Clone)]

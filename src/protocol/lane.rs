@@ -1,5 +1,6 @@
 //! The feed datagram lane: unreliable feed messages carried in QUIC DATAGRAM frames
-//! (PROTOCOL.md §13). No I/O, no clock: times are milliseconds passed in.
+//! (PROTOCOL.md §13), and the acknowledgement datagrams that share them (§11.3). No I/O, no
+//! clock: times are milliseconds passed in.
 //!
 //! A lane datagram is a lane byte, the sender's sequence number and send time (varints, §5.1),
 //! then the application payload. The receiver keeps only what is newer than everything it has
@@ -19,6 +20,14 @@ use super::codec::{DecodeError, write_varint};
 
 /// The lane byte of the feed lane, the only lane this version defines.
 pub const LANE_FEED: u8 = 0x01;
+
+/// The first byte of an acknowledgement datagram: cumulative `ACK`s of both channels on a path
+/// that is always read, so that an acknowledgement never waits behind stream data the peer's
+/// application has not read (PROTOCOL.md §11.3).
+pub const LANE_ACK: u8 = 0x02;
+
+/// Largest acknowledgement datagram: the byte and two 9-byte varints.
+pub const ACK_DATAGRAM_MAX: usize = 1 + 9 + 9;
 
 /// Largest lane header: the lane byte and two 9-byte varints.
 pub const LANE_HEADER_MAX: usize = 1 + 9 + 9;
@@ -76,6 +85,64 @@ pub fn decode_lane_datagram(datagram: Bytes) -> Result<LaneDatagram, DecodeError
         sent_ms,
         payload: datagram.slice(header.min(datagram.len())..),
     })
+}
+
+/// Any datagram a peer may send: a lane message or an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datagram {
+    /// A feed lane message ([`LANE_FEED`]).
+    Lane(LaneDatagram),
+    /// Cumulative acknowledgements of both reliable channels ([`LANE_ACK`]): every `DATA` below
+    /// `main_next` on main, and below `feed_next` on feed, has been taken in by the sender's
+    /// session.
+    Ack {
+        /// The sender's next expected `DATA` on main.
+        main_next: u64,
+        /// The sender's next expected `DATA` on feed.
+        feed_next: u64,
+    },
+}
+
+/// The acknowledgement datagram for `main_next` and `feed_next`: `02`, then both as varints.
+pub fn encode_ack_datagram(main_next: u64, feed_next: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(ACK_DATAGRAM_MAX);
+    out.put_u8(LANE_ACK);
+    put_varint(&mut out, main_next);
+    put_varint(&mut out, feed_next);
+    out.freeze()
+}
+
+/// Decodes one received QUIC datagram of either kind.
+///
+/// Empty, truncated or invalid varints, and bytes after an acknowledgement's second varint,
+/// are [`Malformed`](DecodeError::Malformed); a first byte other than [`LANE_FEED`] and
+/// [`LANE_ACK`] is [`UnknownTag`](DecodeError::UnknownTag).
+pub fn decode_datagram(datagram: Bytes) -> Result<Datagram, DecodeError> {
+    match datagram.first() {
+        Some(&LANE_ACK) => {
+            let rest = datagram.get(1..).unwrap_or_default();
+            let (main_next, used_main) =
+                read_varint(rest).ok_or_else(|| malformed_ack("main position"))?;
+            let rest = rest.get(used_main..).unwrap_or_default();
+            let (feed_next, used_feed) =
+                read_varint(rest).ok_or_else(|| malformed_ack("feed position"))?;
+            if rest.len() != used_feed {
+                return Err(malformed_ack("bytes after the feed position"));
+            }
+            Ok(Datagram::Ack {
+                main_next,
+                feed_next,
+            })
+        }
+        _ => decode_lane_datagram(datagram).map(Datagram::Lane),
+    }
+}
+
+fn malformed_ack(detail: &str) -> DecodeError {
+    DecodeError::Malformed {
+        what: "acknowledgement datagram",
+        detail: detail.to_owned(),
+    }
 }
 
 fn malformed(detail: &str) -> DecodeError {
@@ -223,6 +290,33 @@ mod tests {
         assert_eq!(reason(&[0x01, 0xfe, 0]), Reason::MalformedMessage);
         // An empty payload is fine.
         assert!(decode_lane_datagram(Bytes::from_static(&[0x01, 3, 4])).is_ok());
+    }
+
+    #[test]
+    fn acknowledgement_datagrams_round_trip_and_refuse_extra_bytes() {
+        use crate::protocol::Reason;
+        let bytes = encode_ack_datagram(300, 12);
+        assert_eq!(&bytes[..], [0x02, 0xfb, 0x2c, 0x01, 0x0c]);
+        assert_eq!(
+            decode_datagram(bytes).unwrap(),
+            Datagram::Ack {
+                main_next: 300,
+                feed_next: 12
+            }
+        );
+        let reason = |bytes: &[u8]| {
+            decode_datagram(Bytes::copy_from_slice(bytes))
+                .unwrap_err()
+                .reason()
+        };
+        assert_eq!(reason(&[0x02]), Reason::MalformedMessage);
+        assert_eq!(reason(&[0x02, 1]), Reason::MalformedMessage);
+        assert_eq!(reason(&[0x02, 1, 2, 3]), Reason::MalformedMessage);
+        assert_eq!(reason(&[0x03, 1, 2]), Reason::UnknownMessage);
+        assert!(matches!(
+            decode_datagram(encode_lane_datagram(1, 2, b"x")).unwrap(),
+            Datagram::Lane(_)
+        ));
     }
 
     #[test]

@@ -13,7 +13,8 @@ mod message;
 mod registry;
 pub mod reliability;
 mod server;
-mod session;
+mod rules;
+pub mod session;
 pub mod stats;
 mod token;
 
@@ -32,7 +33,11 @@ pub use server::{
     MAX_FEED_INITS, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig,
     ServerOutput,
 };
-pub use session::{FrameLimits, Inbound, InboundRules};
+pub use rules::{FrameLimits, Inbound, InboundRules};
+pub use session::{
+    AttachLink, Attached, Counts, Disconnect, Event, LinkClosed, LinkEnd, Received, Refused,
+    SessionConfig, SessionMachine, Side, StreamEnd, Transmit, Wakes,
+};
 pub use token::{Entropy, EntropyError, IssuedToken, SystemEntropy, TokenError, random_token};
 
 /// The ALPN protocol identifier of this protocol version.

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::message::{PlayerId, Reason, Token};
-use super::session::tokens_equal;
+use super::rules::tokens_equal;
 
 /// Live sessions of one server, each with a value `T` the caller attaches (the driver's
 /// per-session state).

@@ -5,8 +5,9 @@
 //! survive the connection: messages in flight, or received by QUIC but not yet by the
 //! application, die with it. So each side numbers its messages ([`Outbound`]), keeps those the
 //! peer has not acknowledged, and after a resume replays from the peer's next expected number;
-//! the receiving side ([`Inbound`]) drops what it already delivered and acknowledges what the
-//! application has read. A replay buffer is bounded: when it overflows, the oldest messages are
+//! the receiving side ([`Inbound`]) drops what it already delivered and acknowledges what its
+//! session has taken in (whether or not the application has read it yet: the session's receive
+//! queue outlives the connection, so an acknowledged message is never lost by a resume). A replay buffer is bounded: when it overflows, the oldest messages are
 //! dropped and the replay starts with a `GAP` that says how many were lost, never silently.
 
 use std::collections::VecDeque;
@@ -75,6 +76,17 @@ impl Outbound {
         self.unacked.len()
     }
 
+    /// The sequence number of the oldest message kept (the next one's, if none is kept).
+    pub fn first_kept(&self) -> u64 {
+        self.unacked.front().map_or(self.next_seq, |(seq, _)| *seq)
+    }
+
+    /// The kept payload of message `seq`, if it is still kept.
+    pub fn get(&self, seq: u64) -> Option<&Bytes> {
+        let index = usize::try_from(seq.checked_sub(self.first_kept())?).ok()?;
+        self.unacked.get(index).map(|(_, payload)| payload)
+    }
+
     /// Numbers a message about to be sent and keeps its payload until acknowledged. If the
     /// buffer is then over capacity, the oldest messages are dropped (a later replay reports
     /// them as a gap).
@@ -111,7 +123,7 @@ impl Outbound {
     /// What to send a peer that resumed and expects `peer_next` next.
     pub fn replay(&mut self, peer_next: u64) -> Result<Replay<'_>, SequenceError> {
         self.ack(peer_next)?;
-        let first_kept = self.unacked.front().map_or(self.next_seq, |(seq, _)| *seq);
+        let first_kept = self.first_kept();
         Ok(Replay {
             gap: (first_kept > peer_next).then_some(first_kept),
             messages: self.unacked.iter(),
@@ -242,6 +254,11 @@ mod tests {
         assert_eq!(replayed(&mut out, 7), (None, vec![7, 8, 9]));
         assert_eq!(out.buffered_bytes(), 30);
         assert_eq!(replayed(&mut out, 10), (None, vec![]));
+        assert_eq!(out.first_kept(), 10);
+        assert!(out.get(9).is_none());
+        out.push(payload(3));
+        assert_eq!(out.get(10).map(Bytes::len), Some(3));
+        assert!(out.get(11).is_none());
     }
 
     #[test]

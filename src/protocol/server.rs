@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use super::codec::conn_failed;
 use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
-use super::session::{FrameLimits, InboundRules};
+use super::rules::{FrameLimits, InboundRules};
 use super::token::{Entropy, IssuedToken, TokenError};
 
 /// The most `FEED_INIT` messages a client may send on one connection (its first attempt and
@@ -430,7 +430,7 @@ impl ServerHandshake {
                 // A retry of FEED_INIT (the client timed out before our reply arrived). Token A
                 // was redeemed in time already; a repeat with the same token and player gets
                 // the same token B again and changes nothing else.
-                if !super::session::tokens_equal(&s.token_a, &token_a) {
+                if !super::rules::tokens_equal(&s.token_a, &token_a) {
                     return Err(Failure::new(
                         ChannelKind::Feed,
                         Reason::InvalidToken,

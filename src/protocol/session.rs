@@ -1,268 +1,1394 @@
-//! Rules for an established session's inbound messages, without I/O.
+//! The established session, without I/O: what both sides keep per session across its
+//! connections, and every decision about it.
 //!
-//! After `CONN_OK` each channel carries `DATA`, `ACK` and `GAP` (see
-//! [`reliability`](super::reliability)). Two handshake echoes may still arrive and are
-//! legitimate, because main and feed are independent streams: a client's retried `FEED_INIT`
-//! that the server reads after `FINAL_AUTH`, and the server's repeated `FEED_INIT_REPLY` that
-//! answers it. [`InboundRules`] lets exactly those through (a bounded number of times) and turns
-//! everything else into a violation with its [`Reason`].
+//! [`SessionMachine`] holds, per channel, the outbound queue with its replay buffer and send
+//! budget, the inbound delivery queue, acknowledgement scheduling, and the connection currently
+//! attached. It follows the handshake machines' shape: `handle_*` for what happened (a frame, a
+//! datagram, a closed connection, a timer), `poll_*` for what the driver must do next (frames to
+//! write, datagrams to send, connections to close, when to call back), and plain methods for the
+//! application (`send`, `recv`, `close`). Time is always passed in.
+//!
+//! The rules it owns, so that virtual-time tests reach them:
+//!
+//! - **Acknowledgements on arrival** (PROTOCOL.md §11.3): a `DATA` is acknowledged once the
+//!   session has taken it into its delivery queue, whether or not the application has read it;
+//!   the queue belongs to the session, so an acknowledged message survives a resume. Incoming
+//!   `ACK`s are processed as they arrive, on every channel. Acknowledgements go in-band and, when
+//!   the peer accepts datagrams, also as an acknowledgement datagram, which no unread stream
+//!   data can hold up.
+//! - **Back-pressure**: a channel reads its stream only while its delivery queue is below the
+//!   receive capacity; a send waits only while the channel's unwritten bytes are at the send
+//!   budget (never while the session has no connection: the replay buffer then drops its
+//!   oldest messages, and the next replay reports them with a `GAP`).
+//! - **Replay plan** (§11.5) when a connection is attached, written like any other frames: a
+//!   replay larger than the peer's flow-control window goes out as the window opens, while the
+//!   same connection keeps reading.
+//! - **Dead path** (§12.1), the **finished-stream grace** (§3.3), the **graceful close** (§9.3:
+//!   everything written, both streams finished, every message acknowledged by the peer or the
+//!   linger over), the server's **grace period** (§12.6), and **which connection endings keep
+//!   the session** (§9.4).
+//! - **Generations**: each attached connection gets a number; input from any other is ignored,
+//!   so a superseded connection's late frames can neither deliver nor confirm anything.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use subtle::ConstantTimeEq;
 
-use super::message::{Message, PlayerId, Reason, Token};
+use super::codec::{self, decode_message, max_data_payload};
+use super::lane::{Datagram, LaneArrival, LaneInbound, decode_datagram, encode_ack_datagram};
+use super::message::{ChannelKind, Message, Reason};
+use super::reliability::{Arrival, Inbound, Outbound};
+use super::rules::{FrameLimits, Inbound as Classified, InboundRules};
 
-/// The largest frame bodies an endpoint accepts, per channel, after `CONN_OK`. Each side
-/// announces its own in the handshake; senders refuse to send frames over the peer's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameLimits {
-    /// Limit on main, in bytes.
-    pub main: u32,
-    /// Limit on feed, in bytes.
-    pub feed: u32,
-}
-
-impl FrameLimits {
-    /// Whether both limits are at least [`MIN_FRAME_LIMIT`](super::codec::MIN_FRAME_LIMIT).
-    pub fn is_valid_announcement(&self) -> bool {
-        self.main >= super::codec::MIN_FRAME_LIMIT && self.feed >= super::codec::MIN_FRAME_LIMIT
-    }
-
-    /// The limits a peer announced in `message` (named for the error), or why they are not
-    /// acceptable ([`Reason::MalformedMessage`]: below the minimum).
-    pub fn announced(main: u32, feed: u32, message: &str) -> Result<FrameLimits, String> {
-        let limits = FrameLimits { main, feed };
-        if limits.is_valid_announcement() {
-            Ok(limits)
-        } else {
-            Err(format!(
-                "{message} announces frame limits {main}/{feed}, below {}",
-                super::codec::MIN_FRAME_LIMIT
-            ))
-        }
-    }
-
-    /// The limit for `channel`, as a `usize`.
-    pub fn get(&self, channel: super::ChannelKind) -> usize {
-        let limit = match channel {
-            super::ChannelKind::Main => self.main,
-            super::ChannelKind::Feed => self.feed,
-        };
-        usize::try_from(limit).unwrap_or(usize::MAX)
-    }
-}
-
-/// What an inbound message on an established channel means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
-    /// An application payload, with its sequence number.
-    Data {
-        /// The message's sequence number.
-        seq: u64,
-        /// The application's bytes.
-        payload: Bytes,
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The peer closed the session with this reason (for a client, e.g.
+    /// [`Reason::ServerShutdown`]).
+    #[error("closed by peer: {reason}: {message}")]
+    ByPeer {
+        /// The peer's reason.
+        reason: Reason,
+        /// The peer's detail text.
+        message: String,
     },
-    /// The peer has delivered every message we sent on this channel below `next`.
-    Ack(u64),
-    /// Messages below `next` the peer's replay buffer no longer held are lost.
-    Gap(u64),
-    /// A tolerated late handshake echo: drop it silently.
-    Ignored,
-    /// A protocol violation: close the connection with this reason.
-    Violation {
+    /// This side closed the session, by [`Session::close`](crate::Session::close) or because
+    /// it detected a protocol violation.
+    #[error("closed locally: {reason}: {message}")]
+    Locally {
+        /// The reason given.
+        reason: Reason,
+        /// The detail given.
+        message: String,
+    },
+    /// Nothing was heard from the peer for the idle timeout: the path or the peer died.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer no longer knows the connection (typically a server restart).
+    #[error("reset by peer")]
+    Reset,
+    /// A QUIC-level error.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A client could not resume the session after losing its connection: the server refused
+    /// (`reason`), or could not be reached within the resume budget
+    /// ([`Reason::HandshakeTimeout`]).
+    #[error("resume failed: {reason}: {message}")]
+    ResumeFailed {
         /// Why.
         reason: Reason,
-        /// Detail for logs and the close frame.
+        /// Detail.
         message: String,
     },
 }
 
-/// Classifies the messages arriving on one established channel.
+/// How a connection ended, as its transport reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboundRules {
-    echo: Echo,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Echo {
-    /// Nothing but `DATA` is acceptable.
-    None,
-    /// Server main: token B was redeemed; presenting it again is `TOKEN_REUSED`.
-    RedeemedTokenB(Token),
-    /// Server feed: late retries of `FEED_INIT` with the redeemed token A.
-    LateFeedInit {
-        player_id: PlayerId,
-        token_a: Token,
-        left: u8,
+pub enum LinkClosed {
+    /// The peer sent an application close with this error code and reason phrase.
+    Application {
+        /// The error code (a quicfeed reason code when it fits 16 bits).
+        code: u64,
+        /// The reason phrase.
+        reason: String,
     },
-    /// Client feed: late copies of `FEED_INIT_REPLY` carrying token B.
-    LateFeedInitReply { token_b: Token, left: u8 },
+    /// Nothing was heard for the idle timeout.
+    TimedOut,
+    /// A stateless reset: the peer no longer knows the connection.
+    Reset,
+    /// This side closed it.
+    Locally,
+    /// Any other transport failure.
+    Transport(String),
 }
 
-impl InboundRules {
-    /// Only `DATA` is acceptable (client main).
-    pub fn data_only() -> Self {
-        InboundRules { echo: Echo::None }
-    }
-
-    /// Server main: `DATA`; a `FINAL_AUTH` with the redeemed token B is `TOKEN_REUSED`.
-    pub fn server_main(token_b: Token) -> Self {
-        InboundRules {
-            echo: Echo::RedeemedTokenB(token_b),
+impl LinkClosed {
+    /// Why the session would end if this ending ended it (PROTOCOL.md §9.4).
+    pub fn disconnect(&self) -> Disconnect {
+        match self {
+            LinkClosed::Application { code, reason } => match u16::try_from(*code) {
+                Ok(code) => {
+                    let reason_code = Reason::from_code(code);
+                    Disconnect::ByPeer {
+                        reason: reason_code,
+                        message: if reason.is_empty() {
+                            reason_code.describe().to_owned()
+                        } else {
+                            reason.clone()
+                        },
+                    }
+                }
+                Err(_) => {
+                    Disconnect::Transport(format!("application close with code {code}: {reason}"))
+                }
+            },
+            LinkClosed::TimedOut => Disconnect::TimedOut,
+            LinkClosed::Reset => Disconnect::Reset,
+            LinkClosed::Locally => Disconnect::Locally {
+                reason: Reason::Normal,
+                message: String::new(),
+            },
+            LinkClosed::Transport(detail) => Disconnect::Transport(detail.clone()),
         }
     }
 
-    /// Server feed: `DATA`, and up to `left` late `FEED_INIT` retries with the redeemed token A.
-    pub fn server_feed(player_id: PlayerId, token_a: Token, left: u8) -> Self {
-        InboundRules {
-            echo: Echo::LateFeedInit {
-                player_id,
-                token_a,
-                left,
+    /// Whether the session survives this ending, to be resumed on a new connection (§9.4): the
+    /// two closes a resume itself causes (`SUPERSEDED`, `DEAD_PATH`) and every transport-level
+    /// ending do; any other close with a reason ends it.
+    pub fn keeps_session(&self) -> bool {
+        match self.disconnect() {
+            Disconnect::ByPeer { reason, .. } => {
+                matches!(reason, Reason::Superseded | Reason::DeadPath)
+            }
+            Disconnect::Locally { .. } | Disconnect::ResumeFailed { .. } => false,
+            Disconnect::TimedOut | Disconnect::Reset | Disconnect::Transport(_) => true,
+        }
+    }
+}
+
+/// Which end of the session a machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: it resumes lost connections; a stream the server resets or stops makes it
+    /// resume too.
+    Client,
+    /// The server: it waits for the client for the grace period; a stream the client resets or
+    /// stops is a violation.
+    Server,
+}
+
+/// What shapes a session: per-channel buffers, timeouts, limits.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Which end this is.
+    pub side: Side,
+    /// Bytes of unacknowledged payload kept per channel for a replay (always at least the newest
+    /// message).
+    pub replay_capacity: usize,
+    /// Bytes of a channel's messages that may wait to be written to its stream; a send waits
+    /// beyond it (at least one message is always accepted). At most `replay_capacity`.
+    pub send_budget: usize,
+    /// Bytes of received messages a channel holds for the application; its stream is not read
+    /// beyond it (at least one message is always taken in).
+    pub receive_capacity: usize,
+    /// Bytes of received lane messages held for the application; the oldest are dropped beyond
+    /// it.
+    pub lane_capacity: usize,
+    /// Nothing received for this long: the connection is abandoned (§12.1).
+    pub dead_path_timeout: Duration,
+    /// Longest wait before acknowledging what arrived (sooner after 32 messages or 32 KiB).
+    pub ack_delay: Duration,
+    /// How long a channel whose stream the peer finished waits for the connection to close
+    /// before that is a violation (§3.3).
+    pub finish_grace: Duration,
+    /// Server: how long a session without a connection waits for its client (§12.6).
+    pub grace_period: Option<Duration>,
+    /// Lane datagrams older than this (extra transit) are dropped on arrival (§13.4).
+    pub lane_max_age: Option<Duration>,
+    /// This side's frame limits (what it announced).
+    pub local_limits: FrameLimits,
+}
+
+impl SessionConfig {
+    /// How often liveness is checked: a sixteenth of the dead-path timeout, at least 10 ms.
+    pub fn check_interval(&self) -> Duration {
+        self.dead_path_timeout
+            .checked_div(16)
+            .unwrap_or_default()
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// A newly handshaken connection, as the session machine needs it.
+#[derive(Debug, Clone)]
+pub struct AttachLink {
+    /// The frame limits the peer announced on this connection.
+    pub peer_limits: FrameLimits,
+    /// Where the peer expects each channel's replay to start (`main`, `feed`).
+    pub peer_next: (u64, u64),
+    /// What each channel still tolerates after `CONN_OK` (`main`, `feed`).
+    pub rules: (InboundRules, InboundRules),
+    /// Whether the peer accepts datagrams (lane messages and acknowledgement datagrams).
+    pub datagrams: bool,
+}
+
+/// A connection attached to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The connection's generation: its input is passed back with it.
+    pub generation: u64,
+    /// Messages to be sent again to the peer (it had not acknowledged them).
+    pub replayed: u64,
+    /// Messages the peer missed that the replay buffer no longer held (sent as a `GAP`).
+    pub lost: u64,
+}
+
+/// How a channel's stream ended while its connection lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The peer finished it (FIN): a graceful close is under way.
+    Finished,
+    /// The peer reset it, or stopped it (a write failed), with this detail.
+    Failed(String),
+}
+
+/// One thing the driver writes on a channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// A frame, as a head (length prefix and header, or a whole control frame) and a body (a
+    /// kept payload, shared with the replay buffer; may be empty).
+    Frame(Bytes, Bytes),
+    /// Finish the stream (FIN): everything this side will send on it has been polled.
+    Finish,
+}
+
+/// What the session does with an attached connection's ending, as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// The session ended.
+    Ended,
+    /// The connection is gone, the session continues: a client resumes, a server waits.
+    Lost(Disconnect),
+    /// A newer connection took over (a server that accepted a `RESUME`).
+    Superseded,
+}
+
+/// Something that happened to the session, for the application's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The attached connection was lost; the session continues.
+    Lost(Disconnect),
+    /// Server: the client showed, on the resumed connection, that it received the new
+    /// credential (a frame on main).
+    Confirmed,
+}
+
+/// Why the application's receive did not return a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Messages the peer could not replay were lost (reported once).
+    Gap(u64),
+    /// The peer broke the protocol on this channel (or lane); the session ended with `reason`.
+    Violation {
+        /// The reason the session was closed with.
+        reason: Reason,
+        /// Detail.
+        message: String,
+    },
+    /// The session ended, and every message it had taken in has been received.
+    Closed(Disconnect),
+}
+
+/// Why a send was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The channel's send budget is full: wait for its stream to take what is queued.
+    Full,
+    /// The message exceeds the peer's frame limit for the channel: `len` payload bytes, at
+    /// most `max`.
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload the peer accepts on this channel.
+        max: usize,
+    },
+    /// The session has ended (or is closing gracefully).
+    Ended(Disconnect),
+}
+
+/// Whom wake-ups are for, gathered while the machine changes and taken by the driver after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Wakes {
+    /// The connection's task: something to write, read or close.
+    pub connection: bool,
+    /// The receivers of main and feed: something to receive.
+    pub recv: [bool; 2],
+    /// The lane's receivers.
+    pub lane: bool,
+    /// The senders of main and feed: room in the send budget.
+    pub room: [bool; 2],
+    /// Watchers of the session's state: a connection attached or detached, or the end.
+    pub state: bool,
+}
+
+/// What the machine counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counts {
+    /// Messages accepted for sending on the reliable channels.
+    pub messages_sent: u64,
+    /// Messages taken in on the reliable channels (delivered in order, once).
+    pub messages_received: u64,
+    /// Messages sent again after resumes.
+    pub messages_replayed: u64,
+    /// Messages that could not be sent again (replay buffer overflow).
+    pub messages_lost: u64,
+    /// Lane datagrams delivered.
+    pub datagrams_delivered: u64,
+    /// Lane datagrams dropped as not newer than one delivered.
+    pub datagrams_stale: u64,
+    /// Lane datagrams dropped for their age.
+    pub datagrams_too_old: u64,
+    /// Connections lost (the session continued).
+    pub connections_lost: u64,
+}
+
+/// Where a violation was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Channel(ChannelKind),
+    Lane,
+}
+
+#[derive(Debug)]
+enum Delivery {
+    Message(Bytes),
+    Gap(u64),
+}
+
+/// One channel, both directions.
+#[derive(Debug)]
+struct Channel {
+    out: Outbound,
+    /// The first message not yet handed to the current connection's stream.
+    written: u64,
+    /// Payload bytes of the kept messages from `written` on.
+    unsent: usize,
+    /// A `GAP` to write before the next `DATA`.
+    gap: Option<u64>,
+    /// The peer's frame limit on this channel (its latest announcement).
+    peer_max: usize,
+    inbound: Inbound,
+    rules: InboundRules,
+    queue: VecDeque<Delivery>,
+    queued: usize,
+    /// The application dropped its receiving half: deliveries are discarded (still
+    /// acknowledged).
+    discard: bool,
+    /// An in-band `ACK` is due on the current connection.
+    ack_frame: bool,
+    /// When the acknowledgement of what arrived is due, if anything is unacknowledged.
+    ack_at: Option<Instant>,
+    /// When the peer finished its stream on the current connection.
+    peer_finished: Option<Instant>,
+    /// This side finished its stream on the current connection.
+    finished: bool,
+    /// A violation on this channel was already reported to its receiver.
+    violation_reported: bool,
+}
+
+impl Channel {
+    fn new(capacity: usize) -> Self {
+        Channel {
+            out: Outbound::new(capacity),
+            written: 0,
+            unsent: 0,
+            gap: None,
+            peer_max: 0,
+            inbound: Inbound::new(),
+            rules: InboundRules::data_only(),
+            queue: VecDeque::new(),
+            queued: 0,
+            discard: false,
+            ack_frame: false,
+            ack_at: None,
+            peer_finished: None,
+            finished: false,
+            violation_reported: false,
+        }
+    }
+
+    /// Everything this side sent on the channel has been acknowledged by the peer.
+    fn all_acknowledged(&self) -> bool {
+        self.out.buffered_messages() == 0
+    }
+
+    /// Everything kept has been handed to the stream.
+    fn all_written(&self) -> bool {
+        self.gap.is_none() && self.written >= self.out.next_seq()
+    }
+}
+
+/// The connection currently attached.
+#[derive(Debug)]
+struct Link {
+    generation: u64,
+    datagrams: bool,
+    last_heard: Instant,
+    /// The transport's received-datagram count at the last sample.
+    rx_seen: Option<u64>,
+    next_check: Instant,
+}
+
+#[derive(Debug)]
+struct Closing {
+    reason: Reason,
+    message: String,
+    deadline: Instant,
+}
+
+/// The established session's state machine (see the [module docs](self)).
+#[derive(Debug)]
+pub struct SessionMachine {
+    config: SessionConfig,
+    epoch: Instant,
+    channels: [Channel; 2],
+    lane_next: u64,
+    lane_inbound: LaneInbound,
+    lane_queue: VecDeque<Bytes>,
+    lane_queued: usize,
+    lane_violation_reported: bool,
+    /// An acknowledgement datagram is due.
+    ack_datagram: bool,
+    link: Option<Link>,
+    /// Bumped by every attach and detach.
+    generation: u64,
+    /// How the last detached connection ended, by generation.
+    detached: Option<(u64, LinkEnd)>,
+    /// When the session last heard from a connection it has since lost (cleared on attach).
+    lost_at: Option<Instant>,
+    /// Server: when the session expires without a connection.
+    expires_at: Option<Instant>,
+    /// Server: a resume issued a credential the client has not confirmed yet.
+    unconfirmed: bool,
+    closing: Option<Closing>,
+    end: Option<Disconnect>,
+    violation: Option<(Source, Reason, String)>,
+    /// Connections to close: (generation, reason, message).
+    closes: Vec<(u64, Reason, String)>,
+    events: VecDeque<Event>,
+    wakes: Wakes,
+    counts: Counts,
+}
+
+const fn index(kind: ChannelKind) -> usize {
+    match kind {
+        ChannelKind::Main => 0,
+        ChannelKind::Feed => 1,
+    }
+}
+
+const KINDS: [ChannelKind; 2] = [ChannelKind::Main, ChannelKind::Feed];
+
+impl SessionMachine {
+    /// A session with no connection yet, started at `now` (the lane's clock starts here).
+    pub fn new(config: SessionConfig, now: Instant) -> Self {
+        let capacity = config.replay_capacity;
+        SessionMachine {
+            epoch: now,
+            channels: [
+                Channel::new(capacity),
+                Channel::new(capacity),
+            ],
+            lane_next: 0,
+            lane_inbound: LaneInbound::new(config.lane_max_age),
+            lane_queue: VecDeque::new(),
+            lane_queued: 0,
+            lane_violation_reported: false,
+            ack_datagram: false,
+            link: None,
+            generation: 0,
+            detached: None,
+            lost_at: None,
+            expires_at: None,
+            unconfirmed: false,
+            closing: None,
+            end: None,
+            violation: None,
+            closes: Vec::new(),
+            events: VecDeque::new(),
+            wakes: Wakes::default(),
+            counts: Counts::default(),
+            config,
+        }
+    }
+
+    fn channel(&self, kind: ChannelKind) -> &Channel {
+        match kind {
+            ChannelKind::Main => &self.channels[0],
+            ChannelKind::Feed => &self.channels[1],
+        }
+    }
+
+    fn channel_mut(&mut self, kind: ChannelKind) -> &mut Channel {
+        match kind {
+            ChannelKind::Main => &mut self.channels[0],
+            ChannelKind::Feed => &mut self.channels[1],
+        }
+    }
+
+    // ----- getters -----
+
+    /// Which end this is.
+    pub fn side(&self) -> Side {
+        self.config.side
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Bumped by every attach and detach: a watcher of "a new connection" compares it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The generation of the attached connection, if one is attached.
+    pub fn attached(&self) -> Option<u64> {
+        self.link.as_ref().map(|l| l.generation)
+    }
+
+    /// Whether connection `generation` is the attached one.
+    pub fn is_attached(&self, generation: u64) -> bool {
+        self.attached() == Some(generation)
+    }
+
+    /// Why the session ended, if it has.
+    pub fn ended(&self) -> Option<&Disconnect> {
+        self.end.as_ref()
+    }
+
+    /// Whether a graceful close is under way.
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// When the session lost its last connection (the last time anything was heard on it), if
+    /// it has none now.
+    pub fn lost_at(&self) -> Option<Instant> {
+        self.link.is_none().then_some(self.lost_at).flatten()
+    }
+
+    /// The next `DATA` expected from the peer on `kind` (every earlier one is taken in).
+    pub fn inbound_next(&self, kind: ChannelKind) -> u64 {
+        self.channel(kind).inbound.next()
+    }
+
+    /// The largest payload the peer accepts in one message on `kind`.
+    pub fn max_payload(&self, kind: ChannelKind) -> usize {
+        max_data_payload(self.channel(kind).peer_max)
+    }
+
+    /// Bytes kept for a replay on `kind` (sent, not yet acknowledged).
+    pub fn replay_bytes(&self, kind: ChannelKind) -> usize {
+        self.channel(kind).out.buffered_bytes()
+    }
+
+    /// Bytes of `kind`'s messages waiting to be written to its stream.
+    pub fn unsent_bytes(&self, kind: ChannelKind) -> usize {
+        self.channel(kind).unsent
+    }
+
+    /// Bytes of received messages on `kind` the application has not read.
+    pub fn queued_bytes(&self, kind: ChannelKind) -> usize {
+        self.channel(kind).queued
+    }
+
+    /// Bytes of received lane messages the application has not read.
+    pub fn lane_queued_bytes(&self) -> usize {
+        self.lane_queued
+    }
+
+    /// What the machine counted.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// How connection `generation` ended for the session, once it is no longer attached.
+    pub fn link_end(&self, generation: u64) -> Option<LinkEnd> {
+        if self.is_attached(generation) {
+            return None;
+        }
+        if self.end.is_some() {
+            return Some(LinkEnd::Ended);
+        }
+        Some(match &self.detached {
+            Some((detached, end)) if *detached == generation => end.clone(),
+            // Replaced before its own ending was recorded: a newer connection took over.
+            _ => LinkEnd::Superseded,
+        })
+    }
+
+    /// Milliseconds since the session began, on this side's clock (the lane's send times).
+    pub fn clock_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    // ----- driver outputs -----
+
+    /// Whom to wake, since the last call.
+    pub fn take_wakes(&mut self) -> Wakes {
+        std::mem::take(&mut self.wakes)
+    }
+
+    /// A connection to close now: its generation, the reason code and the reason phrase.
+    pub fn poll_close(&mut self) -> Option<(u64, Reason, String)> {
+        self.closes.pop()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.end.is_some() {
+            return None;
+        }
+        let Some(link) = &self.link else {
+            return self.expires_at;
+        };
+        let mut next = link.next_check;
+        for channel in &self.channels {
+            for t in [
+                channel.ack_at,
+                channel
+                    .peer_finished
+                    .and_then(|t| t.checked_add(self.config.finish_grace)),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                next = next.min(t);
+            }
+        }
+        if let Some(closing) = &self.closing {
+            next = next.min(closing.deadline);
+        }
+        Some(next)
+    }
+
+    /// Whether connection `generation`'s stream for `kind` should be read now: the channel's
+    /// delivery queue has room (or it discards), and the peer has not finished the stream.
+    pub fn wants_read(&self, generation: u64, kind: ChannelKind) -> bool {
+        let channel = self.channel(kind);
+        self.is_attached(generation)
+            && channel.peer_finished.is_none()
+            && (channel.discard || channel.queued < self.config.receive_capacity)
+    }
+
+    /// The next thing to write on connection `generation`'s stream for `kind`: a pending `GAP`,
+    /// an acknowledgement, the next unwritten `DATA`, or, when closing gracefully and everything
+    /// is written, the stream's end. Polled frames count as written.
+    pub fn poll_transmit(&mut self, generation: u64, kind: ChannelKind) -> Option<Transmit> {
+        if !self.is_attached(generation) {
+            return None;
+        }
+        let closing = self.closing.is_some();
+        let channel = self.channel_mut(kind);
+        if channel.finished {
+            return None;
+        }
+        if let Some(next) = channel.gap.take() {
+            return Some(control_frame(&Message::Gap { next }));
+        }
+        if channel.ack_frame {
+            channel.ack_frame = false;
+            let next = channel.inbound.next();
+            return Some(control_frame(&Message::Ack { next }));
+        }
+        let seq = channel.written;
+        if let Some(payload) = channel.out.get(seq).cloned() {
+            return match codec::data_header(seq, payload.len(), channel.peer_max) {
+                Ok(header) => {
+                    channel.written = seq.saturating_add(1);
+                    channel.unsent = channel.unsent.saturating_sub(payload.len());
+                    self.wakes.room[index(kind)] = true;
+                    Some(Transmit::Frame(header, payload))
+                }
+                Err(e) => {
+                    // A message kept across a resume that the peer's new, lower limit refuses.
+                    let message = format!("{kind}: message {seq} kept for a replay: {e}");
+                    self.close_locally(Reason::FrameTooLarge, &message);
+                    None
+                }
+            };
+        }
+        if closing && channel.all_written() {
+            channel.finished = true;
+            return Some(Transmit::Finish);
+        }
+        None
+    }
+
+    /// The next datagram to send on connection `generation` (an acknowledgement datagram).
+    pub fn poll_datagram(&mut self, generation: u64) -> Option<Bytes> {
+        let link = self.link.as_ref().filter(|l| l.generation == generation)?;
+        if !self.ack_datagram || !link.datagrams {
+            return None;
+        }
+        self.ack_datagram = false;
+        Some(encode_ack_datagram(
+            self.channels[0].inbound.next(),
+            self.channels[1].inbound.next(),
+        ))
+    }
+
+    // ----- connections -----
+
+    /// Makes `link` the session's connection at `now`: plans each channel's replay from where
+    /// the peer stands (a `GAP` first if the replay buffer lost some of it) and returns its
+    /// generation. A connection still attached is closed as superseded. A position that claims
+    /// messages never sent ends the session with `SEQUENCE_ERROR`.
+    pub fn attach(&mut self, now: Instant, link: AttachLink) -> Result<Attached, Disconnect> {
+        if let Some(ended) = &self.end {
+            return Err(ended.clone());
+        }
+        if self.link.is_some() {
+            self.detach(
+                now,
+                Reason::Superseded,
+                "superseded by a resumed connection",
+            );
+        }
+        self.generation = self.generation.saturating_add(1);
+        let generation = self.generation;
+        let (main_rules, feed_rules) = link.rules;
+        let (mut replayed, mut lost) = (0u64, 0u64);
+        for (kind, peer_next, rules) in [
+            (ChannelKind::Main, link.peer_next.0, main_rules),
+            (ChannelKind::Feed, link.peer_next.1, feed_rules),
+        ] {
+            let peer_max = link.peer_limits.get(kind).min(codec::MAX_FRAME_LIMIT);
+            let channel = self.channel_mut(kind);
+            channel.peer_max = peer_max;
+            let gap = match channel.out.replay(peer_next) {
+                Ok(replay) => replay.gap,
+                Err(e) => {
+                    // The new connection is not attached: the caller closes it with this.
+                    let why = Disconnect::Locally {
+                        reason: Reason::SequenceError,
+                        message: format!("{kind}: replay position: {e}"),
+                    };
+                    self.finish(why.clone(), None);
+                    return Err(why);
+                }
+            };
+            if let Some(next) = gap {
+                lost = lost.saturating_add(next.saturating_sub(peer_next));
+            }
+            replayed = replayed.saturating_add(channel.out.buffered_messages() as u64);
+            channel.gap = gap;
+            channel.written = channel.out.first_kept();
+            channel.unsent = channel.out.buffered_bytes();
+            channel.rules = rules;
+            channel.peer_finished = None;
+            channel.finished = false;
+            channel.ack_frame = channel.inbound.has_unacked();
+            channel.ack_at = None;
+        }
+        if self.config.side == Side::Client {
+            // The client's first frame on the new connection: it tells the server CONN_OK (and
+            // its credential) arrived, and gives it the path at once.
+            self.channels[0].ack_frame = true;
+        }
+        self.link = Some(Link {
+            generation,
+            datagrams: link.datagrams,
+            last_heard: now,
+            rx_seen: None,
+            next_check: now.checked_add(self.config.check_interval()).unwrap_or(now),
+        });
+        self.lost_at = None;
+        self.expires_at = None;
+        self.detached = None;
+        self.counts.messages_replayed = self.counts.messages_replayed.saturating_add(replayed);
+        self.counts.messages_lost = self.counts.messages_lost.saturating_add(lost);
+        self.wakes.connection = true;
+        self.wakes.state = true;
+        self.wakes.room = [true, true];
+        Ok(Attached {
+            generation,
+            replayed,
+            lost,
+        })
+    }
+
+    /// Server: the resumed connection about to be attached carries a credential the client has
+    /// not confirmed yet; its first frame on main confirms it ([`Event::Confirmed`]).
+    pub fn expect_confirmation(&mut self) {
+        self.unconfirmed = true;
+    }
+
+    /// Gives up the attached connection without ending the session, closing it with `reason`:
+    /// a server that accepted a `RESUME` (`SUPERSEDED`), or a client that resumes on a new
+    /// connection (its application asked, or a stream failed). Returns whether one was
+    /// attached.
+    pub fn detach(&mut self, now: Instant, reason: Reason, message: &str) -> bool {
+        let Some(generation) = self.attached() else {
+            return false;
+        };
+        let end = match (self.config.side, reason) {
+            (Side::Server, Reason::Superseded) => LinkEnd::Superseded,
+            _ => LinkEnd::Lost(Disconnect::Locally {
+                reason,
+                message: message.to_owned(),
+            }),
+        };
+        let phrase = codec::truncate_utf8(message, codec::MAX_FAILURE_MESSAGE).to_owned();
+        self.closes.push((generation, reason, phrase));
+        self.lose_link(now, end);
+        true
+    }
+
+    /// Connection `generation` ended as its transport reports: the session continues without
+    /// it, or ends (§9.4). Ignored if that connection is no longer attached.
+    pub fn handle_link_closed(&mut self, generation: u64, closed: &LinkClosed, now: Instant) {
+        if !self.is_attached(generation) || self.end.is_some() {
+            return;
+        }
+        if closed.keeps_session() {
+            self.lose_link(now, LinkEnd::Lost(closed.disconnect()));
+        } else {
+            self.finish(closed.disconnect(), None);
+        }
+    }
+
+    /// Records the loss of the attached connection.
+    fn lose_link(&mut self, now: Instant, end: LinkEnd) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        self.generation = self.generation.saturating_add(1);
+        self.lost_at.get_or_insert(link.last_heard);
+        if let LinkEnd::Lost(why) = &end {
+            self.counts.connections_lost = self.counts.connections_lost.saturating_add(1);
+            self.events.push_back(Event::Lost(why.clone()));
+        }
+        self.detached = Some((link.generation, end));
+        for channel in &mut self.channels {
+            channel.ack_frame = false;
+            channel.peer_finished = None;
+            channel.finished = false;
+            channel.gap = None;
+        }
+        self.ack_datagram = false;
+        if let Some(grace) = self.config.grace_period {
+            self.expires_at = now.checked_add(grace);
+        }
+        self.wakes.connection = true;
+        self.wakes.state = true;
+        self.wakes.room = [true, true];
+        if let Some(closing) = self.closing.take() {
+            // A graceful close without a connection: nothing more can be delivered.
+            self.finish(
+                Disconnect::Locally {
+                    reason: closing.reason,
+                    message: closing.message,
+                },
+                None,
+            );
+        }
+    }
+
+    // ----- input from the attached connection -----
+
+    /// A liveness sample of connection `generation`: the transport's count of received
+    /// datagrams. A change means the path is alive.
+    pub fn handle_received(&mut self, generation: u64, rx_datagrams: u64, now: Instant) {
+        if let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) {
+            if link.rx_seen != Some(rx_datagrams) {
+                link.rx_seen = Some(rx_datagrams);
+                link.last_heard = now;
+            }
+        }
+    }
+
+    /// A frame body read from connection `generation`'s stream for `kind`.
+    pub fn handle_frame(&mut self, generation: u64, kind: ChannelKind, body: Bytes, now: Instant) {
+        if !self.is_attached(generation) || self.end.is_some() {
+            return;
+        }
+        if kind == ChannelKind::Main && self.unconfirmed {
+            self.unconfirmed = false;
+            self.events.push_back(Event::Confirmed);
+        }
+        let message = match decode_message(body) {
+            Ok(message) => message,
+            Err(e) => return self.violation(Source::Channel(kind), e.reason(), &e.to_string()),
+        };
+        let classified = self.channel_mut(kind).rules.classify(message);
+        match classified {
+            Classified::Data { seq, payload } => self.on_data(kind, seq, payload, now),
+            Classified::Ack(next) => self.on_ack(kind, next),
+            Classified::Gap(next) => {
+                let channel = self.channel_mut(kind);
+                let missed = channel.inbound.gap(next);
+                if missed > 0 {
+                    if !channel.discard {
+                        channel.queue.push_back(Delivery::Gap(missed));
+                        self.wakes.recv[index(kind)] = true;
+                    }
+                    self.schedule_ack(kind, now);
+                }
+            }
+            Classified::Ignored => {}
+            Classified::Violation { reason, message } => {
+                self.violation(Source::Channel(kind), reason, &message);
+            }
+        }
+    }
+
+    /// A frame that could not be read from `kind`'s stream (too large, empty).
+    pub fn handle_frame_error(
+        &mut self,
+        generation: u64,
+        kind: ChannelKind,
+        reason: Reason,
+        detail: &str,
+    ) {
+        if self.is_attached(generation) && self.end.is_none() {
+            self.violation(Source::Channel(kind), reason, detail);
+        }
+    }
+
+    fn on_data(&mut self, kind: ChannelKind, seq: u64, payload: Bytes, now: Instant) {
+        let channel = self.channel_mut(kind);
+        match channel.inbound.arrive(seq, payload.len()) {
+            Ok(Arrival::Deliver) => {
+                if !channel.discard {
+                    channel.queued = channel.queued.saturating_add(payload.len());
+                    channel.queue.push_back(Delivery::Message(payload));
+                    self.wakes.recv[index(kind)] = true;
+                }
+                self.counts.messages_received = self.counts.messages_received.saturating_add(1);
+                self.schedule_ack(kind, now);
+            }
+            Ok(Arrival::Duplicate) => {}
+            Err(e) => self.violation(Source::Channel(kind), Reason::SequenceError, &e.to_string()),
+        }
+    }
+
+    fn on_ack(&mut self, kind: ChannelKind, next: u64) {
+        let result = self.channel_mut(kind).out.ack(next);
+        match result {
+            Ok(()) => self.complete_close_if_done(),
+            Err(e) => self.violation(Source::Channel(kind), Reason::SequenceError, &e.to_string()),
+        }
+    }
+
+    /// What arrived on `kind` is to be acknowledged: now, if enough has arrived since the last
+    /// acknowledgement, else within the acknowledgement delay.
+    fn schedule_ack(&mut self, kind: ChannelKind, now: Instant) {
+        let delay = self.config.ack_delay;
+        let channel = self.channel_mut(kind);
+        if channel.inbound.ack_due() {
+            self.ack_now(kind);
+        } else if channel.ack_at.is_none() {
+            channel.ack_at = Some(now.checked_add(delay).unwrap_or(now));
+        }
+    }
+
+    /// Acknowledges what `kind` has taken in, at once, in-band (even if nothing is new: after a
+    /// client moved to a new socket, this is the packet that shows the server the new path) and
+    /// by datagram.
+    pub fn ack_now(&mut self, kind: ChannelKind) {
+        let channel = self.channel_mut(kind);
+        channel.inbound.ack_sent();
+        channel.ack_at = None;
+        channel.ack_frame = true;
+        self.ack_datagram = true;
+        self.wakes.connection = true;
+    }
+
+    /// Connection `generation`'s stream for `kind` ended while the connection lives.
+    pub fn handle_stream_end(
+        &mut self,
+        generation: u64,
+        kind: ChannelKind,
+        end: StreamEnd,
+        now: Instant,
+    ) {
+        if !self.is_attached(generation) || self.end.is_some() {
+            return;
+        }
+        match end {
+            StreamEnd::Finished => {
+                // A graceful close: acknowledge everything at once, then wait for the close.
+                self.channel_mut(kind).peer_finished = Some(now);
+                self.ack_now(kind);
+            }
+            StreamEnd::Failed(detail) => match self.config.side {
+                Side::Client => {
+                    let message = format!("{kind} stream failed ({detail})");
+                    self.detach(now, Reason::Superseded, &message);
+                }
+                Side::Server => {
+                    self.violation(Source::Channel(kind), Reason::InvalidStream, &detail);
+                }
             },
         }
     }
 
-    /// Client feed: `DATA`, and up to `left` late `FEED_INIT_REPLY` copies with token B.
-    pub fn client_feed(token_b: Token, left: u8) -> Self {
-        InboundRules {
-            echo: Echo::LateFeedInitReply { token_b, left },
+    /// A datagram received on connection `generation`: a lane message (newest wins) or an
+    /// acknowledgement datagram.
+    pub fn handle_datagram(&mut self, generation: u64, datagram: Bytes, now: Instant) {
+        if !self.is_attached(generation) || self.end.is_some() {
+            return;
+        }
+        match decode_datagram(datagram) {
+            Ok(Datagram::Lane(lane)) => {
+                let now_ms = self.clock_ms(now);
+                match self.lane_inbound.arrive(lane.seq, lane.sent_ms, now_ms) {
+                    LaneArrival::Deliver => {
+                        self.counts.datagrams_delivered =
+                            self.counts.datagrams_delivered.saturating_add(1);
+                        self.lane_queued = self.lane_queued.saturating_add(lane.payload.len());
+                        self.lane_queue.push_back(lane.payload);
+                        while self.lane_queued > self.config.lane_capacity
+                            && self.lane_queue.len() > 1
+                        {
+                            if let Some(dropped) = self.lane_queue.pop_front() {
+                                self.lane_queued = self.lane_queued.saturating_sub(dropped.len());
+                            }
+                        }
+                        self.wakes.lane = true;
+                    }
+                    LaneArrival::Stale => {
+                        self.counts.datagrams_stale = self.counts.datagrams_stale.saturating_add(1);
+                    }
+                    LaneArrival::TooOld { .. } => {
+                        self.counts.datagrams_too_old =
+                            self.counts.datagrams_too_old.saturating_add(1);
+                    }
+                }
+            }
+            Ok(Datagram::Ack {
+                main_next,
+                feed_next,
+            }) => {
+                self.on_ack(ChannelKind::Main, main_next);
+                if self.end.is_none() {
+                    self.on_ack(ChannelKind::Feed, feed_next);
+                }
+            }
+            Err(e) => self.violation(Source::Lane, e.reason(), &e.to_string()),
         }
     }
 
-    /// Classifies one inbound message.
-    pub fn classify(&mut self, message: Message) -> Inbound {
-        let name = message.name();
-        match (message, &mut self.echo) {
-            (Message::Data { seq, payload }, _) => Inbound::Data { seq, payload },
-            (Message::Ack { next }, _) => Inbound::Ack(next),
-            (Message::Gap { next }, _) => Inbound::Gap(next),
-            (Message::FinalAuth { token_b }, Echo::RedeemedTokenB(redeemed))
-                if tokens_equal(&token_b, redeemed) =>
+    /// Timers: acknowledgements due, the dead-path rule, the finished-stream grace, the end of
+    /// a graceful close's linger, a server session's expiry. Call it at
+    /// [`poll_timeout`](Self::poll_timeout), after [`handle_received`](Self::handle_received)
+    /// with a fresh sample.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.end.is_some() {
+            return;
+        }
+        let Some(link) = self.link.as_mut() else {
+            if self.expires_at.is_some_and(|t| t <= now) {
+                let grace = self.config.grace_period.unwrap_or_default();
+                let message = format!(
+                    "the client did not come back within {} s",
+                    grace.as_secs_f32()
+                );
+                self.finish(
+                    Disconnect::Locally {
+                        reason: Reason::SessionExpired,
+                        message,
+                    },
+                    None,
+                );
+            }
+            return;
+        };
+        let mut dead = false;
+        if link.next_check <= now {
+            link.next_check = now
+                .checked_add(self.config.check_interval())
+                .unwrap_or(now);
+            dead = now.saturating_duration_since(link.last_heard) >= self.config.dead_path_timeout;
+        }
+        if dead {
+            let message = format!(
+                "nothing received for {} ms",
+                self.config.dead_path_timeout.as_millis()
+            );
+            self.detach(now, Reason::DeadPath, &message);
+            return;
+        }
+        for kind in KINDS {
+            let channel = self.channel(kind);
+            if channel.ack_at.is_some_and(|t| t <= now) {
+                self.ack_now(kind);
+            }
+            let grace = self.config.finish_grace;
+            let channel = self.channel(kind);
+            if channel
+                .peer_finished
+                .and_then(|t| t.checked_add(grace))
+                .is_some_and(|t| t <= now)
             {
-                violation(Reason::TokenReused, "token B presented again after CONN_OK")
+                self.violation(
+                    Source::Channel(kind),
+                    Reason::InvalidStream,
+                    "stream finished but the session stayed open",
+                );
+                return;
             }
-            (
-                Message::FeedInit { player_id, token_a },
-                Echo::LateFeedInit {
-                    player_id: expected,
-                    token_a: redeemed,
-                    left,
-                },
-            ) if *left > 0 && player_id == *expected && tokens_equal(&token_a, redeemed) => {
-                *left = left.saturating_sub(1);
-                Inbound::Ignored
-            }
-            (
-                Message::FeedInitReply { token_b },
-                Echo::LateFeedInitReply {
-                    token_b: ours,
-                    left,
-                },
-            ) if *left > 0 && tokens_equal(&token_b, ours) => {
-                *left = left.saturating_sub(1);
-                Inbound::Ignored
-            }
-            _ => violation(Reason::UnexpectedMessage, &format!("{name} after CONN_OK")),
+        }
+        if self.closing.as_ref().is_some_and(|c| c.deadline <= now) {
+            self.complete_close();
         }
     }
-}
 
-fn violation(reason: Reason, message: &str) -> Inbound {
-    Inbound::Violation {
-        reason,
-        message: message.to_owned(),
+    // ----- the application -----
+
+    /// Queues `payload` on `kind`: numbered, kept for a replay, written by the connection's
+    /// task. Refused when the send budget is full (the caller waits for
+    /// [`Wakes::room`]), the payload exceeds the peer's limit, or the session has ended or is
+    /// closing. Without a connection the budget does not apply: the message is kept, and the
+    /// oldest kept messages give way beyond the replay capacity (reported with a `GAP`).
+    pub fn send(&mut self, kind: ChannelKind, payload: Bytes) -> Result<u64, Refused> {
+        if let Some(ended) = &self.end {
+            return Err(Refused::Ended(ended.clone()));
+        }
+        if let Some(closing) = &self.closing {
+            return Err(Refused::Ended(Disconnect::Locally {
+                reason: closing.reason,
+                message: closing.message.clone(),
+            }));
+        }
+        let attached = self.link.is_some();
+        let budget = self.config.send_budget;
+        let channel = self.channel_mut(kind);
+        let len = payload.len();
+        if codec::check_data_size(len, channel.peer_max).is_err() {
+            return Err(Refused::TooLarge {
+                len,
+                max: max_data_payload(channel.peer_max),
+            });
+        }
+        if attached && channel.unsent > 0 && channel.unsent.saturating_add(len) > budget {
+            return Err(Refused::Full);
+        }
+        let seq = channel.out.push(payload);
+        if attached {
+            channel.unsent = channel.unsent.saturating_add(len);
+            let first = channel.out.first_kept();
+            if first > channel.written {
+                // Never with a send budget within the replay capacity; should it happen, the
+                // peer is told, never left waiting for what is gone.
+                channel.gap = Some(first);
+                channel.written = first;
+                channel.unsent = channel.out.buffered_bytes();
+            }
+            self.wakes.connection = true;
+        }
+        self.counts.messages_sent = self.counts.messages_sent.saturating_add(1);
+        Ok(seq)
+    }
+
+    /// Whether a send of `len` bytes on `kind` would be accepted now by the budget.
+    pub fn has_room(&self, kind: ChannelKind, len: usize) -> bool {
+        let channel = self.channel(kind);
+        self.link.is_none()
+            || channel.unsent == 0
+            || channel.unsent.saturating_add(len) <= self.config.send_budget
+    }
+
+    /// The next message on `kind` for the application, or why there is none (`None`: wait for
+    /// [`Wakes::recv`]). Messages taken in before the session ended are all returned before
+    /// its end is.
+    pub fn recv(&mut self, kind: ChannelKind) -> Option<Result<Bytes, Received>> {
+        let capacity = self.config.receive_capacity;
+        let channel = self.channel_mut(kind);
+        if let Some(delivery) = channel.queue.pop_front() {
+            return Some(match delivery {
+                Delivery::Message(payload) => {
+                    let was_full = channel.queued >= capacity;
+                    channel.queued = channel.queued.saturating_sub(payload.len());
+                    if was_full && channel.queued < capacity {
+                        // The connection's task stopped reading this stream: it may go on.
+                        self.wakes.connection = true;
+                    }
+                    Ok(payload)
+                }
+                Delivery::Gap(missed) => Err(Received::Gap(missed)),
+            });
+        }
+        let end = self.end.clone()?;
+        if let Some((Source::Channel(source), reason, message)) = self.violation.clone() {
+            let channel = self.channel_mut(kind);
+            if source == kind && !channel.violation_reported {
+                channel.violation_reported = true;
+                return Some(Err(Received::Violation { reason, message }));
+            }
+        }
+        Some(Err(Received::Closed(end)))
+    }
+
+    /// The application dropped `kind`'s receiving half: what arrives there from now on is
+    /// acknowledged and discarded.
+    pub fn discard(&mut self, kind: ChannelKind) {
+        let channel = self.channel_mut(kind);
+        channel.discard = true;
+        channel.queue.clear();
+        channel.queued = 0;
+        self.wakes.connection = true;
+    }
+
+    /// A sequence number and send time for a lane message sent now.
+    pub fn lane_stamp(&mut self, now: Instant) -> Result<(u64, u64), Disconnect> {
+        if let Some(ended) = &self.end {
+            return Err(ended.clone());
+        }
+        let seq = self.lane_next;
+        self.lane_next = self.lane_next.saturating_add(1);
+        Ok((seq, self.clock_ms(now)))
+    }
+
+    /// The next lane sequence number (not consumed).
+    pub fn lane_peek(&self) -> u64 {
+        self.lane_next
+    }
+
+    /// The next lane message for the application, like [`recv`](Self::recv).
+    pub fn lane_recv(&mut self) -> Option<Result<Bytes, Received>> {
+        if let Some(payload) = self.lane_queue.pop_front() {
+            self.lane_queued = self.lane_queued.saturating_sub(payload.len());
+            return Some(Ok(payload));
+        }
+        let end = self.end.clone()?;
+        if let Some((Source::Lane, reason, message)) = &self.violation {
+            if !self.lane_violation_reported {
+                self.lane_violation_reported = true;
+                return Some(Err(Received::Violation {
+                    reason: *reason,
+                    message: message.clone(),
+                }));
+            }
+        }
+        Some(Err(Received::Closed(end)))
+    }
+
+    /// Closes the session at once with `reason`: the connection, if any, is closed with it.
+    pub fn close(&mut self, reason: Reason, message: &str) {
+        self.close_locally(reason, message);
+    }
+
+    /// Ends the session with `disconnect`, closing the connection (if any) with `reason` and
+    /// `message` (a shutdown, a failed resume).
+    pub fn end_with(&mut self, disconnect: Disconnect, reason: Reason, message: &str) {
+        self.finish(disconnect, Some((reason, message.to_owned())));
+    }
+
+    /// Closes the session once the peer has what was sent: no more sends; everything queued is
+    /// written, both streams finished, and the connection closed with `reason` once the peer
+    /// has acknowledged every message, or at `now + linger`. Without a connection the session
+    /// ends at once (nothing can be delivered).
+    pub fn close_gracefully(
+        &mut self,
+        now: Instant,
+        reason: Reason,
+        message: &str,
+        linger: Duration,
+    ) {
+        if self.end.is_some() || self.closing.is_some() {
+            return;
+        }
+        let message = codec::truncate_utf8(message, codec::MAX_FAILURE_MESSAGE).to_owned();
+        if self.link.is_none() {
+            self.finish(Disconnect::Locally { reason, message }, None);
+            return;
+        }
+        self.closing = Some(Closing {
+            reason,
+            message,
+            deadline: now.checked_add(linger).unwrap_or(now),
+        });
+        self.wakes.connection = true;
+        self.wakes.room = [true, true];
+        self.complete_close_if_done();
+    }
+
+    fn complete_close_if_done(&mut self) {
+        if self.closing.is_some()
+            && self
+                .channels
+                .iter()
+                .all(|c| c.all_written() && c.all_acknowledged())
+        {
+            self.complete_close();
+        }
+    }
+
+    fn complete_close(&mut self) {
+        if let Some(closing) = self.closing.take() {
+            let message = closing.message;
+            self.finish(
+                Disconnect::Locally {
+                    reason: closing.reason,
+                    message: message.clone(),
+                },
+                Some((closing.reason, message)),
+            );
+        }
+    }
+
+    // ----- endings -----
+
+    fn close_locally(&mut self, reason: Reason, message: &str) {
+        let message = codec::truncate_utf8(message, codec::MAX_FAILURE_MESSAGE).to_owned();
+        self.finish(
+            Disconnect::Locally {
+                reason,
+                message: message.clone(),
+            },
+            Some((reason, message)),
+        );
+    }
+
+    fn violation(&mut self, source: Source, reason: Reason, message: &str) {
+        let message = match source {
+            Source::Channel(kind) => format!("{kind}: {message}"),
+            Source::Lane => format!("feed datagram: {message}"),
+        };
+        self.violation = Some((source, reason, message.clone()));
+        self.close_locally(reason, &message);
+    }
+
+    /// Ends the session (the first end wins), closing the attached connection with `close`.
+    fn finish(&mut self, disconnect: Disconnect, close: Option<(Reason, String)>) {
+        if self.end.is_some() {
+            return;
+        }
+        self.end = Some(disconnect);
+        self.closing = None;
+        self.expires_at = None;
+        if let Some(link) = self.link.take() {
+            self.generation = self.generation.saturating_add(1);
+            if let Some((reason, message)) = close {
+                self.closes.push((link.generation, reason, message));
+            }
+        }
+        self.wake_all();
+    }
+
+    fn wake_all(&mut self) {
+        self.wakes = Wakes {
+            connection: true,
+            recv: [true, true],
+            lane: true,
+            room: [true, true],
+            state: true,
+        };
     }
 }
 
-/// Constant-time token equality.
-pub(crate) fn tokens_equal(a: &Token, b: &Token) -> bool {
-    bool::from(a.0.ct_eq(&b.0))
+/// A whole control frame (`ACK`, `GAP`) as a head with an empty body. Both are a tag and one
+/// varint, which always encode.
+fn control_frame(message: &Message) -> Transmit {
+    Transmit::Frame(
+        codec::encode_message(message).unwrap_or_default(),
+        Bytes::new(),
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: Token = Token([0xaa; 16]);
-    const B: Token = Token([0xbb; 16]);
-
-    #[test]
-    fn data_passes_on_every_channel() {
-        for mut rules in [
-            InboundRules::data_only(),
-            InboundRules::server_main(B),
-            InboundRules::server_feed(PlayerId(1), A, 3),
-            InboundRules::client_feed(B, 3),
-        ] {
-            let data = Message::Data {
-                seq: 3,
-                payload: Bytes::from_static(b"x"),
-            };
-            assert_eq!(
-                rules.classify(data),
-                Inbound::Data {
-                    seq: 3,
-                    payload: Bytes::from_static(b"x")
-                }
-            );
-            assert_eq!(rules.classify(Message::Ack { next: 9 }), Inbound::Ack(9));
-            assert_eq!(rules.classify(Message::Gap { next: 9 }), Inbound::Gap(9));
-        }
-    }
-
-    #[test]
-    fn final_auth_again_is_token_reused() {
-        let mut rules = InboundRules::server_main(B);
-        let Inbound::Violation { reason, .. } = rules.classify(Message::FinalAuth { token_b: B })
-        else {
-            panic!("accepted a reused token")
-        };
-        assert_eq!(reason, Reason::TokenReused);
-        let Inbound::Violation { reason, .. } = rules.classify(Message::FinalAuth { token_b: A })
-        else {
-            panic!("accepted a FINAL_AUTH")
-        };
-        assert_eq!(reason, Reason::UnexpectedMessage);
-    }
-
-    #[test]
-    fn late_feed_init_retries_are_ignored_a_bounded_number_of_times() {
-        let mut rules = InboundRules::server_feed(PlayerId(4), A, 2);
-        let retry = Message::FeedInit {
-            player_id: PlayerId(4),
-            token_a: A,
-        };
-        assert_eq!(rules.classify(retry.clone()), Inbound::Ignored);
-        assert_eq!(rules.classify(retry.clone()), Inbound::Ignored);
-        assert!(matches!(
-            rules.classify(retry),
-            Inbound::Violation {
-                reason: Reason::UnexpectedMessage,
-                ..
-            }
-        ));
-        let mut rules = InboundRules::server_feed(PlayerId(4), A, 2);
-        let other_player = Message::FeedInit {
-            player_id: PlayerId(5),
-            token_a: A,
-        };
-        assert!(matches!(
-            rules.classify(other_player),
-            Inbound::Violation { .. }
-        ));
-    }
-
-    #[test]
-    fn late_feed_init_replies_must_carry_our_token_b() {
-        let mut rules = InboundRules::client_feed(B, 1);
-        assert!(matches!(
-            rules.classify(Message::FeedInitReply { token_b: A }),
-            Inbound::Violation { .. }
-        ));
-        assert_eq!(
-            rules.classify(Message::FeedInitReply { token_b: B }),
-            Inbound::Ignored
-        );
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;
