@@ -9,66 +9,13 @@
 //! [`broadcast_lane`](crate::Server::broadcast_lane) reach every session of a server.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
 
-use bytes::Bytes;
-use serde::Serialize;
-
-use crate::driver::session::{Outgoing, SessionCore};
+use crate::driver::session::SessionCore;
 use crate::error::SendError;
-use crate::protocol::codec::Payload;
+use crate::prepared::Prepared;
 use crate::protocol::{ChannelKind, PlayerId};
-use crate::session::{SessionHandle, encode_error};
-
-/// A message encoded once, to send to any number of sessions with
-/// [`Sender::send_prepared`](crate::Sender::send_prepared),
-/// [`Lane::send_prepared`](crate::Lane::send_prepared), a [`Group`] or a server-wide
-/// broadcast. Cloning it is cheap (the bytes are shared).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prepared {
-    payload: Bytes,
-}
-
-impl Prepared {
-    /// Encodes `value` with bincode, once (the same encoding as
-    /// [`Sender::send`](crate::Sender::send)).
-    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Prepared, SendError> {
-        let payload = Payload::encode(value).map_err(encode_error)?;
-        Ok(Prepared {
-            payload: payload.into_bytes(),
-        })
-    }
-
-    /// Raw bytes as a message (received as they are by `recv_bytes`).
-    pub fn from_bytes(payload: impl Into<Bytes>) -> Prepared {
-        Prepared {
-            payload: payload.into(),
-        }
-    }
-
-    /// The encoded message.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.payload.len()
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.payload.is_empty()
-    }
-
-    pub(crate) fn shared(&self) -> Outgoing {
-        Outgoing::Shared(self.payload.clone())
-    }
-}
+use crate::session::SessionHandle;
 
 /// What a broadcast did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,8 +23,9 @@ impl Prepared {
 pub struct Broadcast {
     /// Sessions the message was queued for.
     pub sent: usize,
-    /// Sessions it could not be sent to, and why (the session had ended, or the message is
-    /// over that session's limit).
+    /// Sessions it could not be sent to, and why: the session had ended, the message is over
+    /// that session's limit, or its send buffer is full ([`SendError::Blocked`]: that peer is
+    /// not keeping up; nothing was queued for it).
     pub failed: Vec<(PlayerId, SendError)>,
 }
 
@@ -141,13 +89,13 @@ impl Group {
         before.saturating_sub(self.members.len())
     }
 
-    /// Sends `message` on every member's reliable feed channel, to all of them at once: it
-    /// returns when the message is queued for every member, or after [`MEMBER_WAIT`] for
-    /// members whose flow control stays full (a peer that stopped reading), which are reported
-    /// as [`SendError::Blocked`]. Same guarantees per member as
-    /// [`Sender::send`](crate::Sender::send).
-    pub async fn send_feed(&self, message: &Prepared) -> Broadcast {
-        send_feed_to(self.members.values().map(|s| s.core().clone()), message).await
+    /// Queues `message` on every member's reliable feed channel, without waiting: a member whose
+    /// send buffer is full (its peer is not keeping up) is reported at once as
+    /// [`SendError::Blocked`] and gets nothing, and every other member gets the message in this
+    /// same call. Per member, the guarantees of [`Sender::send`](crate::Sender::send). The cost
+    /// is one lock and one wake-up per member; the bytes are shared, not copied.
+    pub fn send_feed(&self, message: &Prepared) -> Broadcast {
+        send_feed_to(self.members.values().map(SessionHandle::core), message)
     }
 
     /// Sends `message` on every member's datagram lane (see [`Lane`](crate::Lane)), without
@@ -158,33 +106,15 @@ impl Group {
     }
 }
 
-/// How long a reliable broadcast waits for one member's flow control.
-pub const MEMBER_WAIT: Duration = Duration::from_secs(1);
-
-/// One session's part of a broadcast: its player and how its send went.
-type BoxedSend = Pin<Box<dyn Future<Output = (PlayerId, Result<(), SendError>)> + Send>>;
-
-/// Sends a prepared message on the reliable feed of every session, concurrently.
-pub(crate) async fn send_feed_to(
-    sessions: impl Iterator<Item = Arc<SessionCore>>,
+/// Queues a prepared message on the reliable feed of every session, without waiting.
+pub(crate) fn send_feed_to<'a>(
+    sessions: impl Iterator<Item = &'a Arc<SessionCore>>,
     message: &Prepared,
 ) -> Broadcast {
-    let sends: Vec<_> = sessions
-        .map(|core| {
-            let payload = message.shared();
-            let send: BoxedSend = Box::pin(async move {
-                let send = core.send(ChannelKind::Feed, payload);
-                let result = tokio::time::timeout(MEMBER_WAIT, send)
-                    .await
-                    .unwrap_or(Err(SendError::Blocked));
-                (core.player_id, result)
-            });
-            send
-        })
-        .collect();
     let mut report = Broadcast::default();
-    for (player, result) in join_all(sends).await {
-        report.record(player, result);
+    for core in sessions {
+        let result = core.try_send(ChannelKind::Feed, message.payload());
+        report.record(core.player_id, result);
     }
     report
 }
@@ -199,28 +129,4 @@ pub(crate) fn send_lane_to<'a>(
         report.record(core.player_id, core.send_lane(message.as_bytes()));
     }
     report
-}
-
-/// Runs every future to completion, concurrently, on the calling task; the outputs in the same
-/// order.
-async fn join_all<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send>>>) -> Vec<T> {
-    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }

@@ -79,9 +79,21 @@ pub struct TransportConfig {
     /// oldest messages are dropped and the peer's receiver reports a
     /// [`RecvError::Gap`](crate::RecvError::Gap). An idle session keeps nothing.
     pub replay_buffer: usize,
-    /// Bytes of received feed datagrams ([`Lane`](crate::Lane)) QUIC keeps until the
-    /// application reads them; when full, the oldest are dropped. Default 64 KiB (over 300
-    /// snapshots of 200 bytes). 0 refuses datagrams: the peer's lane then cannot send.
+    /// Bytes of a channel's messages that may wait to be written to the connection; a `send`
+    /// waits beyond it (one message is always taken, whatever its size). Default 64 KiB. This
+    /// is the back-pressure point: a peer that does not keep up makes `send` wait here, and
+    /// broadcasts report it as [`SendError::Blocked`](crate::SendError::Blocked). Capped at
+    /// `replay_buffer` (the waiting messages are kept for a replay too).
+    pub send_buffer: usize,
+    /// Bytes of received messages a channel holds for the application to read; the channel's
+    /// stream is not read beyond it, which holds the peer back on that channel alone.
+    /// Default 64 KiB. Messages are taken in and acknowledged whether or not the application
+    /// reads, up to this.
+    pub receive_buffer: usize,
+    /// Bytes of received feed datagrams ([`Lane`](crate::Lane)) kept until the application
+    /// reads them; when full, the oldest are dropped. Default 64 KiB (over 300 snapshots of
+    /// 200 bytes). 0 refuses datagrams: the peer's lane then cannot send, and acknowledgements
+    /// travel in-band only.
     pub datagram_receive_buffer: usize,
     /// Bytes of feed datagrams QUIC queues for sending while congestion control holds them
     /// back; when full, the oldest are dropped (newest wins on the sending side too). Default
@@ -116,6 +128,8 @@ impl Default for TransportConfig {
             send_window: 256 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
             replay_buffer: 128 * 1024,
+            send_buffer: 64 * 1024,
+            receive_buffer: 64 * 1024,
             datagram_receive_buffer: 64 * 1024,
             datagram_send_buffer: 64 * 1024,
             datagram_max_age: None,
@@ -149,6 +163,11 @@ impl TransportConfig {
         }
         if self.stream_receive_window == 0 || self.receive_window == 0 || self.send_window == 0 {
             return Err(invalid("flow-control windows must be non-zero"));
+        }
+        if self.send_buffer == 0 || self.receive_buffer == 0 || self.replay_buffer == 0 {
+            return Err(invalid(
+                "send_buffer, receive_buffer and replay_buffer must be non-zero",
+            ));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::{DecodeError, HandshakeStep, Reason};
+use crate::protocol::{DecodeError, EncodeError, HandshakeStep, Reason};
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -121,48 +121,7 @@ pub enum ConnectError {
     },
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Disconnect {
-    /// The peer closed the session with this reason (for a client, e.g.
-    /// [`Reason::ServerShutdown`]).
-    #[error("closed by peer: {reason}: {message}")]
-    ByPeer {
-        /// The peer's reason.
-        reason: Reason,
-        /// The peer's detail text.
-        message: String,
-    },
-    /// This side closed the session, by [`Session::close`](crate::Session::close) or because
-    /// it detected a protocol violation.
-    #[error("closed locally: {reason}: {message}")]
-    Locally {
-        /// The reason given.
-        reason: Reason,
-        /// The detail given.
-        message: String,
-    },
-    /// Nothing was heard from the peer for the idle timeout: the path or the peer died.
-    #[error("timed out")]
-    TimedOut,
-    /// The peer no longer knows the connection (typically a server restart).
-    #[error("reset by peer")]
-    Reset,
-    /// A QUIC-level error.
-    #[error("transport error: {0}")]
-    Transport(String),
-    /// A client could not resume the session after losing its connection: the server refused
-    /// (`reason`), or could not be reached within the resume budget
-    /// ([`Reason::HandshakeTimeout`]).
-    #[error("resume failed: {reason}: {message}")]
-    ResumeFailed {
-        /// Why.
-        reason: Reason,
-        /// Detail.
-        message: String,
-    },
-}
+pub use crate::protocol::Disconnect;
 
 /// Sending a message failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,10 +141,21 @@ pub enum SendError {
     /// The session has ended.
     #[error("session closed: {0}")]
     Closed(Disconnect),
-    /// A broadcast stopped waiting for this session: its flow control stayed full (the peer is
-    /// not reading). The message may still go out later, ahead of the session's next one.
-    #[error("the peer's flow control did not take the message in time")]
+    /// The channel's send budget is full: the peer is not taking messages as fast as they are
+    /// sent (it stopped reading, or the path is slow). Nothing was sent. Returned by the calls
+    /// that never wait (a broadcast, [`Sender::try_send`](crate::Sender::try_send)); `send`
+    /// waits instead.
+    #[error("the channel's send buffer is full: the peer is not keeping up; nothing was sent")]
     Blocked,
+}
+
+impl From<EncodeError> for SendError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::TooLarge { len, max } => SendError::TooLarge { len, max },
+            other => SendError::Encode(other.to_string()),
+        }
+    }
 }
 
 /// Receiving a message failed.

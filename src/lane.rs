@@ -5,16 +5,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 
-use crate::broadcast::Prepared;
-use crate::driver::session::{Counters, SessionCore, lock};
-use crate::error::{Disconnect, RecvError, SendError};
+use crate::driver::session::{AppRef, SessionCore};
+use crate::error::{RecvError, SendError};
+use crate::prepared::Prepared;
 use crate::protocol::codec::{self, Payload};
-use crate::protocol::lane::{LaneArrival, decode_lane_datagram, lane_header_len};
-use crate::session::{AppRef, encode_error};
 
-/// Most queued datagrams [`Lane::recv_latest_bytes`] looks through for a newer one.
+/// Most queued messages [`Lane::recv_latest_bytes`] looks through for a newer one.
 const MAX_SKIP: usize = 1024;
 
 /// The session's feed datagram lane: state snapshots and other messages where only the newest
@@ -40,23 +37,19 @@ const MAX_SKIP: usize = 1024;
 /// several receive, each message goes to one of them. Sending while the session is between
 /// connections drops the message (counted in
 /// [`SessionCounters::datagrams_unsent`](crate::SessionCounters::datagrams_unsent)).
+/// Datagrams are taken in as they arrive, whether or not the application reads the lane; up to
+/// [`TransportConfig::datagram_receive_buffer`](crate::TransportConfig::datagram_receive_buffer)
+/// bytes of them wait to be read, the oldest giving way.
 ///
 /// [`TransportConfig::datagram_max_age`]: crate::TransportConfig::datagram_max_age
 #[derive(Debug, Clone)]
 pub struct Lane {
     app: Arc<AppRef>,
-    attached: watch::Receiver<u64>,
-    ended: watch::Receiver<Option<Disconnect>>,
 }
 
 impl Lane {
     pub(crate) fn new(app: Arc<AppRef>) -> Self {
-        let core = &app.core;
-        Lane {
-            attached: core.subscribe_attached(),
-            ended: core.subscribe_end(),
-            app,
-        }
+        Lane { app }
     }
 
     fn core(&self) -> &Arc<SessionCore> {
@@ -66,18 +59,12 @@ impl Lane {
     /// The largest payload that fits one datagram on the current path, in bytes; `None` while
     /// the session has no connection, or if the peer refuses datagrams.
     pub fn max_payload_size(&self) -> Option<usize> {
-        let core = self.core();
-        let max = self.core().connection()?.max_datagram_size()?;
-        let seq = core
-            .lane
-            .next_seq
-            .load(std::sync::atomic::Ordering::Relaxed);
-        max.checked_sub(lane_header_len(seq, core.lane.now_ms()))
+        self.core().lane_max_payload()
     }
 
     /// Encodes `value` with bincode and sends it in one datagram; see [`send_bytes`](Self::send_bytes).
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
-        let payload = Payload::encode(value).map_err(encode_error)?;
+        let payload = Payload::encode(value)?;
         self.send_bytes(payload.bytes())
     }
 
@@ -112,12 +99,12 @@ impl Lane {
     /// when the session ends. A malformed datagram breaks the protocol: the session is closed
     /// with the reason and [`RecvError::Violation`] returned. Cancel-safe.
     pub async fn recv_bytes(&mut self) -> Result<Bytes, RecvError> {
-        loop {
-            let datagram = self.next_datagram().await?;
-            if let Some(payload) = self.on_datagram(datagram)? {
-                return Ok(payload);
-            }
-        }
+        self.core().recv_lane().await
+    }
+
+    /// The next lane message if one has arrived, without waiting.
+    pub fn try_recv_bytes(&mut self) -> Option<Result<Bytes, RecvError>> {
+        self.core().try_recv_lane()
     }
 
     /// Like [`recv_bytes`](Self::recv_bytes), but if several messages have already arrived,
@@ -126,11 +113,9 @@ impl Lane {
         let mut latest = self.recv_bytes().await?;
         // Bounded: a peer sending as fast as this reads must not keep it here.
         for _ in 0..MAX_SKIP {
-            let Some(datagram) = self.ready_datagram() else {
-                break;
-            };
-            if let Some(newer) = self.on_datagram(datagram)? {
-                latest = newer;
+            match self.core().take_lane() {
+                Some(newer) => latest = newer,
+                None => break,
             }
         }
         Ok(latest)
@@ -140,80 +125,5 @@ impl Lane {
     pub async fn recv_latest<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
         let payload = self.recv_latest_bytes().await?;
         codec::decode_data_value(&payload).map_err(RecvError::Decode)
-    }
-
-    /// A datagram already received on the current connection, without waiting.
-    fn ready_datagram(&self) -> Option<Bytes> {
-        let conn = self.core().connection()?;
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let read = std::pin::pin!(conn.read_datagram());
-        match read.poll(&mut cx) {
-            std::task::Poll::Ready(Ok(datagram)) => Some(datagram),
-            _ => None,
-        }
-    }
-
-    /// The next datagram from whichever connection the session has.
-    async fn next_datagram(&mut self) -> Result<Bytes, RecvError> {
-        loop {
-            if let Some(why) = self.ended.borrow().clone() {
-                return Err(RecvError::Closed(why));
-            }
-            // Seen before the connection is taken: an attach after this wakes the wait below.
-            self.attached.borrow_and_update();
-            let datagram = match self.app.core.connection() {
-                Some(conn) => tokio::select! {
-                    datagram = conn.read_datagram() => datagram.ok(),
-                    _ = self.ended.changed() => continue,
-                },
-                None => None,
-            };
-            match datagram {
-                Some(datagram) => return Ok(datagram),
-                // No connection, or it ended: wait for the next one, or the end.
-                None => {
-                    tokio::select! {
-                        changed = self.attached.changed() => if changed.is_err() {
-                            return Err(self.closed());
-                        },
-                        changed = self.ended.changed() => if changed.is_err() {
-                            return Err(self.closed());
-                        },
-                    }
-                }
-            }
-        }
-    }
-
-    /// Decodes a datagram and applies newest-wins and the maximum age; returns the payload to
-    /// deliver, if any.
-    fn on_datagram(&self, datagram: Bytes) -> Result<Option<Bytes>, RecvError> {
-        let core = self.core();
-        let lane = decode_lane_datagram(datagram).map_err(|e| {
-            let message = format!("feed datagram: {e}");
-            tracing::debug!(reason = %e.reason(), %message, "peer violated the protocol; closing");
-            core.close(e.reason(), &message);
-            RecvError::Violation {
-                reason: e.reason(),
-                message,
-            }
-        })?;
-        let arrival = lock(&core.lane.inbound).arrive(lane.seq, lane.sent_ms, core.lane.now_ms());
-        let counter = match arrival {
-            LaneArrival::Deliver => &core.counters.datagrams_delivered,
-            LaneArrival::Stale => &core.counters.datagrams_stale,
-            LaneArrival::TooOld { .. } => &core.counters.datagrams_too_old,
-        };
-        Counters::bump(counter, 1);
-        Ok((arrival == LaneArrival::Deliver).then_some(lane.payload))
-    }
-
-    fn closed(&self) -> RecvError {
-        RecvError::Closed(
-            self.core()
-                .ended()
-                .unwrap_or_else(|| Disconnect::Transport("session state lost".into())),
-        )
     }
 }

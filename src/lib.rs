@@ -115,13 +115,14 @@ mod error;
 pub mod events;
 mod known_hosts;
 mod lane;
+mod prepared;
 pub mod protocol;
 mod server;
 mod session;
 pub mod stats;
 
 pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
-pub use broadcast::{Broadcast, Group, MEMBER_WAIT, Prepared};
+pub use broadcast::{Broadcast, Group};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;
 pub use config::{ClientConfig, ResumePolicy, ServerConfig, TransportConfig};
@@ -131,6 +132,7 @@ pub use error::{
 pub use events::{Events, ServerCounters, ServerEvent, SessionCounters, SessionEvent};
 pub use known_hosts::KnownHosts;
 pub use lane::Lane;
+pub use prepared::Prepared;
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};

@@ -7,12 +7,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::broadcast::{Broadcast, Prepared};
+use crate::broadcast::Broadcast;
 use crate::certs::{Fingerprint, Identity};
 use crate::config::ServerConfig;
 use crate::driver::{endpoint, server as driver};
 use crate::error::ServerError;
 use crate::events::{ServerCounters, ServerEvent};
+use crate::prepared::Prepared;
 use crate::protocol::Reason;
 use crate::session::Session;
 use crate::stats::ServerStats;
@@ -71,7 +72,7 @@ impl Server {
         let (tx, rx) = mpsc::channel(64);
         let accept_task = tokio::spawn(driver::accept_loop(endpoint.clone(), shared.clone(), tx));
         if let Some(every) = shared.config.transport.stats_log_interval {
-            tokio::spawn(crate::stats::log_server(Arc::downgrade(&shared), every));
+            tokio::spawn(driver::log_server(Arc::downgrade(&shared), every));
         }
         tracing::info!(address = %local_addr, %fingerprint, "quicfeed server listening");
         Ok(Server {
@@ -148,12 +149,13 @@ impl Server {
         self.shared.stats()
     }
 
-    /// Sends `message` on the reliable feed channel of every established session, concurrently
-    /// (see [`Group::send_feed`](crate::Group::send_feed): a session that stopped reading holds
-    /// it up for at most a second); encoded once by [`Prepared`].
-    pub async fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
+    /// Queues `message` on the reliable feed channel of every established session, without
+    /// waiting (see [`Group::send_feed`](crate::Group::send_feed): a session whose peer is not
+    /// keeping up is reported as [`SendError::Blocked`](crate::SendError::Blocked) and the
+    /// others get the message at once); encoded once by [`Prepared`].
+    pub fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
         let sessions = self.shared.established_sessions();
-        crate::broadcast::send_feed_to(sessions.into_iter(), message).await
+        crate::broadcast::send_feed_to(sessions.iter(), message)
     }
 
     /// Sends `message` on the datagram lane of every established session, without waiting

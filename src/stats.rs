@@ -18,10 +18,8 @@
 //!
 //! [`TransportConfig::stats_log_interval`]: crate::TransportConfig::stats_log_interval
 
-use std::sync::Weak;
 use std::time::Duration;
 
-use crate::driver::session::SessionCore;
 use crate::events::{ServerCounters, SessionCounters};
 
 /// One session's connection quality. RTT figures are `None` while the session has never had
@@ -106,61 +104,5 @@ impl ServerStats {
             received_messages_per_s: sum(|s| s.received_messages_per_s),
             counters,
         }
-    }
-}
-
-/// Logs a server's statistics every `every` while it runs.
-pub(crate) async fn log_server(shared: Weak<crate::driver::server::ServerShared>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if shared.shutdown.borrow().is_some() {
-            return;
-        }
-        let s = shared.stats();
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
-        tracing::info!(
-            target: "quicfeed::stats",
-            sessions = s.sessions,
-            rtt_p50_ms = ms(s.rtt_p50),
-            rtt_p99_ms = ms(s.rtt_p99),
-            loss_percent = s.loss_rate * 100.0,
-            sent_kbps = s.sent_bytes_per_s * 8.0 / 1000.0,
-            received_kbps = s.received_bytes_per_s * 8.0 / 1000.0,
-            sent_messages_per_s = s.sent_messages_per_s,
-            received_messages_per_s = s.received_messages_per_s,
-            handshakes_in_progress = s.counters.handshakes_in_progress,
-            "server stats"
-        );
-    }
-}
-
-/// Logs one session's statistics every `every` until the session ends.
-pub(crate) async fn log_session(core: Weak<SessionCore>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let Some(core) = core.upgrade() else { return };
-        if core.ended().is_some() {
-            return;
-        }
-        let s = core.stats();
-        tracing::info!(
-            target: "quicfeed::stats",
-            player_id = %core.player_id,
-            rtt_ms = s.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            rtt_p99_ms = s.rtt_p99.map(|d| d.as_secs_f64() * 1000.0),
-            jitter_ms = s.jitter.as_secs_f64() * 1000.0,
-            loss_percent = s.loss_rate * 100.0,
-            sent_kbps = s.sent_bytes_per_s * 8.0 / 1000.0,
-            received_kbps = s.received_bytes_per_s * 8.0 / 1000.0,
-            cwnd = s.congestion_window,
-            "session stats"
-        );
     }
 }

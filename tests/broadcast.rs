@@ -48,7 +48,7 @@ async fn a_broadcast_reaches_every_session_with_one_encode() {
     })
     .unwrap();
 
-    let report = server.broadcast_feed(&snapshot).await;
+    let report = server.broadcast_feed(&snapshot);
     assert_eq!((report.sent, report.failed.len()), (N, 0));
     for client in &mut clients {
         let got: String = within(client.feed().recv()).await.unwrap();
@@ -80,15 +80,11 @@ async fn a_group_reaches_its_members_and_reports_the_rest() {
     }
     assert_eq!(group.len(), 3);
 
-    let report = group
-        .send_feed(&Prepared::new("for the group").unwrap())
-        .await;
+    let report = group.send_feed(&Prepared::new("for the group").unwrap());
     assert_eq!((report.sent, report.failed.len()), (3, 0));
     // Then everyone gets a marker: members see the group message first, the others only the
     // marker.
-    server
-        .broadcast_feed(&Prepared::new("marker").unwrap())
-        .await;
+    server.broadcast_feed(&Prepared::new("marker").unwrap());
     for (i, client) in clients.iter_mut().enumerate() {
         let first: String = within(client.feed().recv()).await.unwrap();
         if i < 3 {
@@ -102,7 +98,7 @@ async fn a_group_reaches_its_members_and_reports_the_rest() {
 
     // Too large for the peer's 64 KiB feed frames.
     let huge = Prepared::from_bytes(vec![0u8; 70_000]);
-    let report = group.send_feed(&huge).await;
+    let report = group.send_feed(&huge);
     assert_eq!(report.sent, 0);
     assert!(
         report
@@ -115,7 +111,7 @@ async fn a_group_reaches_its_members_and_reports_the_rest() {
     // A member leaves: reported, then pruned.
     let gone = server_sides[0].player_id();
     server_sides[0].close(quicfeed::Reason::Normal, "bye");
-    let report = group.send_feed(&Prepared::new("after").unwrap()).await;
+    let report = group.send_feed(&Prepared::new("after").unwrap());
     assert_eq!(report.sent, 2);
     assert_eq!(report.failed.len(), 1);
     assert_eq!(report.failed[0].0, gone);
@@ -143,59 +139,66 @@ async fn a_prepared_message_sends_like_a_plain_one() {
     assert_eq!(got, (7, "seven".to_owned()));
 }
 
-/// Proves: a member that stopped reading (its flow control full) holds a reliable broadcast up
-/// for at most `MEMBER_WAIT`, is reported `Blocked`, and the other members get every message.
-#[tokio::test]
-async fn a_member_that_stopped_reading_does_not_hold_up_the_broadcast() {
+/// Proves: a broadcast never waits for a member that stopped reading: at 60 Hz to 100
+/// members, one of which never reads, the stalled member is reported `Blocked` (and gets
+/// nothing more) once its buffers are full, while each of the other 99 receives every tick, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_member_does_not_hold_up_a_60_hz_broadcast_to_the_others() {
+    const READERS: usize = 99;
+    const TICKS: u32 = 240;
     let (identity, trust) = common::identity();
-    let certificate = identity.certificate().clone();
-    let server = Server::bind(quicfeed::ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        identity,
-    ))
-    .await
-    .unwrap();
-    // A raw peer completes the handshake and then never reads anything.
-    let mut stalled = common::RawPeer::connect(server.local_addr(), &certificate).await;
-    stalled.handshake().await;
-    let _stalled_side = within(server.accept()).await.unwrap();
+    let server = Arc::new(
+        Server::bind(quicfeed::ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            identity,
+        ))
+        .await
+        .unwrap(),
+    );
+    // A client whose application never reads feed, with small buffers so that it fills soon.
+    let mut small = ClientConfig::new(server.local_addr(), trust.clone());
+    small.transport.receive_buffer = 2 * 1024;
+    small.transport.stream_receive_window = 4 * 1024;
+    small.transport.receive_window = 8 * 1024;
+    let _stalled = within(Client::connect(&small)).await.unwrap();
+    let stalled_side = within(server.accept()).await.unwrap();
     let config = ClientConfig::new(server.local_addr(), trust);
-    let mut reader = within(Client::connect(&config)).await.unwrap();
-    let _reader_side = within(server.accept()).await.unwrap();
-    let received = Arc::new(AtomicUsize::new(0));
-    tokio::spawn({
-        let received = received.clone();
-        async move {
-            while reader.feed().recv_bytes().await.is_ok() {
-                received.fetch_add(1, Ordering::SeqCst);
+    let mut readers = Vec::new();
+    let mut server_sides = vec![stalled_side];
+    for _ in 0..READERS {
+        let mut client = within(Client::connect(&config)).await.unwrap();
+        server_sides.push(within(server.accept()).await.unwrap());
+        readers.push(tokio::spawn(async move {
+            for tick in 0..TICKS {
+                let (got, _): (u32, Vec<u8>) = within(client.feed().recv()).await.unwrap();
+                assert_eq!(got, tick, "every tick, in order");
             }
-        }
-    });
-
-    // Until the stalled peer's flow-control window (quinn's default, 1.25 MB per stream) is
-    // full and it has been reported blocked twice.
-    let chunk = Prepared::from_bytes(vec![0x42; 60_000]);
-    let (mut rounds, mut blocked) = (0, 0);
-    while blocked < 2 {
-        assert!(rounds < 100, "never blocked");
-        let started = std::time::Instant::now();
-        let report = server.broadcast_feed(&chunk).await;
-        assert!(
-            started.elapsed() < quicfeed::MEMBER_WAIT + std::time::Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
-        blocked += report
-            .failed
-            .iter()
-            .filter(|(_, e)| matches!(e, SendError::Blocked))
-            .count();
-        rounds += 1;
+            client
+        }));
     }
-    within(async {
-        while received.load(Ordering::SeqCst) < rounds {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // 500 bytes a tick: the stalled member's buffers (2 KiB and 4 KiB on its side, the
+    // server's 64 KiB send buffer) fill within about 140 ticks; a reader would have to fall
+    // over two seconds behind to be reported.
+    let filler = vec![0x42u8; 500];
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1) / 60);
+    let mut first_blocked = None;
+    for tick in 0..TICKS {
+        ticker.tick().await;
+        let report = server.broadcast_feed(&Prepared::new(&(tick, &filler)).unwrap());
+        assert_eq!(report.sent + report.failed.len(), READERS + 1);
+        for (player, error) in &report.failed {
+            assert_eq!(
+                *player,
+                server_sides[0].player_id(),
+                "only the stalled one fails"
+            );
+            assert!(matches!(error, SendError::Blocked), "{error}");
+            first_blocked.get_or_insert(tick);
         }
-    })
-    .await;
+    }
+    assert!(first_blocked.is_some(), "the stalled member was reported");
+    for reader in readers {
+        within(reader).await.unwrap();
+    }
 }

@@ -219,7 +219,7 @@ async fn a_datagram_on_an_unknown_lane_closes_the_session() {
     let session = within(server.accept()).await.unwrap();
     let mut lane = session.lane();
     peer.conn
-        .send_datagram(bytes::Bytes::from_static(&[0x02, 0x00, 0x00]))
+        .send_datagram(bytes::Bytes::from_static(&[0x07, 0x00, 0x00]))
         .unwrap();
     match within(lane.recv_bytes()).await {
         Err(RecvError::Violation { reason, .. }) => assert_eq!(reason, Reason::UnknownMessage),

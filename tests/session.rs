@@ -148,8 +148,7 @@ async fn a_stream_reset_after_conn_ok_is_invalid_stream() {
         .reset(0u32.into())
         .unwrap();
     assert_eq!(raw.close_reason().await.0, Reason::InvalidStream);
-    let (_, channel, err) = fixture.next_failure().await;
-    assert_eq!(channel, ChannelKind::Feed);
+    let (_, err) = fixture.failure_on(ChannelKind::Feed).await;
     assert!(
         matches!(
             err,

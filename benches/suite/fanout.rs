@@ -145,7 +145,7 @@ fn quicfeed_run(clients: usize, plan: &Plan) -> Outcome {
             let server = server.clone();
             async move {
                 let message = Prepared::from_bytes(stamped(seq, SIZE));
-                let report = server.broadcast_feed(&message).await;
+                let report = server.broadcast_feed(&message);
                 debug_assert!(report.failed.is_empty());
             }
         })

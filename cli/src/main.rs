@@ -213,7 +213,7 @@ async fn server(listen: SocketAddr, cert: &Path, key: &Path, tick_hz: f64) -> Re
             while let Ok(Some(line)) = lines.next_line().await {
                 match Prepared::new(&format!("server: {line}")) {
                     Ok(message) => {
-                        let sent = server.broadcast_feed(&message).await;
+                        let sent = server.broadcast_feed(&message);
                         say(format!("sent to {} players", sent.sent));
                     }
                     Err(e) => say(format!("cannot send: {e}")),
@@ -263,7 +263,7 @@ async fn tick(server: Arc<Server>, every: Duration) {
     for n in 0u64.. {
         ticker.tick().await;
         if let Ok(message) = Prepared::new(&format!("tick {n}")) {
-            server.broadcast_feed(&message).await;
+            server.broadcast_feed(&message);
         }
     }
 }

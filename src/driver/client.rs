@@ -9,19 +9,21 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, info};
 
+use super::connection::{self, ChannelStream, Streams};
 use super::endpoint;
-use super::link::{Closer, disconnect_from_peer};
-use super::session::{Attach, Counters, Role, SessionCore, SessionParams, StreamPair, WatchEnd};
+use super::link::{Link, StreamError, close, drain};
+use super::now;
+use super::session::{Counters, SessionCore, SideHandle, session_config};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::config::{ClientConfig, ResumePolicy};
 use crate::error::{ConnectError, Disconnect};
 use crate::events::SessionEvent;
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
-    ChannelKind, ClientEstablished, ClientFailure, ClientHandshake, ClientHandshakeConfig,
-    ClientOutput, FrameLimits, HANDSHAKE_FRAME_LIMIT, HandshakeStep, Reason, ResumeTicket,
+    AttachLink, ChannelKind, ClientEstablished, ClientFailure, ClientHandshake,
+    ClientHandshakeConfig, ClientOutput, FrameLimits, HANDSHAKE_FRAME_LIMIT, HandshakeStep,
+    LinkClosed, LinkEnd, Reason, ResumeTicket, Side,
 };
-use crate::session::Session;
 
 /// One of the client's two streams during a handshake.
 struct Stream {
@@ -51,26 +53,23 @@ impl From<ConnectError> for HandshakeError {
 }
 
 /// Everything a client session needs to open new connections to its server.
-pub(crate) struct Resumer {
+struct Resumer {
     endpoint: quinn::Endpoint,
     server: SocketAddr,
     server_name: String,
     handshake: ClientHandshakeConfig,
     policy: ResumePolicy,
     zero_rtt: bool,
-}
-
-impl Resumer {
-    /// The client's endpoint (for rebinding it to a new socket).
-    pub(crate) fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
-    }
+    local_limits: FrameLimits,
+    priorities: (i32, i32),
 }
 
 /// Connects to `config.server` and completes the handshake: `CONN_INIT` goes in 0-RTT data
 /// when the configuration holds a TLS session ticket from the server (PROTOCOL.md §12.4), and
 /// again in 1-RTT on the same connection if the server rejects it.
-pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
+pub(crate) async fn connect(
+    config: &ClientConfig,
+) -> Result<crate::session::Session, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
     let endpoint = endpoint::client(config)?;
@@ -84,7 +83,6 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
         }
         Err(Some(e)) => return Err(ConnectError::Transport(e)),
     };
-    let closer = Closer::new(conn.clone());
     let handshake = ClientHandshakeConfig {
         deadline,
         credentials: config.credentials.clone(),
@@ -109,44 +107,55 @@ pub(crate) async fn connect(config: &ClientConfig) -> Result<Session, ConnectErr
                     step: HandshakeStep::Quic,
                 },
             };
-            close_for(&closer, &error);
+            close_for(&conn, &error);
             return Err(error);
         }
     };
     let zero_rtt = was_accepted(accepted).await;
-    let params = SessionParams::new(&config.transport, config.frame_limits);
-    let role = Role::Client(Box::new(Resumer {
-        endpoint,
+    let session = session_config(Side::Client, &config.transport, config.frame_limits, None);
+    let resumer = Resumer {
+        endpoint: endpoint.clone(),
         server: config.server,
         server_name: config.server_name.clone(),
         handshake,
         policy: config.resume.clone(),
         zero_rtt: config.zero_rtt,
-    }));
+        local_limits: config.frame_limits,
+        priorities: (
+            config.transport.main_priority,
+            config.transport.feed_priority,
+        ),
+    };
     let player_id = done.established.player_id;
-    let core = SessionCore::new(player_id, params, role);
+    let core = SessionCore::new(player_id, session, SideHandle::Client { endpoint });
     if zero_rtt {
         Counters::bump(&core.counters.connect_0rtt, 1);
     }
     core.set_credential(done.established.credential);
-    let attached = core
-        .attach(attachment(conn, closer, done, config.frame_limits))
-        .await
-        .map_err(|d| ConnectError::ServerViolation {
-            reason: Reason::SequenceError,
-            message: d.to_string(),
-        })?;
+    let (attach, streams) = attachment(&conn, done, config.frame_limits);
+    let attached =
+        core.attach(conn.handle(), attach)
+            .map_err(|d| ConnectError::ServerViolation {
+                reason: Reason::SequenceError,
+                message: d.to_string(),
+            })?;
     debug!(%player_id, "handshake complete");
-    tokio::spawn(run_session(core.clone(), attached.generation));
+    tokio::spawn(run_session(
+        core.clone(),
+        resumer,
+        attached.generation,
+        conn,
+        streams,
+    ));
     if let Some(every) = config.transport.stats_log_interval {
-        tokio::spawn(crate::stats::log_session(Arc::downgrade(&core), every));
+        tokio::spawn(super::session::log_stats(Arc::downgrade(&core), every));
     }
-    Ok(Session::new(core))
+    Ok(crate::session::Session::new(core))
 }
 
 /// Closes a failed handshake's connection with the reason the error calls for, so the server
 /// learns why.
-fn close_for(closer: &Closer, error: &ConnectError) {
+fn close_for(conn: &quinn::Connection, error: &ConnectError) {
     let reason = match error {
         ConnectError::Refused { reason, .. } | ConnectError::ServerViolation { reason, .. } => {
             Some(*reason)
@@ -155,61 +164,81 @@ fn close_for(closer: &Closer, error: &ConnectError) {
         _ => None,
     };
     if let Some(reason) = reason {
-        closer.close(reason, &error.to_string());
+        close(conn, reason, &error.to_string());
     }
 }
 
+/// A handshaken connection as the session machine needs it, and its streams for the
+/// connection task (their readers switched to the session's frame limits).
 fn attachment(
-    conn: quinn::Connection,
-    closer: Closer,
+    conn: &quinn::Connection,
     done: Handshaken,
     local: FrameLimits,
-) -> Attach {
-    let pair = |stream: Stream, kind, rules| {
-        StreamPair::new(stream.writer, stream.reader, rules, kind, local)
-    };
+) -> (AttachLink, Streams<quinn::Connection>) {
     let established = done.established;
-    Attach {
-        conn,
-        closer,
-        main: pair(done.main, ChannelKind::Main, established.main_rules),
-        feed: pair(done.feed, ChannelKind::Feed, established.feed_rules),
+    let stream = |stream: Stream, kind: ChannelKind| {
+        let mut reader = stream.reader;
+        reader.set_limit(local.get(kind));
+        ChannelStream {
+            writer: stream.writer,
+            reader,
+        }
+    };
+    let attach = AttachLink {
         peer_limits: established.peer_limits,
         peer_next: (established.main_next, established.feed_next),
-    }
+        rules: (established.main_rules, established.feed_rules),
+        datagrams: conn.max_datagram_size().is_some_and(|max| max > 0),
+    };
+    let streams = Streams {
+        main: stream(done.main, ChannelKind::Main),
+        feed: stream(done.feed, ChannelKind::Feed),
+    };
+    (attach, streams)
 }
 
-/// A client session's life after its first handshake: watch the connection, resume when it is
+/// A client session's life after its first handshake: run the connection, resume when it is
 /// lost, until the session ends.
-async fn run_session(core: Arc<SessionCore>, mut generation: u64) {
+async fn run_session(
+    core: Arc<SessionCore>,
+    resumer: Resumer,
+    mut generation: u64,
+    mut conn: quinn::Connection,
+    mut streams: Streams<quinn::Connection>,
+) {
     loop {
-        match core.watch(generation).await {
-            WatchEnd::Ended | WatchEnd::Superseded => return,
-            WatchEnd::Lost(why) => {
+        match connection::run(&core, generation, conn, streams, resumer.priorities).await {
+            LinkEnd::Ended => {
+                drain(&resumer.endpoint).await;
+                return;
+            }
+            LinkEnd::Lost(why) => {
                 info!(player_id = %core.player_id, %why, "connection lost; resuming");
-                core.lost(generation, &why);
-                let Role::Client(resumer) = &core.role else {
-                    return;
-                };
-                match resumer.resume(&core).await {
-                    Ok(next) => generation = next,
-                    // The application closed the session meanwhile: nothing failed.
-                    Err(_) if core.ended().is_some() => return,
-                    Err((reason, message)) => {
-                        Counters::bump(&core.counters.resume_failures, 1);
-                        core.emit(SessionEvent::ResumeFailed {
-                            reason,
-                            message: message.clone(),
-                        });
-                        core.end(
-                            Disconnect::ResumeFailed { reason, message },
-                            Reason::Normal,
-                            "",
-                        );
-                        super::link::drain(resumer.endpoint()).await;
-                        return;
-                    }
-                }
+            }
+            LinkEnd::Superseded => {
+                info!(player_id = %core.player_id, "connection replaced; resuming");
+            }
+        }
+        match resumer.resume(&core).await {
+            Ok(resumed) => (generation, conn, streams) = resumed,
+            // The application closed the session meanwhile: nothing failed.
+            Err(_) if core.ended().is_some() => {
+                drain(&resumer.endpoint).await;
+                return;
+            }
+            Err((reason, message)) => {
+                Counters::bump(&core.counters.resume_failures, 1);
+                core.emit(SessionEvent::ResumeFailed {
+                    reason,
+                    message: message.clone(),
+                });
+                core.end_with(
+                    Disconnect::ResumeFailed { reason, message },
+                    Reason::Normal,
+                    "",
+                );
+                drain(&resumer.endpoint).await;
+                return;
             }
         }
     }
@@ -218,11 +247,16 @@ async fn run_session(core: Arc<SessionCore>, mut generation: u64) {
 /// A successful resume attempt.
 struct Resumed {
     generation: u64,
+    conn: quinn::Connection,
+    streams: Streams<quinn::Connection>,
     replayed: u64,
     lost: u64,
     zero_rtt: bool,
     handshake: Duration,
 }
+
+/// A resumed session's new connection: its generation, the connection and its streams.
+type ResumedLink = (u64, quinn::Connection, Streams<quinn::Connection>);
 
 /// How one resume attempt failed.
 enum AttemptError {
@@ -234,10 +268,10 @@ enum AttemptError {
 
 impl Resumer {
     /// Resumes `core` on a new connection, retrying with exponential backoff and jitter within
-    /// the budget. Returns the new attachment's generation, or the final reason.
-    async fn resume(&self, core: &Arc<SessionCore>) -> Result<u64, (Reason, String)> {
+    /// the budget. Returns the new connection, or the final reason.
+    async fn resume(&self, core: &Arc<SessionCore>) -> Result<ResumedLink, (Reason, String)> {
         // The outage runs from the last packet heard on the lost connection.
-        let started = core.lost_at().unwrap_or_else(Instant::now);
+        let started = core.lost_at().unwrap_or_else(now);
         let budget_end = super::deadline_after(self.policy.budget);
         let mut backoff = self.policy.initial_backoff;
         let mut attempts = 0u32;
@@ -250,12 +284,14 @@ impl Resumer {
             match self.attempt(core, deadline).await {
                 Ok(Resumed {
                     generation,
+                    conn,
+                    streams,
                     replayed,
                     lost,
                     zero_rtt,
                     handshake,
                 }) => {
-                    let outage = started.elapsed();
+                    let outage = now().saturating_duration_since(started);
                     Counters::bump(&core.counters.resumes, 1);
                     if zero_rtt {
                         Counters::bump(&core.counters.resumes_0rtt, 1);
@@ -268,16 +304,13 @@ impl Resumer {
                         handshake,
                         zero_rtt,
                     });
-                    return Ok(generation);
+                    return Ok((generation, conn, streams));
                 }
                 Err(AttemptError::Refused(reason, message)) => return Err((reason, message)),
                 Err(AttemptError::Retry(why)) => {
                     debug!(player_id = %core.player_id, attempts, %why, "resume attempt failed");
                     let wait = jitter(backoff);
-                    if Instant::now()
-                        .checked_add(wait)
-                        .is_none_or(|t| t >= budget_end)
-                    {
+                    if now().checked_add(wait).is_none_or(|t| t >= budget_end) {
                         return Err((
                             Reason::HandshakeTimeout,
                             format!(
@@ -300,7 +333,7 @@ impl Resumer {
         core: &Arc<SessionCore>,
         deadline: Instant,
     ) -> Result<Resumed, AttemptError> {
-        let started = Instant::now();
+        let started = now();
         let credential = core
             .credential()
             .ok_or_else(|| AttemptError::Refused(Reason::InternalError, "no credential".into()))?;
@@ -313,14 +346,13 @@ impl Resumer {
             Err(Some(e)) => return Err(AttemptError::Retry(e.to_string())),
             Err(None) => return Err(AttemptError::Retry("QUIC handshake timed out".into())),
         };
-        let closer = Closer::new(conn.clone());
         // The positions are read as late as possible: whatever arrives on the old connection
         // after this is a duplicate the receivers drop.
         let ticket = || ResumeTicket {
             player_id: core.player_id,
             credential,
-            main_next: core.main.inbound_next(),
-            feed_next: core.feed.inbound_next(),
+            main_next: core.inbound_next(ChannelKind::Main),
+            feed_next: core.inbound_next(ChannelKind::Feed),
         };
         let mut config = self.handshake.clone();
         config.deadline = deadline;
@@ -335,7 +367,7 @@ impl Resumer {
         let done = match result {
             Ok(done) => done,
             Err(HandshakeError::Failed(error)) => {
-                close_for(&closer, &error);
+                close_for(&conn, &error);
                 return Err(match error {
                     // A close a resume itself can cause, or a busy server making room, is worth
                     // another attempt.
@@ -355,27 +387,27 @@ impl Resumer {
                 });
             }
             Err(HandshakeError::ZeroRttRejected) => {
-                closer.close(Reason::HandshakeTimeout, "0-RTT rejected twice");
+                close(&conn, Reason::HandshakeTimeout, "0-RTT rejected twice");
                 return Err(AttemptError::Retry("0-RTT rejected".into()));
             }
         };
         let zero_rtt = was_accepted(accepted).await;
         core.set_credential(done.established.credential);
-        let attached = core
-            .attach(attachment(conn, closer, done, core.params.local_limits))
-            .await
-            .map_err(|d| match d {
-                Disconnect::Locally { reason, message } => AttemptError::Refused(reason, message),
-                other => AttemptError::Refused(Reason::Normal, other.to_string()),
-            })?;
-        // Confirms to the server that CONN_OK (and its new credential) arrived.
-        core.poke().await;
+        let (attach, streams) = attachment(&conn, done, self.local_limits);
+        // Attaching also queues an acknowledgement on main: it confirms to the server that
+        // CONN_OK (and its new credential) arrived.
+        let attached = core.attach(conn.handle(), attach).map_err(|d| match d {
+            Disconnect::Locally { reason, message } => AttemptError::Refused(reason, message),
+            other => AttemptError::Refused(Reason::Normal, other.to_string()),
+        })?;
         Ok(Resumed {
             generation: attached.generation,
+            conn,
+            streams,
             replayed: attached.replayed,
             lost: attached.lost,
             zero_rtt,
-            handshake: started.elapsed(),
+            handshake: now().saturating_duration_since(started),
         })
     }
 }
@@ -509,12 +541,12 @@ async fn run_handshake(
         let read_feed = core.wants_to_read(ChannelKind::Feed) && !open_feed_early;
         tokio::select! {
             result = next_frame(&mut main), if read_main => {
-                on_frame(&mut core, ChannelKind::Main, result)?;
+                on_frame(conn, &mut core, ChannelKind::Main, result)?;
             }
             result = next_frame(&mut feed), if read_feed => {
-                on_frame(&mut core, ChannelKind::Feed, result)?;
+                on_frame(conn, &mut core, ChannelKind::Feed, result)?;
             }
-            _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(now()),
         }
     }
 }
@@ -528,13 +560,14 @@ async fn next_frame(stream: &mut Option<Stream>) -> Result<Bytes, ReadFailure> {
 
 /// Feeds a read result to the handshake. A lost connection ends it.
 fn on_frame(
+    conn: &quinn::Connection,
     core: &mut ClientHandshake,
     channel: ChannelKind,
     result: Result<Bytes, ReadFailure>,
 ) -> Result<(), HandshakeError> {
     match result {
         Ok(body) => match decode_message(body) {
-            Ok(message) => core.handle_message(channel, message, Instant::now()),
+            Ok(message) => core.handle_message(channel, message, now()),
             Err(e) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
@@ -546,9 +579,9 @@ fn on_frame(
             core.handle_violation(Reason::InvalidStream, format!("{channel}: {detail}"));
         }
         Err(ReadFailure::ZeroRttRejected) => return Err(HandshakeError::ZeroRttRejected),
-        Err(ReadFailure::Connection(e)) => {
+        Err(ReadFailure::Connection(closed)) => {
             let step = core.step().unwrap_or(HandshakeStep::FinalAuth);
-            return Err(lost(e, step).into());
+            return Err(lost(conn, &closed, step).into());
         }
     }
     Ok(())
@@ -557,8 +590,8 @@ fn on_frame(
 /// The error for a connection lost mid-handshake at `step`: a server that closed with a reason
 /// refused us (its `CONN_FAILED` may not have been read yet); a silent path timed out; anything
 /// else, a plain close included, is a transport failure.
-fn lost(error: quinn::ConnectionError, step: HandshakeStep) -> ConnectError {
-    match disconnect_from_peer(&error) {
+fn lost(conn: &quinn::Connection, closed: &LinkClosed, step: HandshakeStep) -> ConnectError {
+    match closed.disconnect() {
         // A close carries no hint of when to try again; only CONN_FAILED does.
         Disconnect::ByPeer { reason, message } if reason != Reason::Normal => {
             ConnectError::Refused {
@@ -568,7 +601,10 @@ fn lost(error: quinn::ConnectionError, step: HandshakeStep) -> ConnectError {
             }
         }
         Disconnect::TimedOut => ConnectError::TimedOut { step },
-        _ => ConnectError::Transport(error),
+        _ => ConnectError::Transport(
+            conn.close_reason()
+                .unwrap_or(quinn::ConnectionError::LocallyClosed),
+        ),
     }
 }
 
@@ -592,7 +628,7 @@ async fn write(
                 let (send, recv) = conn
                     .open_bi()
                     .await
-                    .map_err(quinn::WriteError::ConnectionLost)?;
+                    .map_err(|e| StreamError::Lost(super::link::link_closed(&e)))?;
                 let stream = slot.insert(Stream {
                     reader: FrameReader::new(recv, HANDSHAKE_FRAME_LIMIT),
                     writer: FrameWriter::new(send),
@@ -608,11 +644,16 @@ async fn write(
     };
     match tokio::time::timeout_at(deadline.into(), write).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(lost(e, step).into()),
-        Ok(Err(quinn::WriteError::ZeroRttRejected)) => Err(HandshakeError::ZeroRttRejected),
-        Ok(Err(e)) => Err(ConnectError::ServerViolation {
+        Ok(Err(StreamError::Lost(closed))) => Err(lost(conn, &closed, step).into()),
+        Ok(Err(StreamError::ZeroRttRejected)) => Err(HandshakeError::ZeroRttRejected),
+        Ok(Err(StreamError::Failed(detail))) => Err(ConnectError::ServerViolation {
             reason: Reason::InvalidStream,
-            message: format!("{channel}: {e}"),
+            message: format!("{channel}: {detail}"),
+        }
+        .into()),
+        Ok(Err(StreamError::Closed)) => Err(ConnectError::ServerViolation {
+            reason: Reason::InvalidStream,
+            message: format!("{channel}: stream closed"),
         }
         .into()),
         Err(_) => Err(ConnectError::TimedOut { step }.into()),

@@ -1,71 +1,129 @@
-//! Closing a QUIC connection with a reason, understanding why one ended, and finishing streams
-//! gracefully.
+//! The connection a session runs on, seen through what the protocol needs from it: two
+//! bidirectional streams, datagrams, and how it ends.
+//!
+//! The connection task ([`super::connection`]) and the framed stream I/O ([`super::stream`])
+//! work on these traits only. quinn's connection and streams implement them here; a second
+//! transport (WebTransport sessions, whose streams and datagrams have the same shape) can
+//! implement them and drive the same session machine.
 
-use std::sync::{Arc, OnceLock};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::{ConnectionError, VarInt};
 
-use super::stream::FrameWriter;
-use crate::error::Disconnect;
-use crate::protocol::{MAX_FAILURE_MESSAGE, Reason};
+use crate::protocol::{LinkClosed, MAX_FAILURE_MESSAGE, Reason};
 
-/// How long a closing session waits for the peer to acknowledge what was sent last.
+/// How long a closing session waits for the peer to take what was sent last.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// Closes a connection with a reason and remembers the reason (the first close wins, as in
-/// QUIC), so that the side that closed can report it.
-#[derive(Debug, Clone)]
-pub(crate) struct Closer {
-    conn: quinn::Connection,
-    record: Arc<OnceLock<(Reason, String)>>,
+/// Why a stream could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamError {
+    /// The connection is gone.
+    Lost(LinkClosed),
+    /// The peer reset the stream (reading) or stopped it (writing), with this detail.
+    Failed(String),
+    /// The stream was opened in 0-RTT data, which the server rejected.
+    ZeroRttRejected,
+    /// This side already finished or reset the stream.
+    Closed,
 }
 
-impl Closer {
-    pub(crate) fn new(conn: quinn::Connection) -> Self {
-        Closer {
-            conn,
-            record: Arc::new(OnceLock::new()),
-        }
-    }
-
-    /// Closes the connection with `reason` as the QUIC application error code.
-    pub(crate) fn close(&self, reason: Reason, message: &str) {
-        let message = truncate(message);
-        if self.record.set((reason, message.to_owned())).is_ok() {
-            self.conn
-                .close(VarInt::from(reason.code()), message.as_bytes());
-        }
-    }
+/// A transport's counters for one connection, sampled for statistics and liveness.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PathSample {
+    pub(crate) rtt: Duration,
+    pub(crate) cwnd: u64,
+    pub(crate) sent_bytes: u64,
+    pub(crate) received_bytes: u64,
+    pub(crate) sent_packets: u64,
+    pub(crate) lost_packets: u64,
+    /// Datagrams (UDP packets) received on the connection: a change means the path is alive.
+    pub(crate) received_datagrams: u64,
 }
 
-/// Why a connection ended, as the peer (or the network) ended it.
-pub(crate) fn disconnect_from_peer(error: &ConnectionError) -> Disconnect {
+/// What every part of a session may do with its connection without waiting: close it, send a
+/// datagram, read its path. Shared between the connection task and the application's handles.
+pub(crate) trait LinkHandle: Send + Sync + 'static {
+    /// Closes the connection with `reason` as the application error code (the first close wins).
+    fn close(&self, reason: Reason, message: &str);
+    /// Queues a datagram; the transport drops the oldest queued ones when its buffer is full.
+    fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused>;
+    /// The largest datagram the path and the peer accept now; `None` if the peer takes none.
+    fn max_datagram_size(&self) -> Option<usize>;
+    /// The peer's current address.
+    fn remote_address(&self) -> SocketAddr;
+    /// The current smoothed RTT estimate.
+    fn rtt(&self) -> Duration;
+    /// The transport's counters now.
+    fn sample(&self) -> PathSample;
+}
+
+/// Why a datagram was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DatagramRefused {
+    /// Larger than the largest the path takes.
+    TooLarge,
+    /// The peer takes no datagrams, or the connection is gone.
+    Unavailable,
+}
+
+/// A connection: its handle, plus what the connection task waits on.
+pub(crate) trait Link: LinkHandle + Clone {
+    /// The sending half of its streams.
+    type Send: StreamSend;
+    /// The receiving half of its streams.
+    type Recv: StreamRecv;
+    /// Resolves when the connection has ended, with how.
+    fn closed(&self) -> impl Future<Output = LinkClosed> + Send + '_;
+    /// The next datagram received; an error once the connection has ended.
+    fn read_datagram(&self) -> impl Future<Output = Result<Bytes, LinkClosed>> + Send + '_;
+    /// A shareable handle on this connection.
+    fn handle(&self) -> Arc<dyn LinkHandle>;
+}
+
+/// The sending half of a stream.
+pub(crate) trait StreamSend: Send + 'static {
+    /// Writes a prefix of `chunks` as flow control allows, emptying the chunks written and
+    /// cutting a partly written one to its unwritten rest. Cancel-safe: if the future is
+    /// dropped, nothing was written.
+    fn write_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Finishes the stream (FIN) after everything written.
+    fn finish(&mut self);
+    /// Resolves once the peer has received everything written on a finished stream (or the
+    /// stream or connection is gone).
+    fn stopped(&mut self) -> impl Future<Output = ()> + Send;
+    /// Sets the stream's send priority (higher goes first).
+    fn set_priority(&self, priority: i32);
+}
+
+/// The receiving half of a stream.
+pub(crate) trait StreamRecv: Send + 'static {
+    /// The next bytes received, at most `max`; `None` once the peer finished the stream.
+    /// Cancel-safe.
+    fn read_chunk(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<Bytes>, StreamError>> + Send;
+}
+
+/// How a quinn connection ended, in the protocol core's terms.
+pub(crate) fn link_closed(error: &ConnectionError) -> LinkClosed {
     match error {
-        ConnectionError::ApplicationClosed(close) => {
-            match u16::try_from(close.error_code.into_inner()) {
-                Ok(code) => {
-                    let reason = Reason::from_code(code);
-                    let message = String::from_utf8_lossy(&close.reason).into_owned();
-                    Disconnect::ByPeer {
-                        reason,
-                        message: if message.is_empty() {
-                            reason.describe().to_owned()
-                        } else {
-                            message
-                        },
-                    }
-                }
-                Err(_) => Disconnect::Transport(error.to_string()),
-            }
-        }
-        ConnectionError::TimedOut => Disconnect::TimedOut,
-        ConnectionError::Reset => Disconnect::Reset,
-        ConnectionError::LocallyClosed => Disconnect::Locally {
-            reason: Reason::Normal,
-            message: String::new(),
+        ConnectionError::ApplicationClosed(close) => LinkClosed::Application {
+            code: close.error_code.into_inner(),
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
-        other => Disconnect::Transport(other.to_string()),
+        ConnectionError::TimedOut => LinkClosed::TimedOut,
+        ConnectionError::Reset => LinkClosed::Reset,
+        ConnectionError::LocallyClosed => LinkClosed::Locally,
+        other => LinkClosed::Transport(other.to_string()),
     }
 }
 
@@ -74,24 +132,106 @@ pub(crate) fn truncate(message: &str) -> &str {
     crate::protocol::codec::truncate_utf8(message, MAX_FAILURE_MESSAGE)
 }
 
+/// Closes a quinn connection with `reason` and `message`.
+pub(crate) fn close(conn: &quinn::Connection, reason: Reason, message: &str) {
+    conn.close(VarInt::from(reason.code()), truncate(message).as_bytes());
+}
+
 /// Lets a client's endpoint send its close and drain, for at most [`CLOSE_LINGER`]. (A server's
 /// endpoint is shared by every connection; it drains in `Server::shutdown`.)
 pub(crate) async fn drain(endpoint: &quinn::Endpoint) {
     let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
 }
 
-/// Flushes and finishes every writer, then waits until the peer has acknowledged all of them,
-/// for at most `linger` in all.
-pub(crate) async fn finish_all(writers: impl IntoIterator<Item = FrameWriter>, linger: Duration) {
-    let mut writers: Vec<FrameWriter> = writers.into_iter().collect();
-    let _ = tokio::time::timeout(linger, async {
-        for writer in &mut writers {
-            let _ = writer.flush().await;
-            writer.finish();
+impl LinkHandle for quinn::Connection {
+    fn close(&self, reason: Reason, message: &str) {
+        close(self, reason, message);
+    }
+
+    fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused> {
+        quinn::Connection::send_datagram(self, datagram).map_err(|e| match e {
+            quinn::SendDatagramError::TooLarge => DatagramRefused::TooLarge,
+            _ => DatagramRefused::Unavailable,
+        })
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        quinn::Connection::max_datagram_size(self)
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        quinn::Connection::remote_address(self)
+    }
+
+    fn rtt(&self) -> Duration {
+        quinn::Connection::rtt(self)
+    }
+
+    fn sample(&self) -> PathSample {
+        let stats = self.stats();
+        PathSample {
+            rtt: stats.path.rtt,
+            cwnd: stats.path.cwnd,
+            sent_bytes: stats.udp_tx.bytes,
+            received_bytes: stats.udp_rx.bytes,
+            sent_packets: stats.path.sent_packets,
+            lost_packets: stats.path.lost_packets,
+            received_datagrams: stats.udp_rx.datagrams,
         }
-        for writer in &mut writers {
-            writer.acknowledged().await;
+    }
+}
+
+impl Link for quinn::Connection {
+    type Send = quinn::SendStream;
+    type Recv = quinn::RecvStream;
+
+    async fn closed(&self) -> LinkClosed {
+        link_closed(&quinn::Connection::closed(self).await)
+    }
+
+    async fn read_datagram(&self) -> Result<Bytes, LinkClosed> {
+        quinn::Connection::read_datagram(self)
+            .await
+            .map_err(|e| link_closed(&e))
+    }
+
+    fn handle(&self) -> Arc<dyn LinkHandle> {
+        Arc::new(self.clone())
+    }
+}
+
+impl StreamSend for quinn::SendStream {
+    async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
+        match quinn::SendStream::write_chunks(self, chunks).await {
+            Ok(_) => Ok(()),
+            Err(quinn::WriteError::ConnectionLost(e)) => Err(StreamError::Lost(link_closed(&e))),
+            Err(quinn::WriteError::ZeroRttRejected) => Err(StreamError::ZeroRttRejected),
+            Err(quinn::WriteError::ClosedStream) => Err(StreamError::Closed),
+            Err(e @ quinn::WriteError::Stopped(_)) => Err(StreamError::Failed(e.to_string())),
         }
-    })
-    .await;
+    }
+
+    fn finish(&mut self) {
+        let _ = quinn::SendStream::finish(self);
+    }
+
+    async fn stopped(&mut self) {
+        let _ = quinn::SendStream::stopped(self).await;
+    }
+
+    fn set_priority(&self, priority: i32) {
+        let _ = quinn::SendStream::set_priority(self, priority);
+    }
+}
+
+impl StreamRecv for quinn::RecvStream {
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
+        match quinn::RecvStream::read_chunk(self, max, true).await {
+            Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+            Err(quinn::ReadError::ConnectionLost(e)) => Err(StreamError::Lost(link_closed(&e))),
+            Err(quinn::ReadError::ZeroRttRejected) => Err(StreamError::ZeroRttRejected),
+            Err(quinn::ReadError::ClosedStream) => Err(StreamError::Closed),
+            Err(e) => Err(StreamError::Failed(e.to_string())),
+        }
+    }
 }

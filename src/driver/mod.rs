@@ -4,6 +4,7 @@
 //! machines, runs timers the core asks for, and never decides anything the core can decide.
 
 pub(crate) mod client;
+pub(crate) mod connection;
 pub(crate) mod endpoint;
 pub(crate) mod link;
 pub(crate) mod server;
@@ -12,10 +13,16 @@ pub(crate) mod stream;
 
 use std::time::{Duration, Instant};
 
+/// The instant now, from tokio's clock: every timer and timestamp of the library comes from
+/// here, so a paused runtime (virtual time in tests and the simulator) drives them all.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// The instant `timeout` from now. A timeout too long to represent (say `Duration::MAX`, meant
 /// as "no timeout") is a year from now, never an instant in the past.
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    let now = Instant::now();
+    let now = now();
     now.checked_add(timeout.min(YEAR)).unwrap_or(now)
 }

@@ -18,10 +18,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::link::{Closer, truncate};
-use super::session::{
-    Attach, Role, ServerSide, SessionCore, SessionParams, StreamPair, WatchEnd, lock,
-};
+use super::connection::{self, ChannelStream, Streams};
+use super::link::{Link, close};
+use super::now;
+use super::session::{Counters as SessionCounters, SessionCore, SessionOwner, SideHandle, lock};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::auth::{AuthDecision, AuthRequest, PendingDecision};
 use crate::config::ServerConfig;
@@ -29,9 +29,10 @@ use crate::error::Disconnect;
 use crate::events::{ServerCounters, ServerEvent, SessionEvent};
 use crate::protocol::codec::{decode_message, encode_message};
 use crate::protocol::{
-    Admission, AdmissionLimits, Admit, ChannelKind, HANDSHAKE_FRAME_LIMIT, Message, Place,
-    PlayerId, Reason, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig,
-    ServerOutput, SessionRegistry, SystemEntropy, random_token,
+    Admission, AdmissionLimits, Admit, AttachLink, ChannelKind, HANDSHAKE_FRAME_LIMIT, LinkEnd,
+    Message, Place, PlayerId, Reason, ResumeRequest, ServerEstablished, ServerHandshake,
+    ServerHandshakeConfig, ServerOutput, SessionConfig, SessionRegistry, Side, SystemEntropy,
+    random_token,
 };
 use crate::session::Session;
 
@@ -106,37 +107,6 @@ impl ServerShared {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a session's event and passes it on to the server's subscribers.
-    pub(crate) fn record(&self, player_id: PlayerId, event: &SessionEvent) {
-        let counters = &self.counters;
-        match event {
-            SessionEvent::Migrated { .. } => bump(&counters.migrations),
-            SessionEvent::ConnectionLost { .. } => bump(&counters.connections_lost),
-            SessionEvent::Resumed { .. } => bump(&counters.resumes),
-            SessionEvent::Superseded => bump(&counters.superseded),
-            _ => {}
-        }
-        let _ = self.events.send(ServerEvent {
-            player_id,
-            event: event.clone(),
-        });
-    }
-
-    /// A session ended: frees its slot.
-    pub(crate) fn session_ended(&self, player_id: PlayerId, why: &Disconnect) {
-        self.registry().release(player_id);
-        bump(&self.counters.sessions_ended);
-        if matches!(
-            why,
-            Disconnect::Locally {
-                reason: Reason::SessionExpired,
-                ..
-            }
-        ) {
-            bump(&self.counters.sessions_expired);
-        }
-    }
-
     /// Statistics over the established sessions.
     pub(crate) fn stats(&self) -> crate::stats::ServerStats {
         let sessions: Vec<_> = self
@@ -179,8 +149,48 @@ impl ServerShared {
         }
     }
 
-    fn session_params(&self) -> SessionParams {
-        SessionParams::new(&self.config.transport, self.config.frame_limits)
+    fn session_config(&self) -> SessionConfig {
+        super::session::session_config(
+            Side::Server,
+            &self.config.transport,
+            self.config.frame_limits,
+            Some(self.config.grace_period),
+        )
+    }
+}
+
+impl SessionOwner for ServerShared {
+    fn record(&self, player_id: PlayerId, event: &SessionEvent) {
+        let counters = &self.counters;
+        match event {
+            SessionEvent::Migrated { .. } => bump(&counters.migrations),
+            SessionEvent::ConnectionLost { .. } => bump(&counters.connections_lost),
+            SessionEvent::Resumed { .. } => bump(&counters.resumes),
+            SessionEvent::Superseded => bump(&counters.superseded),
+            _ => {}
+        }
+        let _ = self.events.send(ServerEvent {
+            player_id,
+            event: event.clone(),
+        });
+    }
+
+    fn session_ended(&self, player_id: PlayerId, why: &Disconnect) {
+        self.registry().release(player_id);
+        bump(&self.counters.sessions_ended);
+        if matches!(
+            why,
+            Disconnect::Locally {
+                reason: Reason::SessionExpired,
+                ..
+            }
+        ) {
+            bump(&self.counters.sessions_expired);
+        }
+    }
+
+    fn confirmed(&self, player_id: PlayerId) {
+        self.registry().confirm(player_id);
     }
 }
 
@@ -277,7 +287,7 @@ fn admit(
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated() || !incoming.may_retry();
     let mut pending = lock(&shared.pending);
-    let place = match pending.admission.consider(ip, validated, Instant::now()) {
+    let place = match pending.admission.consider(ip, validated, now()) {
         Admit::Accept(place) => place,
         Admit::AcceptEvicting { place, evicted } => {
             if let Some(evict) = pending.evictors.remove(&evicted) {
@@ -360,7 +370,11 @@ async fn serve(
     let outcome = Box::pin(handshake(&conn, &shared, remote, ends)).await;
     // The handshake is over, whichever way: its place among those in progress is free.
     drop(ticket);
-    let (core, attached) = match outcome {
+    let priorities = (
+        shared.config.transport.main_priority,
+        shared.config.transport.feed_priority,
+    );
+    let (core, generation, streams) = match outcome {
         Outcome::New {
             established,
             main,
@@ -368,10 +382,12 @@ async fn serve(
             slot,
         } => {
             let player_id = established.player_id;
-            let role = Role::Server(ServerSide {
-                server: Arc::downgrade(&shared),
-            });
-            let core = SessionCore::new(player_id, shared.session_params(), role);
+            let owner: std::sync::Weak<dyn SessionOwner> = Arc::downgrade(&shared) as _;
+            let core = SessionCore::new(
+                player_id,
+                shared.session_config(),
+                SideHandle::Server { owner },
+            );
             if !shared
                 .registry()
                 .establish(player_id, established.credential, core.clone())
@@ -379,9 +395,8 @@ async fn serve(
                 return close(&conn, Reason::InternalError, "session slot lost");
             }
             slot.keep();
-            let attach = attachment(&shared, conn.clone(), &established, main, feed);
-            // Boxed, like the handshake: this task outlives both.
-            let Ok(attached) = Box::pin(core.attach(attach)).await else {
+            let (attach, streams) = attachment(&shared, &conn, &established, main, feed);
+            let Ok(attached) = core.attach(conn.handle(), attach) else {
                 return;
             };
             bump(&shared.counters.sessions_established);
@@ -395,7 +410,7 @@ async fn serve(
                     return core.close(s.reason, &s.message);
                 }
             }
-            (core, attached)
+            (core, attached.generation, streams)
         }
         Outcome::Resumed {
             established,
@@ -405,13 +420,12 @@ async fn serve(
             lost_at,
         } => {
             core.expect_confirmation();
-            let attach = attachment(&shared, conn.clone(), &established, main, feed);
-            // Boxed, like the handshake: this task outlives both.
-            let Ok(attached) = Box::pin(core.attach(attach)).await else {
+            let (attach, streams) = attachment(&shared, &conn, &established, main, feed);
+            let Ok(attached) = core.attach(conn.handle(), attach) else {
                 return;
             };
-            let outage = lost_at.map_or(Duration::ZERO, |t| t.elapsed());
-            super::session::Counters::bump(&core.counters.resumes, 1);
+            let outage = lost_at.map_or(Duration::ZERO, |t| now().saturating_duration_since(t));
+            SessionCounters::bump(&core.counters.resumes, 1);
             info!(player_id = %core.player_id, %remote, ?outage, "session resumed");
             core.emit(SessionEvent::Resumed {
                 outage,
@@ -420,64 +434,68 @@ async fn serve(
                 handshake: Duration::ZERO,
                 zero_rtt: false,
             });
-            (core, attached)
+            (core, attached.generation, streams)
         }
         Outcome::ResumeAborted { core } => {
             // The old connection was already detached: the session now waits for the client.
-            let generation = core.current_generation();
-            return grace(&core, generation, &shared, &mut shutdown).await;
+            return grace(&core, &mut shutdown).await;
         }
         Outcome::Failed => return,
     };
-    tokio::select! {
-        end = core.watch(attached.generation) => {
-            if let WatchEnd::Lost(why) = end {
-                debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
-                core.lost(attached.generation, &why);
-                grace(&core, attached.generation, &shared, &mut shutdown).await;
-            }
+    let end = tokio::select! {
+        end = connection::run(&core, generation, conn, streams, priorities) => end,
+        s = shutdown_signal(&mut shutdown) => {
+            core.close(s.reason, &s.message);
+            return;
         }
-        s = shutdown_signal(&mut shutdown) => core.close(s.reason, &s.message),
+    };
+    if let LinkEnd::Lost(why) = end {
+        debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
+        grace(&core, &mut shutdown).await;
     }
 }
 
-/// Waits, at most the grace period, for a lost session's client to resume it; ends it then.
-async fn grace(
-    core: &Arc<SessionCore>,
-    generation: u64,
-    shared: &ServerShared,
-    shutdown: &mut watch::Receiver<Option<Shutdown>>,
-) {
+/// Waits, at most the grace period, for a lost session's client to resume it; the session
+/// machine ends it then.
+async fn grace(core: &Arc<SessionCore>, shutdown: &mut watch::Receiver<Option<Shutdown>>) {
     tokio::select! {
-        _ = core.await_resume(generation, shared.config.grace_period) => {}
+        () = core.await_resume() => {}
         s = shutdown_signal(shutdown) => core.close(s.reason, &s.message),
     }
 }
 
-/// The streams of a handshaken connection, ready to attach to its session.
+/// A handshaken connection as the session machine needs it, and its streams for the
+/// connection task (their readers switched to the session's frame limits).
 fn attachment(
     shared: &ServerShared,
-    conn: quinn::Connection,
+    conn: &quinn::Connection,
     established: &ServerEstablished,
     main: Stream,
     feed: Stream,
-) -> Attach {
+) -> (AttachLink, Streams<quinn::Connection>) {
     let local = shared.config.frame_limits;
-    let pair = |stream: Stream, kind, rules| {
-        StreamPair::new(stream.writer, stream.reader, rules, kind, local)
+    let stream = |stream: Stream, kind: ChannelKind| {
+        let mut reader = stream.reader;
+        reader.set_limit(local.get(kind));
+        ChannelStream {
+            writer: stream.writer,
+            reader,
+        }
     };
-    Attach {
-        closer: Closer::new(conn.clone()),
-        conn,
-        main: pair(main, ChannelKind::Main, established.main_rules.clone()),
-        feed: pair(feed, ChannelKind::Feed, established.feed_rules.clone()),
+    let attach = AttachLink {
         peer_limits: established.peer_limits,
         peer_next: established.resumed.unwrap_or((0, 0)),
-    }
-}
-
-fn close(conn: &quinn::Connection, reason: Reason, message: &str) {
-    conn.close(reason.code().into(), truncate(message).as_bytes());
+        rules: (
+            established.main_rules.clone(),
+            established.feed_rules.clone(),
+        ),
+        datagrams: conn.max_datagram_size().is_some_and(|max| max > 0),
+    };
+    let streams = Streams {
+        main: stream(main, ChannelKind::Main),
+        feed: stream(feed, ChannelKind::Feed),
+    };
+    (attach, streams)
 }
 
 /// A client stream during the handshake: its channel once declared, and both halves.
@@ -708,7 +726,7 @@ async fn handshake(
                 match requested.map(|id| shared.registry().admit(id)) {
                     Ok(Ok(player_id)) => {
                         slot = Some(Slot { shared: shared.clone(), player_id, kept: false });
-                        core.accept(player_id, Instant::now(), &mut entropy);
+                        core.accept(player_id, now(), &mut entropy);
                     }
                     Ok(Err(reason)) => {
                         let hint = (reason == Reason::ServerFull).then_some(config.busy_retry_after).flatten();
@@ -743,7 +761,7 @@ async fn handshake(
                     return failed(resumed);
                 }
             }
-            _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(now()),
         }
     }
 }
@@ -775,12 +793,15 @@ fn decide_resume(
             let superseded =
                 session.detach(Reason::Superseded, "superseded by a resumed connection");
             if superseded {
-                super::session::Counters::bump(&session.counters.superseded, 1);
+                SessionCounters::bump(&session.counters.superseded, 1);
                 session.emit(SessionEvent::Superseded);
             }
-            // Read after the old connection is closed: whatever it still delivers is a
-            // duplicate of the client's replay, which the receivers drop.
-            let (main_next, feed_next) = (session.main.inbound_next(), session.feed.inbound_next());
+            // Read after the old connection is detached: whatever it still delivers is ignored
+            // (the client replays it).
+            let (main_next, feed_next) = (
+                session.inbound_next(ChannelKind::Main),
+                session.inbound_next(ChannelKind::Feed),
+            );
             handshake.accept_resume(request, next, main_next, feed_next);
             Some((session, lost_at, superseded))
         }
@@ -878,7 +899,7 @@ fn on_item(
             }
         },
         Ok(Item::Frame(body)) => match decode_message(body) {
-            Ok(message) => core.handle_message(on, message, Instant::now(), entropy),
+            Ok(message) => core.handle_message(on, message, now(), entropy),
             Err(e) => core.handle_violation(on, e.reason(), e.to_string()),
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(on, e.reason(), e.to_string()),
@@ -922,10 +943,40 @@ async fn send(
         ChannelKind::Main
     };
     let stream = find(streams, target).ok_or(Reason::InvalidStream)?;
-    let until = deadline.max(Instant::now().checked_add(FAIL_LINGER).unwrap_or(deadline));
+    let until = deadline.max(now().checked_add(FAIL_LINGER).unwrap_or(deadline));
     match tokio::time::timeout_at(until.into(), stream.writer.write(frame)).await {
         Ok(Ok(())) => Ok(target),
         Ok(Err(_)) => Err(Reason::InvalidStream),
         Err(_) => Err(Reason::HandshakeTimeout),
+    }
+}
+
+/// Logs a server's statistics every `every` while it runs.
+pub(crate) async fn log_server(shared: std::sync::Weak<ServerShared>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.shutdown.borrow().is_some() {
+            return;
+        }
+        let s = shared.stats();
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "quicfeed::stats",
+            sessions = s.sessions,
+            rtt_p50_ms = ms(s.rtt_p50),
+            rtt_p99_ms = ms(s.rtt_p99),
+            loss_percent = s.loss_rate * 100.0,
+            sent_kbps = s.sent_bytes_per_s * 8.0 / 1000.0,
+            received_kbps = s.received_bytes_per_s * 8.0 / 1000.0,
+            sent_messages_per_s = s.sent_messages_per_s,
+            received_messages_per_s = s.received_messages_per_s,
+            handshakes_in_progress = s.counters.handshakes_in_progress,
+            "server stats"
+        );
     }
 }

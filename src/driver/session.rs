@@ -1,279 +1,428 @@
-//! A session that outlives its connections: the state both sides keep per session, how a new
-//! connection is attached (replaying what the peer missed), and how a connection is watched
-//! (liveness, migration, loss).
+//! A session that outlives its connections: the session machine behind one lock, the wake-ups
+//! between the connection's task and the application's handles, events, counters and
+//! statistics.
 //!
 //! ```text
-//!   Sender ──▶ ChannelCore.out ──(current writer)──▶ QUIC stream ──▶ peer
-//!                 │ Outbound: numbering + replay buffer (trimmed by the peer's ACKs)
-//!   Receiver ◀── ChannelCore.slot ◀──(current reader, swapped on resume)── peer
-//!                 │ Inbound: dedup + acknowledgements
-//!   SessionCore: the current connection (one at a time), generation, end, events, counters
+//!   Sender::send ─┐                                  ┌─ Receiver::recv, Lane::recv
+//!                 ▼                                  │
+//!        SessionCore { Mutex<SessionMachine> + the current link's handle }
+//!                 ▲        │ wake-ups (Notify), outside the lock
+//!                 │        ▼
+//!        the connection task (one per attached connection, super::connection):
+//!        reads both streams and datagrams, writes both streams, runs the timers
 //! ```
 //!
-//! The application's handles hold an `Arc<SessionCore>` and never a connection, so a resume
-//! swaps the streams underneath them.
+//! **The lock rule.** The machine and the current link's handle sit behind one `std` mutex,
+//! held only inside [`SessionCore::update`]: a few lines of pure state changes, never across an
+//! `.await`, never while waking anyone or closing a connection (those happen after it is
+//! released). Nothing else on the data path locks. An application call that must wait (a send
+//! with the budget full, a receive with nothing queued) waits on a `Notify` registered before it
+//! looked at the machine, so no wake-up between the look and the wait is lost. The connection
+//! task waits only in its `select!` over reads, writes, datagrams, timers and its `Notify`; it
+//! never waits on the application.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tracing::{debug, info};
 
-use super::link::{Closer, disconnect_from_peer};
-use super::stream::{FrameReader, FrameWriter};
-use crate::error::Disconnect;
-use crate::error::SendError;
+use super::link::{CLOSE_LINGER, DatagramRefused, LinkHandle, PathSample, drain};
+use super::now;
+use crate::config::TransportConfig;
+use crate::error::{Disconnect, RecvError, SendError};
 use crate::events::{SessionCounters, SessionEvent};
-use crate::protocol::codec::{self, data_header, encode_message};
-use crate::protocol::lane::{LaneInbound, encode_lane_datagram, lane_header_len};
-use crate::protocol::reliability::{Inbound, Outbound};
+use crate::protocol::lane::{encode_lane_datagram, lane_header_len};
 use crate::protocol::stats::{Sample, StatsWindow};
-use crate::protocol::{ChannelKind, FrameLimits, InboundRules, Message, PlayerId, Reason, Token};
+use crate::protocol::{
+    AttachLink, Attached, ChannelKind, Event, FrameLimits, PerChannel, PlayerId, Reason, Received,
+    Refused, SessionConfig, SessionMachine, Side, Token,
+};
+use crate::stats::SessionStats;
 
 /// Capacity of a session's event channel; a subscriber that falls further behind skips events.
 const EVENT_CAPACITY: usize = 16;
+
+/// How long a receiver that saw the peer finish a channel waits for the connection to close.
+const FINISH_GRACE: Duration = Duration::from_secs(3);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Settings that shape a session, from the server's or client's config.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionParams {
-    /// Bytes of unacknowledged payload kept per channel and direction for a replay.
-    pub(crate) replay_capacity: usize,
-    /// Nothing received for this long: the connection is abandoned.
-    pub(crate) dead_path_timeout: Duration,
-    /// The frame limits this side announced (its receive limits).
-    pub(crate) local_limits: FrameLimits,
-    /// Feed datagrams later than this behind the fastest recent one are dropped.
-    pub(crate) datagram_max_age: Option<Duration>,
-    /// Send priorities of the main and feed streams.
-    pub(crate) priorities: (i32, i32),
-}
-
-impl SessionParams {
-    pub(crate) fn new(
-        transport: &crate::config::TransportConfig,
-        local_limits: FrameLimits,
-    ) -> Self {
-        SessionParams {
-            replay_capacity: transport.replay_buffer,
-            dead_path_timeout: transport.dead_path_timeout,
-            local_limits,
-            datagram_max_age: transport.datagram_max_age,
-            priorities: (transport.main_priority, transport.feed_priority),
-        }
+/// The session machine's configuration from a server's or client's settings.
+pub(crate) fn session_config(
+    side: Side,
+    transport: &TransportConfig,
+    local_limits: FrameLimits,
+    grace_period: Option<Duration>,
+) -> SessionConfig {
+    let check = transport
+        .dead_path_timeout
+        .checked_div(16)
+        .unwrap_or_default()
+        .max(Duration::from_millis(10));
+    SessionConfig {
+        side,
+        replay_capacity: transport.replay_buffer,
+        send_budget: transport.send_buffer.min(transport.replay_buffer),
+        receive_capacity: transport.receive_buffer,
+        lane_capacity: transport.datagram_receive_buffer,
+        dead_path_timeout: transport.dead_path_timeout,
+        ack_delay: check,
+        finish_grace: FINISH_GRACE,
+        grace_period,
+        lane_max_age: transport.datagram_max_age,
+        local_limits,
     }
 }
 
-/// One stream's pair of halves and the rules for what may still arrive on it.
-pub(crate) struct StreamPair {
-    pub(crate) writer: FrameWriter,
-    pub(crate) reader: FrameReader,
-    pub(crate) rules: InboundRules,
+/// What a server-side session tells its server. (The server implements it; a session never
+/// names the server's type, so nothing here depends on the server driver.)
+pub(crate) trait SessionOwner: Send + Sync {
+    /// Counts a session's event and passes it on to the server's subscribers.
+    fn record(&self, player_id: PlayerId, event: &SessionEvent);
+    /// The session ended: its slot is free.
+    fn session_ended(&self, player_id: PlayerId, why: &Disconnect);
+    /// The client confirmed the credential of its resume.
+    fn confirmed(&self, player_id: PlayerId);
 }
 
-impl StreamPair {
-    /// A handshaken stream of channel `kind`, its reader switched from the handshake's frame
-    /// limit to the session's (`local`).
-    pub(crate) fn new(
-        writer: FrameWriter,
-        mut reader: FrameReader,
-        rules: InboundRules,
-        kind: ChannelKind,
-        local: FrameLimits,
-    ) -> Self {
-        reader.set_limit(local.get(kind));
-        StreamPair {
-            writer,
-            reader,
-            rules,
-        }
+/// Which end of the session this is, and what that end needs.
+pub(crate) enum SideHandle {
+    /// A client: its endpoint (rebinding, draining the close).
+    Client { endpoint: quinn::Endpoint },
+    /// A server-side session: its server, to tell.
+    Server { owner: Weak<dyn SessionOwner> },
+}
+
+struct State {
+    machine: SessionMachine,
+    /// The attached connection's generation and handle.
+    link: Option<(u64, Arc<dyn LinkHandle>)>,
+}
+
+/// Counts the driver keeps itself (the machine counts the rest).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) migrations: AtomicU64,
+    pub(crate) resumes: AtomicU64,
+    pub(crate) resumes_0rtt: AtomicU64,
+    pub(crate) connect_0rtt: AtomicU64,
+    pub(crate) resume_failures: AtomicU64,
+    pub(crate) superseded: AtomicU64,
+    pub(crate) datagrams_sent: AtomicU64,
+    pub(crate) datagrams_unsent: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
     }
 }
 
-/// A freshly handshaken connection to attach to a session.
-pub(crate) struct Attach {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) closer: Closer,
-    pub(crate) main: StreamPair,
-    pub(crate) feed: StreamPair,
-    pub(crate) peer_limits: FrameLimits,
-    /// Where the peer expects our replay to start, per channel.
-    pub(crate) peer_next: (u64, u64),
+/// A session's shared state: what the connection task, the application's handles and the
+/// server hold (see the module docs).
+pub(crate) struct SessionCore {
+    pub(crate) player_id: PlayerId,
+    state: Mutex<State>,
+    /// Wakes the connection task (one waiter: `notify_one` keeps a permit).
+    wake_connection: Notify,
+    wake_recv: PerChannel<Notify>,
+    wake_lane: Notify,
+    wake_room: PerChannel<Notify>,
+    /// The machine's generation, for watchers of "a connection was attached or lost".
+    changed: watch::Sender<u64>,
+    ended: watch::Sender<Option<Disconnect>>,
+    /// Created on the first subscription: most sessions never have a subscriber.
+    events: std::sync::OnceLock<broadcast::Sender<SessionEvent>>,
+    pub(crate) counters: Counters,
+    stats: Mutex<StatsWindow>,
+    pub(crate) side: SideHandle,
+    /// The client's credential for its next `RESUME`.
+    credential: Mutex<Option<Token>>,
 }
 
-/// A connection attached to a session.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Attached {
-    /// The attachment's generation, for [`SessionCore::watch`].
-    pub(crate) generation: u64,
-    /// Messages replayed to the peer.
-    pub(crate) replayed: u64,
-    /// Messages the peer missed that the replay buffer no longer held.
-    pub(crate) lost: u64,
-}
-
-/// How watching a connection ended.
-#[derive(Debug)]
-pub(crate) enum WatchEnd {
-    /// A newer connection took over the session.
-    Superseded,
-    /// The session ended.
-    Ended,
-    /// The connection is gone but the session may resume.
-    Lost(Disconnect),
-}
-
-/// The sending side of a channel: numbering, replay buffer, and the current stream.
-pub(crate) struct OutState {
-    pub(crate) outbound: Outbound,
-    pub(crate) writer: Option<FrameWriter>,
-    /// The peer's frame limit on this channel.
-    pub(crate) peer_max: usize,
-}
-
-/// One channel of a session, shared by its application halves and the session.
-pub(crate) struct ChannelCore {
-    pub(crate) out: tokio::sync::Mutex<OutState>,
-    pub(crate) inbound: Mutex<Inbound>,
-    /// The newest reader attached, waiting for the receiving half to take it.
-    slot: Mutex<Option<(FrameReader, InboundRules)>>,
-    /// Bumped when a reader is put in the slot.
-    slot_generation: watch::Sender<u64>,
-}
-
-impl ChannelCore {
-    fn new(params: &SessionParams) -> Self {
-        ChannelCore {
-            out: tokio::sync::Mutex::new(OutState {
-                outbound: Outbound::new(params.replay_capacity),
-                writer: None,
-                peer_max: 0,
-            }),
-            inbound: Mutex::new(Inbound::new()),
-            slot: Mutex::new(None),
-            slot_generation: watch::Sender::new(0),
-        }
-    }
-
-    /// Watches for newly attached readers.
-    pub(crate) fn subscribe_readers(&self) -> watch::Receiver<u64> {
-        self.slot_generation.subscribe()
-    }
-
-    /// Takes the newest attached reader, if one is waiting.
-    pub(crate) fn take_reader(&self) -> Option<(FrameReader, InboundRules)> {
-        lock(&self.slot).take()
-    }
-
-    /// The next message expected from the peer.
-    pub(crate) fn inbound_next(&self) -> u64 {
-        lock(&self.inbound).next()
-    }
-
-    /// Sends an acknowledgement of everything delivered, if the channel's sending side is free
-    /// right now (an acknowledgement is never worth waiting for: a later one covers it).
-    pub(crate) async fn try_ack(&self) {
-        let Ok(mut out) = self.out.try_lock() else {
-            return;
-        };
-        let Some(writer) = out.writer.as_mut() else {
-            return;
-        };
-        let next = {
-            let mut inbound = lock(&self.inbound);
-            if !inbound.has_unacked() {
-                return;
-            }
-            inbound.ack_sent()
-        };
-        if let Ok(frame) = encode_message(&Message::Ack { next }) {
-            if writer.write(frame).await.is_err() {
-                out.writer = None;
-            }
-        }
-    }
-}
-
-/// Who is on the other end, for what a session does when its connection is lost.
-pub(crate) enum Role {
-    /// This is the client: it resumes.
-    Client(Box<super::client::Resumer>),
-    /// This is the server: it waits for the client, then lets the session expire.
-    Server(ServerSide),
-}
-
-/// What a server-side session needs from its server.
-pub(crate) struct ServerSide {
-    pub(crate) server: Weak<super::server::ServerShared>,
-}
-
-struct ConnState {
-    current: Option<Current>,
-    /// Why the last connection was detached without a replacement.
-    detached: Option<(Reason, String)>,
-    generation: u64,
-    /// When the session last lost its connection, taken as the last time anything was heard
-    /// on it (cleared when one is attached).
-    lost_at: Option<Instant>,
-    /// When the watcher last saw a packet arrive on the current connection.
-    last_heard: Option<Instant>,
-    /// The credential for the next `RESUME` (kept by a client).
-    credential: Option<Token>,
-}
-
-struct Current {
-    conn: quinn::Connection,
-    closer: Closer,
-    generation: u64,
-}
-
-/// The feed datagram lane of a session: numbering and clock for what it sends, newest-wins
-/// state for what it receives. Datagrams belong to no connection in particular: the numbering
-/// continues across resumes, so a datagram from an old connection never wins over a newer one.
-pub(crate) struct LaneCore {
-    /// Time zero of the session's send times.
-    pub(crate) epoch: Instant,
-    pub(crate) next_seq: AtomicU64,
-    pub(crate) inbound: Mutex<LaneInbound>,
-}
-
-impl LaneCore {
-    /// Milliseconds since the session began, on this side's clock.
-    pub(crate) fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+impl std::fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCore")
+            .field("player_id", &self.player_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl SessionCore {
-    /// Records a statistics sample of the connection of `generation`.
-    fn sample(&self, now: Instant, generation: u64, quic: &quinn::ConnectionStats) {
+    pub(crate) fn new(player_id: PlayerId, config: SessionConfig, side: SideHandle) -> Arc<Self> {
+        Arc::new(SessionCore {
+            player_id,
+            state: Mutex::new(State {
+                machine: SessionMachine::new(config, now()),
+                link: None,
+            }),
+            wake_connection: Notify::new(),
+            wake_recv: PerChannel::default(),
+            wake_lane: Notify::new(),
+            wake_room: PerChannel::default(),
+            changed: watch::Sender::new(0),
+            ended: watch::Sender::new(None),
+            events: std::sync::OnceLock::new(),
+            counters: Counters::default(),
+            stats: Mutex::new(StatsWindow::new()),
+            side,
+            credential: Mutex::new(None),
+        })
+    }
+
+    /// Runs `change` on the machine under the lock, then, with the lock released, closes the
+    /// connections it gave up, wakes whoever its changes concern, and reports its events and
+    /// its end. Every change to the session goes through here.
+    pub(crate) fn update<R>(&self, change: impl FnOnce(&mut SessionMachine, Instant) -> R) -> R {
+        let now = now();
+        let mut closes = Vec::new();
+        let mut events = Vec::new();
+        let (result, wakes, generation, ended) = {
+            let mut state = lock(&self.state);
+            let result = change(&mut state.machine, now);
+            while let Some((generation, reason, message)) = state.machine.poll_close() {
+                if let Some((_, handle)) = state.link.take_if(|(g, _)| *g == generation) {
+                    closes.push((handle, reason, message));
+                }
+            }
+            if state
+                .link
+                .as_ref()
+                .is_some_and(|(g, _)| !state.machine.is_attached(*g))
+            {
+                // Detached without a close of ours: the transport already ended it.
+                state.link = None;
+            }
+            while let Some(event) = state.machine.poll_event() {
+                events.push(event);
+            }
+            let wakes = state.machine.take_wakes();
+            let ended = wakes
+                .state
+                .then(|| state.machine.ended().cloned())
+                .flatten();
+            (result, wakes, state.machine.generation(), ended)
+        };
+        for (handle, reason, message) in closes {
+            handle.close(reason, &message);
+        }
+        if wakes.connection {
+            self.wake_connection.notify_one();
+        }
+        for kind in [ChannelKind::Main, ChannelKind::Feed] {
+            if *wakes.recv.get(kind) {
+                self.wake_recv.get(kind).notify_waiters();
+            }
+            if *wakes.room.get(kind) {
+                self.wake_room.get(kind).notify_waiters();
+            }
+        }
+        if wakes.lane {
+            self.wake_lane.notify_waiters();
+        }
+        if wakes.state {
+            self.changed.send_if_modified(|g| {
+                let changed = *g != generation;
+                *g = generation;
+                changed
+            });
+        }
+        for event in events {
+            match event {
+                Event::Lost(why) => self.emit(SessionEvent::ConnectionLost { why }),
+                Event::Confirmed => {
+                    if let Some(owner) = self.owner() {
+                        owner.confirmed(self.player_id);
+                    }
+                }
+            }
+        }
+        if let Some(why) = ended {
+            self.publish_end(why);
+        }
+        result
+    }
+
+    /// Tells everyone, once, that the session ended.
+    fn publish_end(&self, why: Disconnect) {
+        let first = self.ended.send_if_modified(|current| {
+            current.is_none() && {
+                *current = Some(why.clone());
+                true
+            }
+        });
+        if first {
+            info!(player_id = %self.player_id, %why, "session ended");
+            if let Some(owner) = self.owner() {
+                owner.session_ended(self.player_id, &why);
+            }
+        }
+    }
+
+    /// Waits on `notify` until `check` returns a value. The wait is registered before each
+    /// look, so a wake-up between the look and the wait is not lost; cancel-safe whenever
+    /// `check` is (it changes the machine only when it returns a value).
+    pub(crate) async fn wait_for<T>(
+        &self,
+        notify: &Notify,
+        mut check: impl FnMut(&mut SessionMachine, Instant) -> Option<T>,
+    ) -> T {
+        loop {
+            let mut notified = pin!(notify.notified());
+            notified.as_mut().enable();
+            if let Some(value) = self.update(&mut check) {
+                return value;
+            }
+            notified.await;
+        }
+    }
+
+    /// The connection task's wake-up.
+    pub(crate) fn connection_notified(&self) -> impl Future<Output = ()> + '_ {
+        self.wake_connection.notified()
+    }
+
+    fn owner(&self) -> Option<Arc<dyn SessionOwner>> {
+        match &self.side {
+            SideHandle::Server { owner } => owner.upgrade(),
+            SideHandle::Client { .. } => None,
+        }
+    }
+
+    /// The client's endpoint; `None` on a server.
+    pub(crate) fn endpoint(&self) -> Option<&quinn::Endpoint> {
+        match &self.side {
+            SideHandle::Client { endpoint } => Some(endpoint),
+            SideHandle::Server { .. } => None,
+        }
+    }
+
+    // ----- state -----
+
+    /// Why the session ended, if it has.
+    pub(crate) fn ended(&self) -> Option<Disconnect> {
+        self.ended.borrow().clone()
+    }
+
+    /// Watches for the end of the session.
+    pub(crate) fn subscribe_end(&self) -> watch::Receiver<Option<Disconnect>> {
+        self.ended.subscribe()
+    }
+
+    /// Watches the machine's generation (bumped by every attach and detach, and at the end).
+    pub(crate) fn subscribe_changed(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The attached connection's handle, if one is attached.
+    pub(crate) fn link(&self) -> Option<Arc<dyn LinkHandle>> {
+        lock(&self.state).link.as_ref().map(|(_, h)| h.clone())
+    }
+
+    /// The peer's current address, if connected.
+    pub(crate) fn remote_address(&self) -> Option<SocketAddr> {
+        self.link().map(|l| l.remote_address())
+    }
+
+    /// When the session lost its last connection, if it has none now.
+    pub(crate) fn lost_at(&self) -> Option<Instant> {
+        lock(&self.state).machine.lost_at()
+    }
+
+    /// The next message expected from the peer on `kind`.
+    pub(crate) fn inbound_next(&self, kind: ChannelKind) -> u64 {
+        lock(&self.state).machine.inbound_next(kind)
+    }
+
+    /// The credential for the next `RESUME` (client side).
+    pub(crate) fn credential(&self) -> Option<Token> {
+        *lock(&self.credential)
+    }
+
+    pub(crate) fn set_credential(&self, credential: Token) {
+        *lock(&self.credential) = Some(credential);
+    }
+
+    /// The largest payload the peer accepts on `kind`.
+    pub(crate) fn max_payload(&self, kind: ChannelKind) -> usize {
+        lock(&self.state).machine.max_payload(kind)
+    }
+
+    // ----- events and statistics -----
+
+    /// Subscribes to the session's events.
+    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events
+            .get_or_init(|| broadcast::Sender::new(EVENT_CAPACITY))
+            .subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: SessionEvent) {
+        if let Some(owner) = self.owner() {
+            owner.record(self.player_id, &event);
+        }
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Counts of what happened to the session's connections so far.
+    pub(crate) fn counters(&self) -> SessionCounters {
+        let counts = lock(&self.state).machine.counts();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let c = &self.counters;
+        SessionCounters {
+            migrations: get(&c.migrations),
+            connections_lost: counts.connections_lost,
+            resumes: get(&c.resumes),
+            resumes_0rtt: get(&c.resumes_0rtt),
+            connect_0rtt: get(&c.connect_0rtt),
+            resume_failures: get(&c.resume_failures),
+            superseded: get(&c.superseded),
+            messages_replayed: counts.messages_replayed,
+            messages_lost: counts.messages_lost,
+            datagrams_sent: get(&c.datagrams_sent),
+            datagrams_unsent: get(&c.datagrams_unsent),
+            datagrams_delivered: counts.datagrams_delivered,
+            datagrams_stale: counts.datagrams_stale,
+            datagrams_too_old: counts.datagrams_too_old,
+        }
+    }
+
+    /// Records a statistics sample of the connection of `generation`.
+    pub(crate) fn sample(&self, now: Instant, generation: u64, path: &PathSample) {
+        let counts = lock(&self.state).machine.counts();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let sample = Sample {
             connection: generation,
-            rtt: quic.path.rtt,
-            cwnd: quic.path.cwnd,
-            sent_bytes: quic.udp_tx.bytes,
-            received_bytes: quic.udp_rx.bytes,
-            sent_packets: quic.path.sent_packets,
-            lost_packets: quic.path.lost_packets,
-            sent_messages: get(&c.messages_sent).saturating_add(get(&c.datagrams_sent)),
-            received_messages: get(&c.messages_received)
-                .saturating_add(get(&c.datagrams_delivered)),
+            rtt: path.rtt,
+            cwnd: path.cwnd,
+            sent_bytes: path.sent_bytes,
+            received_bytes: path.received_bytes,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+            sent_messages: counts
+                .messages_sent
+                .saturating_add(get(&self.counters.datagrams_sent)),
+            received_messages: counts
+                .messages_received
+                .saturating_add(counts.datagrams_delivered),
         };
         lock(&self.stats).record(now, sample);
     }
 
     /// The session's statistics now.
-    pub(crate) fn stats(&self) -> crate::stats::SessionStats {
+    pub(crate) fn stats(&self) -> SessionStats {
         let summary = lock(&self.stats).summary();
-        crate::stats::SessionStats {
+        SessionStats {
             rtt: summary.rtt,
             min_rtt: summary.min_rtt,
             rtt_p50: summary.rtt_p50,
@@ -285,713 +434,287 @@ impl SessionCore {
             sent_messages_per_s: summary.rates.sent_messages_per_s,
             received_messages_per_s: summary.rates.received_messages_per_s,
             congestion_window: summary.cwnd,
-            counters: self.counters.snapshot(),
+            counters: self.counters(),
         }
     }
 
-    /// Sends a message on a reliable channel: numbered, kept for a replay, queued on the
-    /// current stream (waiting for flow control); see [`send_payload`].
-    pub(crate) async fn send(&self, kind: ChannelKind, payload: Outgoing) -> Result<(), SendError> {
-        if let Some(ended) = self.ended() {
-            return Err(SendError::Closed(ended));
+    // ----- connections -----
+
+    /// Makes `link` the session's connection, planning each channel's replay. On failure (the
+    /// session ended, or the peer's position claims messages never sent) the new connection is
+    /// closed with the reason.
+    pub(crate) fn attach(
+        &self,
+        handle: Arc<dyn LinkHandle>,
+        attach: AttachLink,
+    ) -> Result<Attached, Disconnect> {
+        let result = self.update(|m, now| m.attach(now, attach));
+        match &result {
+            Ok(attached) => {
+                let mut state = lock(&self.state);
+                if state.machine.is_attached(attached.generation) {
+                    state.link = Some((attached.generation, handle));
+                } else {
+                    drop(state);
+                    handle.close(Reason::Normal, "session ended");
+                }
+            }
+            Err(Disconnect::Locally { reason, message }) => handle.close(*reason, message),
+            Err(_) => handle.close(Reason::Normal, "session ended"),
         }
-        let mut out = self.channel(kind).out.lock().await;
-        let failed = send_payload(&mut out, payload)
+        result
+    }
+
+    /// Gives up the attached connection without ending the session, closing it with `reason`.
+    /// Returns whether there was one.
+    pub(crate) fn detach(&self, reason: Reason, message: &str) -> bool {
+        self.update(|m, now| m.detach(now, reason, message))
+    }
+
+    /// Server: the next attach resumes the session with a new credential to be confirmed.
+    pub(crate) fn expect_confirmation(&self) {
+        self.update(|m, _| m.expect_confirmation());
+    }
+
+    /// Sends an acknowledgement on main at once: the packet that shows a server a client's new
+    /// path.
+    pub(crate) fn poke(&self) {
+        self.update(|m, _| m.ack_now(ChannelKind::Main));
+    }
+
+    /// Server: after the connection was lost, waits for the client to resume the session
+    /// (another connection task takes over then), or for the grace period to end it.
+    pub(crate) async fn await_resume(&self) {
+        let mut changed = self.subscribe_changed();
+        loop {
+            let (attached, ended, timeout) = {
+                let state = lock(&self.state);
+                let m = &state.machine;
+                (
+                    m.attached().is_some(),
+                    m.ended().is_some(),
+                    m.poll_timeout(),
+                )
+            };
+            if attached || ended {
+                return;
+            }
+            let Some(timeout) = timeout else {
+                // Nothing can end the wait but an attach or the end.
+                let _ = changed.changed().await;
+                continue;
+            };
+            tokio::select! {
+                result = changed.changed() => if result.is_err() { return },
+                () = tokio::time::sleep_until(timeout.into()) => {
+                    self.update(|m, now| m.handle_timeout(now));
+                }
+            }
+        }
+    }
+
+    // ----- ending -----
+
+    /// Closes the session at once, from this side.
+    pub(crate) fn close(&self, reason: Reason, message: &str) {
+        self.update(|m, _| m.close(reason, message));
+    }
+
+    /// Ends the session with `why`, closing its connection with `reason`.
+    pub(crate) fn end_with(&self, why: Disconnect, reason: Reason, message: &str) {
+        self.update(|m, _| m.end_with(why, reason, message));
+    }
+
+    /// Closes the session once the peer has what was sent (at most [`CLOSE_LINGER`]), then, on
+    /// a client, waits (at most as long again) for the close to go out.
+    pub(crate) async fn close_gracefully(&self, reason: Reason, message: &str) {
+        self.update(|m, now| m.close_gracefully(now, reason, message, CLOSE_LINGER));
+        let mut ended = self.subscribe_end();
+        // The machine ends the session at the linger at the latest; the margin covers a
+        // connection task that is slow to run its timer.
+        let wait = ended.wait_for(Option::is_some);
+        let bound = CLOSE_LINGER.saturating_add(Duration::from_millis(500));
+        if tokio::time::timeout(bound, wait).await.is_err() {
+            self.close(reason, message);
+        }
+        if let Some(endpoint) = self.endpoint() {
+            drain(endpoint).await;
+        }
+    }
+
+    // ----- the application's data -----
+
+    /// Sends `payload` on `kind`, waiting while its send budget is full. Cancel-safe: a
+    /// cancelled send queued nothing.
+    pub(crate) async fn send(&self, kind: ChannelKind, payload: Bytes) -> Result<(), SendError> {
+        self.wait_for(self.wake_room.get(kind), |m, _| {
+            match m.send(kind, payload.clone()) {
+                Err(Refused::Full) => None,
+                other => Some(other),
+            }
+        })
+        .await
+        .map(|_| ())
+        .map_err(send_error)
+    }
+
+    /// Sends `payload` on `kind` if its budget has room now; [`SendError::Blocked`] otherwise.
+    pub(crate) fn try_send(&self, kind: ChannelKind, payload: Bytes) -> Result<(), SendError> {
+        self.update(|m, _| m.send(kind, payload))
+            .map(|_| ())
+            .map_err(send_error)
+    }
+
+    /// The next message on `kind`. Cancel-safe.
+    pub(crate) async fn recv(&self, kind: ChannelKind) -> Result<Bytes, RecvError> {
+        self.wait_for(self.wake_recv.get(kind), |m, _| m.recv(kind))
             .await
-            .map_err(crate::session::encode_error)?;
-        drop(out);
-        Counters::bump(&self.counters.messages_sent, 1);
-        if let Some(detail) = failed {
-            self.stream_failed(kind, &detail);
-        }
-        Ok(())
+            .map_err(recv_error)
     }
 
-    /// Sends `payload` in one lane datagram on the current connection, without waiting (PROTOCOL.md
-    /// §13). Between connections the message is dropped (and counted), not an error.
+    /// The next message on `kind` if one is ready, without waiting.
+    pub(crate) fn try_recv(&self, kind: ChannelKind) -> Option<Result<Bytes, RecvError>> {
+        self.update(|m, _| m.recv(kind))
+            .map(|r| r.map_err(recv_error))
+    }
+
+    /// The application dropped `kind`'s receiving half.
+    pub(crate) fn discard(&self, kind: ChannelKind) {
+        self.update(|m, _| m.discard(kind));
+    }
+
+    /// Sends `payload` in one lane datagram on the current connection, without waiting
+    /// (PROTOCOL.md §13). Between connections the message is dropped (and counted).
     pub(crate) fn send_lane(&self, payload: &[u8]) -> Result<(), SendError> {
-        if let Some(ended) = self.ended() {
-            return Err(SendError::Closed(ended));
-        }
-        let Some(conn) = self.connection() else {
+        let (seq, sent_ms) = self
+            .update(|m, now| m.lane_stamp(now))
+            .map_err(SendError::Closed)?;
+        let Some(link) = self.link() else {
             Counters::bump(&self.counters.datagrams_unsent, 1);
             return Ok(());
         };
-        let sent_ms = self.lane.now_ms();
-        let seq = self.lane.next_seq.fetch_add(1, Ordering::Relaxed);
         let header = lane_header_len(seq, sent_ms);
         let too_large = |max: usize| SendError::TooLarge {
             len: payload.len(),
             max: max.saturating_sub(header),
         };
-        let max = conn.max_datagram_size().unwrap_or(0);
+        let max = link.max_datagram_size().unwrap_or(0);
         if header.saturating_add(payload.len()) > max {
             return Err(too_large(max));
         }
-        match conn.send_datagram(encode_lane_datagram(seq, sent_ms, payload)) {
+        match link.send_datagram(encode_lane_datagram(seq, sent_ms, payload)) {
             Ok(()) => Counters::bump(&self.counters.datagrams_sent, 1),
-            Err(quinn::SendDatagramError::TooLarge) => {
-                return Err(too_large(conn.max_datagram_size().unwrap_or(0)));
+            Err(DatagramRefused::TooLarge) => {
+                return Err(too_large(link.max_datagram_size().unwrap_or(0)));
             }
             // Lost meanwhile, or refused by the peer: like sending between connections.
-            Err(_) => Counters::bump(&self.counters.datagrams_unsent, 1),
+            Err(DatagramRefused::Unavailable) => {
+                Counters::bump(&self.counters.datagrams_unsent, 1);
+            }
         }
         Ok(())
     }
-}
 
-/// Per-session counters, updated from any task.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) migrations: AtomicU64,
-    pub(crate) connections_lost: AtomicU64,
-    pub(crate) resumes: AtomicU64,
-    pub(crate) resumes_0rtt: AtomicU64,
-    pub(crate) connect_0rtt: AtomicU64,
-    pub(crate) resume_failures: AtomicU64,
-    pub(crate) superseded: AtomicU64,
-    pub(crate) messages_replayed: AtomicU64,
-    pub(crate) messages_lost: AtomicU64,
-    pub(crate) datagrams_sent: AtomicU64,
-    pub(crate) datagrams_unsent: AtomicU64,
-    pub(crate) datagrams_delivered: AtomicU64,
-    pub(crate) datagrams_stale: AtomicU64,
-    pub(crate) datagrams_too_old: AtomicU64,
-    /// Messages sent and delivered on the reliable channels (for the statistics' rates).
-    pub(crate) messages_sent: AtomicU64,
-    pub(crate) messages_received: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> SessionCounters {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        SessionCounters {
-            migrations: get(&self.migrations),
-            connections_lost: get(&self.connections_lost),
-            resumes: get(&self.resumes),
-            resumes_0rtt: get(&self.resumes_0rtt),
-            connect_0rtt: get(&self.connect_0rtt),
-            resume_failures: get(&self.resume_failures),
-            superseded: get(&self.superseded),
-            messages_replayed: get(&self.messages_replayed),
-            messages_lost: get(&self.messages_lost),
-            datagrams_sent: get(&self.datagrams_sent),
-            datagrams_unsent: get(&self.datagrams_unsent),
-            datagrams_delivered: get(&self.datagrams_delivered),
-            datagrams_stale: get(&self.datagrams_stale),
-            datagrams_too_old: get(&self.datagrams_too_old),
-        }
-    }
-}
-
-/// Everything one session is, across its connections.
-pub(crate) struct SessionCore {
-    pub(crate) player_id: PlayerId,
-    pub(crate) params: SessionParams,
-    pub(crate) role: Role,
-    pub(crate) main: ChannelCore,
-    pub(crate) feed: ChannelCore,
-    /// The feed's datagram lane.
-    pub(crate) lane: LaneCore,
-    conn: Mutex<ConnState>,
-    /// The attachment generation, for watchers of "a new connection took over".
-    attached: watch::Sender<u64>,
-    /// Wakes connection watchers when the connection is attached or detached.
-    connection_changed: tokio::sync::Notify,
-    ended: watch::Sender<Option<Disconnect>>,
-    /// Created on the first subscription: most sessions never have a subscriber.
-    events: std::sync::OnceLock<broadcast::Sender<SessionEvent>>,
-    pub(crate) counters: Counters,
-    /// Connection quality samples (see [`crate::stats`]).
-    stats: Mutex<StatsWindow>,
-    /// Server: a resume replaced the credential and the client has not yet shown (by a message
-    /// on the resumed connection) that it got the new one.
-    unconfirmed: std::sync::atomic::AtomicBool,
-}
-
-impl SessionCore {
-    pub(crate) fn new(player_id: PlayerId, params: SessionParams, role: Role) -> Arc<Self> {
-        Arc::new(SessionCore {
-            player_id,
-            main: ChannelCore::new(&params),
-            feed: ChannelCore::new(&params),
-            lane: LaneCore {
-                epoch: Instant::now(),
-                next_seq: AtomicU64::new(0),
-                inbound: Mutex::new(LaneInbound::new(params.datagram_max_age)),
-            },
-            params,
-            role,
-            conn: Mutex::new(ConnState {
-                current: None,
-                detached: None,
-                generation: 0,
-                lost_at: None,
-                last_heard: None,
-                credential: None,
-            }),
-            attached: watch::Sender::new(0),
-            connection_changed: tokio::sync::Notify::new(),
-            ended: watch::Sender::new(None),
-            events: std::sync::OnceLock::new(),
-            counters: Counters::default(),
-            stats: Mutex::new(StatsWindow::new()),
-            unconfirmed: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    pub(crate) fn channel(&self, kind: ChannelKind) -> &ChannelCore {
-        match kind {
-            ChannelKind::Main => &self.main,
-            ChannelKind::Feed => &self.feed,
-        }
-    }
-
-    /// Why the session ended, if it has.
-    pub(crate) fn ended(&self) -> Option<Disconnect> {
-        self.ended.borrow().clone()
-    }
-
-    /// Watches the attachment generation: it changes whenever a connection is attached or
-    /// detached.
-    pub(crate) fn subscribe_attached(&self) -> watch::Receiver<u64> {
-        self.attached.subscribe()
-    }
-
-    /// Watches for the end of the session.
-    pub(crate) fn subscribe_end(&self) -> watch::Receiver<Option<Disconnect>> {
-        self.ended.subscribe()
-    }
-
-    /// Subscribes to the session's events.
-    pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<SessionEvent> {
-        self.events
-            .get_or_init(|| broadcast::Sender::new(EVENT_CAPACITY))
-            .subscribe()
-    }
-
-    pub(crate) fn emit(&self, event: SessionEvent) {
-        if let Role::Server(side) = &self.role {
-            if let Some(server) = side.server.upgrade() {
-                server.record(self.player_id, &event);
-            }
-        }
-        if let Some(events) = self.events.get() {
-            let _ = events.send(event);
-        }
-    }
-
-    /// Server: records that a resume issued a credential the client has not confirmed yet.
-    pub(crate) fn expect_confirmation(&self) {
-        self.unconfirmed.store(true, Ordering::Release);
-    }
-
-    /// Server: a message arrived on main from the client; if a resume's credential was waiting
-    /// for confirmation, it is confirmed now.
-    pub(crate) fn confirm(&self) {
-        if self.unconfirmed.swap(false, Ordering::AcqRel) {
-            if let Role::Server(side) = &self.role {
-                if let Some(server) = side.server.upgrade() {
-                    server.registry().confirm(self.player_id);
-                }
-            }
-        }
-    }
-
-    /// The credential for the next `RESUME` (client side).
-    pub(crate) fn credential(&self) -> Option<Token> {
-        lock(&self.conn).credential
-    }
-
-    pub(crate) fn set_credential(&self, credential: Token) {
-        lock(&self.conn).credential = Some(credential);
-    }
-
-    /// The latest connection generation (bumped by every attach and detach).
-    pub(crate) fn current_generation(&self) -> u64 {
-        lock(&self.conn).generation
-    }
-
-    /// When the session lost its last connection, if it has none now.
-    pub(crate) fn lost_at(&self) -> Option<Instant> {
-        let state = lock(&self.conn);
-        if state.current.is_some() {
-            None
-        } else {
-            state.lost_at
-        }
-    }
-
-    /// The current connection, if any.
-    pub(crate) fn connection(&self) -> Option<quinn::Connection> {
-        lock(&self.conn).current.as_ref().map(|c| c.conn.clone())
-    }
-
-    /// Closes the current connection (if any) with `reason` without ending the session: a
-    /// server's resume superseding it, or a client abandoning a dead path. Returns whether
-    /// there was one.
-    pub(crate) fn detach(&self, reason: Reason, message: &str) -> bool {
-        let old = {
-            let mut state = lock(&self.conn);
-            state.generation = state.generation.saturating_add(1);
-            let since = state.last_heard.unwrap_or_else(Instant::now);
-            state.lost_at.get_or_insert(since);
-            state.detached = Some((reason, message.to_owned()));
-            state.current.take()
-        };
-        self.connection_changed.notify_waiters();
-        match old {
-            Some(old) => {
-                old.closer.close(reason, message);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Makes `attach` the session's connection: replays what the peer is missing on each
-    /// channel, installs the new streams, and returns the attachment's generation. Any
-    /// previous connection is closed as [`Reason::Superseded`].
-    pub(crate) async fn attach(self: &Arc<Self>, attach: Attach) -> Result<Attached, Disconnect> {
-        if let Some(ended) = self.ended() {
-            attach.closer.close(Reason::Normal, "session ended");
-            return Err(ended);
-        }
-        let generation = {
-            let mut state = lock(&self.conn);
-            state.generation = state.generation.saturating_add(1);
-            state.lost_at = None;
-            state.last_heard = Some(Instant::now());
-            let generation = state.generation;
-            let replaced = state.current.replace(Current {
-                conn: attach.conn.clone(),
-                closer: attach.closer.clone(),
-                generation,
-            });
-            if let Some(old) = replaced {
-                old.closer
-                    .close(Reason::Superseded, "superseded by a resumed connection");
-            }
-            state.generation
-        };
-        self.attached.send_replace(generation);
-        self.connection_changed.notify_waiters();
-        let (mut replayed_total, mut lost_total) = (0u64, 0u64);
-        let (main_priority, feed_priority) = self.params.priorities;
-        let channels = [
+    /// The largest lane payload that fits one datagram now.
+    pub(crate) fn lane_max_payload(&self) -> Option<usize> {
+        let (link, seq, now_ms) = {
+            let state = lock(&self.state);
+            let link = state.link.as_ref().map(|(_, h)| h.clone());
             (
-                ChannelKind::Main,
-                attach.main,
-                attach.peer_next.0,
-                main_priority,
-            ),
-            (
-                ChannelKind::Feed,
-                attach.feed,
-                attach.peer_next.1,
-                feed_priority,
-            ),
-        ];
-        for (kind, pair, peer_next, priority) in channels {
-            let channel = self.channel(kind);
-            let mut out = channel.out.lock().await;
-            out.peer_max = attach.peer_limits.get(kind).min(codec::MAX_FRAME_LIMIT);
-            let mut writer = pair.writer;
-            writer.set_priority(priority);
-            match replay(&mut out, &mut writer, peer_next).await {
-                Ok((replayed, lost)) => {
-                    Counters::bump(&self.counters.messages_replayed, replayed);
-                    Counters::bump(&self.counters.messages_lost, lost);
-                    replayed_total = replayed_total.saturating_add(replayed);
-                    lost_total = lost_total.saturating_add(lost);
-                    out.writer = Some(writer);
-                }
-                Err(ReplayError::Sequence(message)) => {
-                    drop(out);
-                    let reason = Reason::SequenceError;
-                    self.close(reason, &message);
-                    return Err(Disconnect::Locally { reason, message });
-                }
-                Err(ReplayError::TooLarge(message)) => {
-                    drop(out);
-                    let reason = Reason::FrameTooLarge;
-                    self.close(reason, &message);
-                    return Err(Disconnect::Locally { reason, message });
-                }
-                // The new connection died already; its watcher will see that.
-                Err(ReplayError::Write) => out.writer = None,
-            }
-            drop(out);
-            *lock(&channel.slot) = Some((pair.reader, pair.rules));
-            channel
-                .slot_generation
-                .send_modify(|g| *g = g.wrapping_add(1));
-        }
-        Ok(Attached {
-            generation,
-            replayed: replayed_total,
-            lost: lost_total,
-        })
-    }
-
-    /// Ends the session for good with `disconnect`, closing its connection with `reason` (the
-    /// first end wins). Wakes every handle; on a server, frees the player's slot.
-    pub(crate) fn end(&self, disconnect: Disconnect, reason: Reason, message: &str) {
-        let first = self.ended.send_if_modified(|current| {
-            current.is_none() && {
-                *current = Some(disconnect.clone());
-                true
-            }
-        });
-        if !first {
-            return;
-        }
-        if let Some(current) = lock(&self.conn).current.take() {
-            current.closer.close(reason, message);
-        }
-        info!(player_id = %self.player_id, why = %disconnect, "session ended");
-        if let Role::Server(side) = &self.role {
-            if let Some(server) = side.server.upgrade() {
-                server.session_ended(self.player_id, &disconnect);
-            }
-        }
-    }
-
-    /// A channel's stream failed on this connection (the peer stopped or reset it) while the
-    /// connection lives. A client abandons the connection and resumes the session on a new one;
-    /// for a server, it is the client breaking the protocol.
-    pub(crate) fn stream_failed(&self, kind: ChannelKind, detail: &str) {
-        let message = format!("{kind} stream failed ({detail})");
-        match &self.role {
-            Role::Client(_) => {
-                debug!(player_id = %self.player_id, %message, "resuming on a new connection");
-                self.detach(Reason::Superseded, &message);
-            }
-            Role::Server(_) => self.close(Reason::InvalidStream, &message),
-        }
-    }
-
-    /// Closes the session at once, from this side.
-    pub(crate) fn close(&self, reason: Reason, message: &str) {
-        let message = super::link::truncate(message);
-        self.end(
-            Disconnect::Locally {
-                reason,
-                message: message.to_owned(),
-            },
-            reason,
-            message,
-        );
-    }
-
-    /// Watches connection `generation` until it is lost, superseded, or the session ends:
-    /// liveness (the dead-path timeout), the peer's address (migrations), and periodic
-    /// acknowledgements.
-    pub(crate) async fn watch(self: &Arc<Self>, generation: u64) -> WatchEnd {
-        let Some(conn) = self.current_if(generation) else {
-            // Detached or replaced before the watch began.
-            return self.replaced(generation).unwrap_or(WatchEnd::Superseded);
+                link,
+                state.machine.lane_peek(),
+                state.machine.clock_ms(now()),
+            )
         };
-        let tick = self
-            .params
-            .dead_path_timeout
-            .checked_div(16)
-            .unwrap_or_default()
-            .max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ended = self.subscribe_end();
-        let mut last_rx = (conn.stats().udp_rx.datagrams, Instant::now());
-        let mut remote = conn.remote_address();
-        loop {
-            let changed = self.connection_changed.notified();
-            if let Some(end) = self.replaced(generation) {
-                return end;
-            }
-            tokio::select! {
-                _ = changed => {
-                    if let Some(end) = self.replaced(generation) {
-                        return end;
-                    }
-                }
-                error = conn.closed() => {
-                    if self.ended().is_some() {
-                        return WatchEnd::Ended;
-                    }
-                    if let Some(end) = self.replaced(generation) {
-                        return end;
-                    }
-                    let why = self.classify_close(&error);
-                    return match why {
-                        Some(lost) => WatchEnd::Lost(lost),
-                        None => {
-                            let disconnect = disconnect_from_peer(&error);
-                            self.end(disconnect, Reason::Normal, "");
-                            WatchEnd::Ended
-                        }
-                    };
-                }
-                _ = ended.changed() => return WatchEnd::Ended,
-                _ = ticker.tick() => {
-                    if let Some(end) = self.replaced(generation) {
-                        return end;
-                    }
-                    let now = Instant::now();
-                    let quic = conn.stats();
-                    self.sample(now, generation, &quic);
-                    let received = quic.udp_rx.datagrams;
-                    if received != last_rx.0 {
-                        last_rx = (received, now);
-                        lock(&self.conn).last_heard = Some(now);
-                    } else if now.saturating_duration_since(last_rx.1) >= self.params.dead_path_timeout {
-                        let message = format!(
-                            "nothing received for {} ms",
-                            self.params.dead_path_timeout.as_millis()
-                        );
-                        debug!(player_id = %self.player_id, %message, "dead path");
-                        self.detach(Reason::DeadPath, &message);
-                        return WatchEnd::Lost(Disconnect::Locally { reason: Reason::DeadPath, message });
-                    }
-                    let now_remote = conn.remote_address();
-                    if now_remote != remote {
-                        Counters::bump(&self.counters.migrations, 1);
-                        self.emit(SessionEvent::Migrated { from: remote, to: now_remote });
-                        remote = now_remote;
-                    }
-                    self.main.try_ack().await;
-                    self.feed.try_ack().await;
-                }
-            }
-        }
+        link?
+            .max_datagram_size()?
+            .checked_sub(lane_header_len(seq, now_ms))
     }
 
-    /// The connection of `generation`, if it is still the current one.
-    fn current_if(&self, generation: u64) -> Option<quinn::Connection> {
-        lock(&self.conn)
-            .current
-            .as_ref()
-            .filter(|c| c.generation == generation)
-            .map(|c| c.conn.clone())
-    }
-
-    /// What became of connection `generation` once it is no longer current: replaced by a
-    /// newer one, or detached. A client detaches to resume (the connection is lost); a server
-    /// detaches only to supersede.
-    fn replaced(&self, generation: u64) -> Option<WatchEnd> {
-        let state = lock(&self.conn);
-        match &state.current {
-            Some(current) if current.generation == generation => None,
-            Some(_) => Some(WatchEnd::Superseded),
-            None => Some(match (&self.role, &state.detached) {
-                (Role::Client(_), Some((reason, message))) => WatchEnd::Lost(Disconnect::Locally {
-                    reason: *reason,
-                    message: message.clone(),
-                }),
-                _ => WatchEnd::Superseded,
-            }),
-        }
-    }
-
-    /// Whether a connection that ended this way may be resumed (`Some`, with why it was lost)
-    /// or ends the session (`None`): a close with a reason is final, except the two a resume
-    /// itself causes (a superseded or abandoned dead connection).
-    fn classify_close(&self, error: &quinn::ConnectionError) -> Option<Disconnect> {
-        match disconnect_from_peer(error) {
-            Disconnect::ByPeer { reason, message }
-                if matches!(reason, Reason::Superseded | Reason::DeadPath) =>
-            {
-                Some(Disconnect::ByPeer { reason, message })
-            }
-            Disconnect::ByPeer { .. } | Disconnect::Locally { .. } => None,
-            lost => Some(lost),
-        }
-    }
-
-    /// The connection was lost: record it, and clear it if it is still the current one.
-    pub(crate) fn lost(&self, generation: u64, why: &Disconnect) {
-        {
-            let mut state = lock(&self.conn);
-            if state
-                .current
-                .as_ref()
-                .is_some_and(|c| c.generation == generation)
-            {
-                state.current = None;
-            }
-            let since = state.last_heard.unwrap_or_else(Instant::now);
-            state.lost_at.get_or_insert(since);
-        }
-        Counters::bump(&self.counters.connections_lost, 1);
-        self.emit(SessionEvent::ConnectionLost { why: why.clone() });
-    }
-
-    /// Waits until a new connection is attached after `generation`, or the session ends,
-    /// for at most `timeout`. Returns whether one was attached.
-    pub(crate) async fn wait_attached(&self, generation: u64, timeout: Duration) -> bool {
-        let mut attached = self.attached.subscribe();
-        let mut ended = self.subscribe_end();
-        let wait = async {
-            loop {
-                if *attached.borrow_and_update() > generation {
-                    return true;
-                }
-                if ended.borrow_and_update().is_some() {
-                    return false;
-                }
-                tokio::select! {
-                    r = attached.changed() => if r.is_err() { return false },
-                    r = ended.changed() => if r.is_err() { return false },
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
-    }
-
-    /// A packet on the current connection right away (an acknowledgement on main), so that a
-    /// server learns a client's new path without waiting for the next keep-alive; also how a
-    /// resumed client confirms it received `CONN_OK`.
-    pub(crate) async fn poke(&self) {
-        let mut out = self.main.out.lock().await;
-        let next = self.main.inbound_next();
-        if let (Some(writer), Ok(frame)) =
-            (out.writer.as_mut(), encode_message(&Message::Ack { next }))
-        {
-            if writer.write(frame).await.is_err() {
-                out.writer = None;
-            }
-        }
-    }
-
-    /// The peer's current address, if connected.
-    pub(crate) fn remote_address(&self) -> Option<SocketAddr> {
-        self.connection().map(|c| c.remote_address())
-    }
-
-    /// Runs a server-side session after its connection was lost: waits for a resume, at most
-    /// the grace period, then ends the session as expired.
-    pub(crate) async fn await_resume(self: &Arc<Self>, generation: u64, grace: Duration) {
-        if self.wait_attached(generation, grace).await || self.ended().is_some() {
-            return;
-        }
-        let message = format!(
-            "the client did not come back within {} s",
-            grace.as_secs_f32()
-        );
-        self.end(
-            Disconnect::Locally {
-                reason: Reason::SessionExpired,
-                message: message.clone(),
-            },
-            Reason::SessionExpired,
-            &message,
-        );
-    }
-}
-
-/// Why a replay could not be done.
-enum ReplayError {
-    /// The peer claims messages that were never sent.
-    Sequence(String),
-    /// A kept message is larger than the peer's (lowered) frame limit.
-    TooLarge(String),
-    /// The new stream failed.
-    Write,
-}
-
-/// Writes what the peer is missing on a new stream: a `GAP` if the replay buffer lost some of
-/// it, then the kept messages from `peer_next` on. Returns (messages replayed, messages lost).
-async fn replay(
-    out: &mut OutState,
-    writer: &mut FrameWriter,
-    peer_next: u64,
-) -> Result<(u64, u64), ReplayError> {
-    let peer_max = out.peer_max;
-    let replay = out
-        .outbound
-        .replay(peer_next)
-        .map_err(|e| ReplayError::Sequence(e.to_string()))?;
-    let mut lost = 0;
-    if let Some(next) = replay.gap {
-        lost = next.saturating_sub(peer_next);
-        let frame = encode_message(&Message::Gap { next }).map_err(|_| ReplayError::Write)?;
-        writer.write(frame).await.map_err(|_| ReplayError::Write)?;
-    }
-    let mut replayed = 0u64;
-    for (seq, payload) in replay.messages {
-        let header = data_header(*seq, payload.len(), peer_max)
-            .map_err(|e| ReplayError::TooLarge(format!("message {seq} kept for a replay: {e}")))?;
-        writer
-            .write_parts(header, payload.clone())
+    /// The next lane message. Cancel-safe.
+    pub(crate) async fn recv_lane(&self) -> Result<Bytes, RecvError> {
+        self.wait_for(&self.wake_lane, |m, _| m.lane_recv())
             .await
-            .map_err(|_| ReplayError::Write)?;
-        replayed = replayed.saturating_add(1);
+            .map_err(recv_error)
     }
-    Ok((replayed, lost))
+
+    /// A lane message already received, if any (never the end).
+    pub(crate) fn take_lane(&self) -> Option<Bytes> {
+        self.update(|m, _| m.lane_take())
+    }
+
+    /// The next lane message if one is ready.
+    pub(crate) fn try_recv_lane(&self) -> Option<Result<Bytes, RecvError>> {
+        self.update(|m, _| m.lane_recv())
+            .map(|r| r.map_err(recv_error))
+    }
 }
 
-/// A `DATA` frame for `payload` (kept for a replay) with the channel's next sequence number,
-/// written on the current stream if there is one.
-///
-/// Cancel-safe: the message is numbered, kept and queued on the stream together, with no await
-/// in between, or not at all. A cancelled call leaves it queued; it goes out first at the next
-/// write, or in the replay on the next connection.
-pub(crate) async fn send_payload(
-    out: &mut OutState,
-    payload: Outgoing,
-) -> Result<Option<String>, codec::EncodeError> {
-    match &payload {
-        Outgoing::Owned(owned) => owned.check_size(out.peer_max)?,
-        Outgoing::Shared(shared) => codec::check_data_size(shared.len(), out.peer_max)?,
+fn send_error(refused: Refused) -> SendError {
+    match refused {
+        Refused::Full => SendError::Blocked,
+        Refused::TooLarge { len, max } => SendError::TooLarge { len, max },
+        Refused::Ended(why) => SendError::Closed(why),
     }
-    // Whatever a cancelled call left queued goes first; nothing of this message is committed
-    // yet, so a cancellation here loses nothing.
-    if let Some(writer) = out.writer.as_mut() {
-        if writer.flush().await.is_err() {
-            out.writer = None;
-        }
-    }
-    let seq = out.outbound.next_seq();
-    // An owned payload gets its header written in front of it (one buffer); a shared one (a
-    // broadcast) gets a header of its own and is sent, and kept, without a copy.
-    let (head, body, kept) = match payload {
-        Outgoing::Owned(owned) => {
-            let (frame, kept) = owned.into_frame(seq, out.peer_max)?;
-            (frame, Bytes::new(), kept)
-        }
-        Outgoing::Shared(shared) => {
-            let header = codec::data_header(seq, shared.len(), out.peer_max)?;
-            (header, shared.clone(), shared)
-        }
-    };
-    out.outbound.push(kept);
-    if let Some(writer) = out.writer.as_mut() {
-        writer.queue(head, body);
-        if let Err(error) = writer.flush().await {
-            // The message stays in the replay buffer either way.
-            out.writer = None;
-            return Ok(stream_failure(error));
-        }
-    }
-    Ok(None)
 }
 
-/// A message to send on a channel.
-pub(crate) enum Outgoing {
-    /// Encoded for this send alone, with room for its header.
-    Owned(codec::Payload),
-    /// Encoded once and shared between sessions (a broadcast).
-    Shared(Bytes),
+fn recv_error(received: Received) -> RecvError {
+    match received {
+        Received::Gap(missed) => RecvError::Gap { missed },
+        Received::Violation { reason, message } => {
+            debug!(%reason, %message, "peer violated the protocol; closed");
+            RecvError::Violation { reason, message }
+        }
+        Received::Closed(why) => RecvError::Closed(why),
+    }
 }
 
-/// A write error that means the stream (not the whole connection) failed: the peer stopped it.
-/// The caller reports it to the session ([`SessionCore::stream_failed`]).
-fn stream_failure(error: quinn::WriteError) -> Option<String> {
-    match error {
-        quinn::WriteError::ConnectionLost(_) => None,
-        other => Some(other.to_string()),
+/// Keeps the session open while any application handle exists; the last one dropped closes it
+/// gracefully.
+#[derive(Debug)]
+pub(crate) struct AppRef {
+    pub(crate) core: Arc<SessionCore>,
+}
+
+impl Drop for AppRef {
+    fn drop(&mut self) {
+        if self.core.ended().is_some() {
+            return;
+        }
+        let core = self.core.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    core.close_gracefully(Reason::Normal, "").await;
+                });
+            }
+            Err(_) => core.close(Reason::Normal, ""),
+        }
+    }
+}
+
+/// Logs one session's statistics every `every` until the session ends.
+pub(crate) async fn log_stats(core: Weak<SessionCore>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.ended().is_some() {
+            return;
+        }
+        let s = core.stats();
+        tracing::info!(
+            target: "quicfeed::stats",
+            player_id = %core.player_id,
+            rtt_ms = s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            rtt_p99_ms = s.rtt_p99.map(|d| d.as_secs_f64() * 1000.0),
+            jitter_ms = s.jitter.as_secs_f64() * 1000.0,
+            loss_percent = s.loss_rate * 100.0,
+            sent_kbps = s.sent_bytes_per_s * 8.0 / 1000.0,
+            received_kbps = s.received_bytes_per_s * 8.0 / 1000.0,
+            cwnd = s.congestion_window,
+            "session stats"
+        );
     }
 }

@@ -1,13 +1,14 @@
-//! Framed reading and writing on quinn streams: the only place bytes meet a stream.
+//! Framed reading and writing on a link's streams: the only place bytes meet a stream.
 
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use quinn::{ReadError, RecvStream, SendStream, WriteError};
 
+use super::link::{StreamError, StreamRecv, StreamSend};
+use crate::protocol::LinkClosed;
 use crate::protocol::codec::{self, DecodeError};
 
-/// Most bytes taken from quinn in one read. Bounds the buffer to one frame plus this.
+/// Most bytes taken from the transport in one read. Bounds the buffer to one frame plus this.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a frame could not be read.
@@ -20,17 +21,18 @@ pub(crate) enum ReadFailure {
     /// The peer reset its side of the stream, which the protocol never does.
     StreamEnded(String),
     /// The connection is gone.
-    Connection(quinn::ConnectionError),
+    Connection(LinkClosed),
     /// The server rejected the 0-RTT data this stream was opened in.
     ZeroRttRejected,
 }
 
-impl From<ReadError> for ReadFailure {
-    fn from(e: ReadError) -> Self {
+impl From<StreamError> for ReadFailure {
+    fn from(e: StreamError) -> Self {
         match e {
-            ReadError::ConnectionLost(e) => ReadFailure::Connection(e),
-            ReadError::ZeroRttRejected => ReadFailure::ZeroRttRejected,
-            other => ReadFailure::StreamEnded(other.to_string()),
+            StreamError::Lost(closed) => ReadFailure::Connection(closed),
+            StreamError::ZeroRttRejected => ReadFailure::ZeroRttRejected,
+            StreamError::Failed(detail) => ReadFailure::StreamEnded(detail),
+            StreamError::Closed => ReadFailure::StreamEnded("stream closed".into()),
         }
     }
 }
@@ -40,14 +42,14 @@ impl From<ReadError> for ReadFailure {
 /// Cancel-safe: a partially received frame stays in the buffer, so `next_frame` can sit in a
 /// `select!` branch. The length prefix is checked against the limit before the body is buffered.
 #[derive(Debug)]
-pub(crate) struct FrameReader {
-    stream: RecvStream,
+pub(crate) struct FrameReader<R = quinn::RecvStream> {
+    stream: R,
     buf: BytesMut,
     max_body: usize,
 }
 
-impl FrameReader {
-    pub(crate) fn new(stream: RecvStream, max_body: usize) -> Self {
+impl<R: StreamRecv> FrameReader<R> {
+    pub(crate) fn new(stream: R, max_body: usize) -> Self {
         FrameReader {
             stream,
             buf: BytesMut::new(),
@@ -68,29 +70,34 @@ impl FrameReader {
         Ok(self.buf.get_u8())
     }
 
+    /// A whole frame body already received, without reading the stream.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Bytes>, ReadFailure> {
+        let body =
+            codec::decode_frame(&mut self.buf, self.max_body).map_err(ReadFailure::Decode)?;
+        if body.is_some() && self.buf.is_empty() {
+            // Let go of the read buffer (the frame keeps what it needs): an idle stream then
+            // holds no memory of its own.
+            self.buf = BytesMut::new();
+        }
+        Ok(body)
+    }
+
     /// The next frame body.
     pub(crate) async fn next_frame(&mut self) -> Result<Bytes, ReadFailure> {
         loop {
-            if let Some(body) =
-                codec::decode_frame(&mut self.buf, self.max_body).map_err(ReadFailure::Decode)?
-            {
-                if self.buf.is_empty() {
-                    // Let go of the read buffer (the frame keeps what it needs): an idle
-                    // stream then holds no memory of its own.
-                    self.buf = BytesMut::new();
-                }
+            if let Some(body) = self.buffered_frame()? {
                 return Ok(body);
             }
             // The buffer grows with the bytes that arrive, never ahead of them: a length prefix
-            // only promises bytes (its limit was checked by `decode_frame` above).
+            // only promises bytes (its limit was checked by `buffered_frame` above).
             self.fill().await?;
         }
     }
 
     async fn fill(&mut self) -> Result<(), ReadFailure> {
-        match self.stream.read_chunk(READ_CHUNK, true).await? {
+        match self.stream.read_chunk(READ_CHUNK).await? {
             Some(chunk) => {
-                self.buf.extend_from_slice(&chunk.bytes);
+                self.buf.extend_from_slice(&chunk);
                 Ok(())
             }
             None => Err(ReadFailure::Finished),
@@ -100,84 +107,85 @@ impl FrameReader {
 
 /// Writes whole frames to a stream.
 ///
-/// Cancel-safe: a frame is written with quinn's cancel-safe `write_chunks`, and whatever part
-/// of it a cancelled write left unsent is kept and written first by the next call. A frame is
-/// therefore never cut short, and frames never interleave.
+/// Frames are queued as chunks and written with the transport's cancel-safe `write_chunks`;
+/// whatever part a cancelled write left unsent is kept and written first by the next flush. A
+/// frame is therefore never cut short, and frames never interleave.
 #[derive(Debug)]
-pub(crate) struct FrameWriter {
-    stream: SendStream,
-    /// The unsent rest of the frame being written: a header and a body (either may be empty).
-    pending: [Bytes; 2],
+pub(crate) struct FrameWriter<W = quinn::SendStream> {
+    stream: W,
+    /// Chunks not yet written, in order (none empty).
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
 }
 
-impl FrameWriter {
-    pub(crate) fn new(stream: SendStream) -> Self {
+impl<W: StreamSend> FrameWriter<W> {
+    pub(crate) fn new(stream: W) -> Self {
         FrameWriter {
             stream,
-            pending: [Bytes::new(), Bytes::new()],
+            pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
     /// Sets the stream's send priority (higher goes first). A stream that is already closed
     /// reports that on its next write instead.
     pub(crate) fn set_priority(&self, priority: i32) {
-        let _ = self.stream.set_priority(priority);
+        self.stream.set_priority(priority);
     }
 
-    /// Writes one encoded frame, after the rest of any frame a cancelled call left behind.
-    pub(crate) async fn write(&mut self, frame: Bytes) -> Result<(), WriteError> {
-        self.write_parts(frame, Bytes::new()).await
-    }
-
-    /// Writes one frame given as a header and a body (a payload shared with other frames),
-    /// without copying either.
-    pub(crate) async fn write_parts(
-        &mut self,
-        header: Bytes,
-        body: Bytes,
-    ) -> Result<(), WriteError> {
-        self.flush().await?;
-        self.queue(header, body);
+    /// Writes one encoded frame, after anything already queued.
+    pub(crate) async fn write(&mut self, frame: Bytes) -> Result<(), StreamError> {
+        self.queue(frame, Bytes::new());
         self.flush().await
     }
 
-    /// Queues a frame, without waiting, to go out at the next [`flush`](Self::flush). The
-    /// writer must have been flushed since the last frame was queued.
-    pub(crate) fn queue(&mut self, header: Bytes, body: Bytes) {
-        debug_assert!(
-            self.pending.iter().all(Bytes::is_empty),
-            "queued over an unflushed frame"
-        );
-        self.pending = [header, body];
+    /// Queues a frame given as a head and a body (a payload shared with a replay buffer or
+    /// other sessions), without copying either, to go out at the next [`flush`](Self::flush).
+    pub(crate) fn queue(&mut self, head: Bytes, body: Bytes) {
+        for chunk in [head, body] {
+            if !chunk.is_empty() {
+                self.pending_bytes = self.pending_bytes.saturating_add(chunk.len());
+                self.pending.push(chunk);
+            }
+        }
     }
 
-    /// Writes out the rest of a frame a cancelled write left behind.
-    pub(crate) async fn flush(&mut self) -> Result<(), WriteError> {
-        while self.pending.iter().any(|chunk| !chunk.is_empty()) {
-            self.stream.write_chunks(&mut self.pending).await?;
+    /// Whether queued bytes wait to be written.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Writes out everything queued. Cancel-safe: whatever was not written stays queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), StreamError> {
+        while !self.pending.is_empty() {
+            let before: usize = self.pending_bytes;
+            let result = self.stream.write_chunks(&mut self.pending).await;
+            self.pending.retain(|chunk| !chunk.is_empty());
+            let left: usize = self.pending.iter().map(Bytes::len).sum();
+            self.pending_bytes = left.min(before);
+            result?;
         }
         Ok(())
     }
 
-    /// Finishes the stream: the peer reads its end after everything written so far. A frame
-    /// left unsent by a cancelled write must be [flushed](Self::flush) first.
+    /// Finishes the stream: the peer reads its end after everything written so far. Queued
+    /// frames must be [flushed](Self::flush) first.
     pub(crate) fn finish(&mut self) {
-        let _ = self.stream.finish();
+        self.stream.finish();
     }
 
-    /// Waits until the peer has acknowledged everything written on a finished stream (or the
-    /// stream or connection is gone). A QUIC close discards unacknowledged data, so this is what
-    /// lets the last messages before a close arrive.
-    pub(crate) async fn acknowledged(&mut self) {
-        let _ = self.stream.stopped().await;
-    }
-
-    /// Flushes, finishes, and waits for the acknowledgement, for at most `linger` in all.
+    /// Flushes, finishes, and waits until the peer has received it all, for at most `linger`
+    /// in all (a `CONN_FAILED` before the connection closes).
     pub(crate) async fn finish_and_linger(&mut self, linger: Duration) {
         let _ = tokio::time::timeout(linger, async {
             let _ = self.flush().await;
             self.finish();
-            self.acknowledged().await;
+            self.stream.stopped().await;
         })
         .await;
     }

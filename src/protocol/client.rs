@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::message::{ChannelKind, Message, PlayerId, Reason, Token};
-use super::server::MAX_FEED_INITS;
 use super::rules::{FrameLimits, InboundRules};
+use super::server::MAX_FEED_INITS;
 
 /// Settings of one client handshake.
 #[derive(Debug, Clone)]

@@ -20,6 +20,54 @@ pub enum ChannelKind {
     Feed,
 }
 
+/// One value for each channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerChannel<T> {
+    /// The value for main.
+    pub main: T,
+    /// The value for feed.
+    pub feed: T,
+}
+
+impl<T> PerChannel<T> {
+    /// The same value for both channels.
+    pub fn both(value: T) -> Self
+    where
+        T: Clone,
+    {
+        PerChannel {
+            main: value.clone(),
+            feed: value,
+        }
+    }
+
+    /// The value for `kind`.
+    pub fn get(&self, kind: ChannelKind) -> &T {
+        match kind {
+            ChannelKind::Main => &self.main,
+            ChannelKind::Feed => &self.feed,
+        }
+    }
+
+    /// The value for `kind`, to change.
+    pub fn get_mut(&mut self, kind: ChannelKind) -> &mut T {
+        match kind {
+            ChannelKind::Main => &mut self.main,
+            ChannelKind::Feed => &mut self.feed,
+        }
+    }
+
+    /// Both values, main first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        [&self.main, &self.feed].into_iter()
+    }
+
+    /// Both values, main first, to change.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        [&mut self.main, &mut self.feed].into_iter()
+    }
+}
+
 impl ChannelKind {
     /// The byte a client writes first on a stream to declare which channel it carries.
     pub const fn tag(self) -> u8 {

@@ -12,8 +12,8 @@ pub mod lane;
 mod message;
 mod registry;
 pub mod reliability;
-mod server;
 mod rules;
+mod server;
 pub mod session;
 pub mod stats;
 mod token;
@@ -27,13 +27,13 @@ pub use codec::{
     DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE, MAX_FRAME_LIMIT,
     MIN_FRAME_LIMIT,
 };
-pub use message::{ChannelKind, Message, PlayerId, Reason, TOKEN_LEN, Token};
+pub use message::{ChannelKind, Message, PerChannel, PlayerId, Reason, TOKEN_LEN, Token};
 pub use registry::SessionRegistry;
+pub use rules::{FrameLimits, Inbound, InboundRules};
 pub use server::{
     MAX_FEED_INITS, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig,
     ServerOutput,
 };
-pub use rules::{FrameLimits, Inbound, InboundRules};
 pub use session::{
     AttachLink, Attached, Counts, Disconnect, Event, LinkClosed, LinkEnd, Received, Refused,
     SessionConfig, SessionMachine, Side, StreamEnd, Transmit, Wakes,

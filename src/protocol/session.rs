@@ -37,7 +37,7 @@ use bytes::Bytes;
 
 use super::codec::{self, decode_message, max_data_payload};
 use super::lane::{Datagram, LaneArrival, LaneInbound, decode_datagram, encode_ack_datagram};
-use super::message::{ChannelKind, Message, Reason};
+use super::message::{ChannelKind, Message, PerChannel, Reason};
 use super::reliability::{Arrival, Inbound, Outbound};
 use super::rules::{FrameLimits, Inbound as Classified, InboundRules};
 
@@ -102,6 +102,23 @@ pub enum LinkClosed {
     Locally,
     /// Any other transport failure.
     Transport(String),
+}
+
+impl std::fmt::Display for LinkClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkClosed::Application { code, reason } if reason.is_empty() => {
+                write!(f, "closed by the peer with code {code:#x}")
+            }
+            LinkClosed::Application { code, reason } => {
+                write!(f, "closed by the peer with code {code:#x}: {reason}")
+            }
+            LinkClosed::TimedOut => f.write_str("timed out"),
+            LinkClosed::Reset => f.write_str("reset by the peer"),
+            LinkClosed::Locally => f.write_str("closed by this side"),
+            LinkClosed::Transport(detail) => write!(f, "transport error: {detail}"),
+        }
+    }
 }
 
 impl LinkClosed {
@@ -286,12 +303,11 @@ pub enum Received {
 pub enum Refused {
     /// The channel's send budget is full: wait for its stream to take what is queued.
     Full,
-    /// The message exceeds the peer's frame limit for the channel: `len` payload bytes, at
-    /// most `max`.
+    /// The message exceeds the peer's frame limit for the channel.
     TooLarge {
-        /// The payload's length.
+        /// The frame body the message makes (with the largest sequence number header).
         len: usize,
-        /// The largest payload the peer accepts on this channel.
+        /// The peer's frame limit on the channel.
         max: usize,
     },
     /// The session has ended (or is closing gracefully).
@@ -305,11 +321,11 @@ pub struct Wakes {
     /// The connection's task: something to write, read or close.
     pub connection: bool,
     /// The receivers of main and feed: something to receive.
-    pub recv: [bool; 2],
+    pub recv: PerChannel<bool>,
     /// The lane's receivers.
     pub lane: bool,
     /// The senders of main and feed: room in the send budget.
-    pub room: [bool; 2],
+    pub room: PerChannel<bool>,
     /// Watchers of the session's state: a connection attached or detached, or the end.
     pub state: bool,
 }
@@ -435,7 +451,7 @@ struct Closing {
 pub struct SessionMachine {
     config: SessionConfig,
     epoch: Instant,
-    channels: [Channel; 2],
+    channels: PerChannel<Channel>,
     lane_next: u64,
     lane_inbound: LaneInbound,
     lane_queue: VecDeque<Bytes>,
@@ -464,13 +480,6 @@ pub struct SessionMachine {
     counts: Counts,
 }
 
-const fn index(kind: ChannelKind) -> usize {
-    match kind {
-        ChannelKind::Main => 0,
-        ChannelKind::Feed => 1,
-    }
-}
-
 const KINDS: [ChannelKind; 2] = [ChannelKind::Main, ChannelKind::Feed];
 
 impl SessionMachine {
@@ -479,10 +488,10 @@ impl SessionMachine {
         let capacity = config.replay_capacity;
         SessionMachine {
             epoch: now,
-            channels: [
-                Channel::new(capacity),
-                Channel::new(capacity),
-            ],
+            channels: PerChannel {
+                main: Channel::new(capacity),
+                feed: Channel::new(capacity),
+            },
             lane_next: 0,
             lane_inbound: LaneInbound::new(config.lane_max_age),
             lane_queue: VecDeque::new(),
@@ -507,17 +516,11 @@ impl SessionMachine {
     }
 
     fn channel(&self, kind: ChannelKind) -> &Channel {
-        match kind {
-            ChannelKind::Main => &self.channels[0],
-            ChannelKind::Feed => &self.channels[1],
-        }
+        self.channels.get(kind)
     }
 
     fn channel_mut(&mut self, kind: ChannelKind) -> &mut Channel {
-        match kind {
-            ChannelKind::Main => &mut self.channels[0],
-            ChannelKind::Feed => &mut self.channels[1],
-        }
+        self.channels.get_mut(kind)
     }
 
     // ----- getters -----
@@ -644,7 +647,7 @@ impl SessionMachine {
             return self.expires_at;
         };
         let mut next = link.next_check;
-        for channel in &self.channels {
+        for channel in self.channels.iter() {
             for t in [
                 channel.ack_at,
                 channel
@@ -698,7 +701,7 @@ impl SessionMachine {
                 Ok(header) => {
                     channel.written = seq.saturating_add(1);
                     channel.unsent = channel.unsent.saturating_sub(payload.len());
-                    self.wakes.room[index(kind)] = true;
+                    *self.wakes.room.get_mut(kind) = true;
                     Some(Transmit::Frame(header, payload))
                 }
                 Err(e) => {
@@ -724,8 +727,8 @@ impl SessionMachine {
         }
         self.ack_datagram = false;
         Some(encode_ack_datagram(
-            self.channels[0].inbound.next(),
-            self.channels[1].inbound.next(),
+            self.channels.main.inbound.next(),
+            self.channels.feed.inbound.next(),
         ))
     }
 
@@ -785,7 +788,7 @@ impl SessionMachine {
         if self.config.side == Side::Client {
             // The client's first frame on the new connection: it tells the server CONN_OK (and
             // its credential) arrived, and gives it the path at once.
-            self.channels[0].ack_frame = true;
+            self.channels.main.ack_frame = true;
         }
         self.link = Some(Link {
             generation,
@@ -801,7 +804,7 @@ impl SessionMachine {
         self.counts.messages_lost = self.counts.messages_lost.saturating_add(lost);
         self.wakes.connection = true;
         self.wakes.state = true;
-        self.wakes.room = [true, true];
+        self.wakes.room = PerChannel::both(true);
         Ok(Attached {
             generation,
             replayed,
@@ -861,7 +864,7 @@ impl SessionMachine {
             self.events.push_back(Event::Lost(why.clone()));
         }
         self.detached = Some((link.generation, end));
-        for channel in &mut self.channels {
+        for channel in self.channels.iter_mut() {
             channel.ack_frame = false;
             channel.peer_finished = None;
             channel.finished = false;
@@ -873,7 +876,7 @@ impl SessionMachine {
         }
         self.wakes.connection = true;
         self.wakes.state = true;
-        self.wakes.room = [true, true];
+        self.wakes.room = PerChannel::both(true);
         if let Some(closing) = self.closing.take() {
             // A graceful close without a connection: nothing more can be delivered.
             self.finish(
@@ -922,7 +925,7 @@ impl SessionMachine {
                 if missed > 0 {
                     if !channel.discard {
                         channel.queue.push_back(Delivery::Gap(missed));
-                        self.wakes.recv[index(kind)] = true;
+                        *self.wakes.recv.get_mut(kind) = true;
                     }
                     self.schedule_ack(kind, now);
                 }
@@ -954,7 +957,7 @@ impl SessionMachine {
                 if !channel.discard {
                     channel.queued = channel.queued.saturating_add(payload.len());
                     channel.queue.push_back(Delivery::Message(payload));
-                    self.wakes.recv[index(kind)] = true;
+                    *self.wakes.recv.get_mut(kind) = true;
                 }
                 self.counts.messages_received = self.counts.messages_received.saturating_add(1);
                 self.schedule_ack(kind, now);
@@ -1098,9 +1101,7 @@ impl SessionMachine {
         };
         let mut dead = false;
         if link.next_check <= now {
-            link.next_check = now
-                .checked_add(self.config.check_interval())
-                .unwrap_or(now);
+            link.next_check = now.checked_add(self.config.check_interval()).unwrap_or(now);
             dead = now.saturating_duration_since(link.last_heard) >= self.config.dead_path_timeout;
         }
         if dead {
@@ -1157,11 +1158,10 @@ impl SessionMachine {
         let budget = self.config.send_budget;
         let channel = self.channel_mut(kind);
         let len = payload.len();
-        if codec::check_data_size(len, channel.peer_max).is_err() {
-            return Err(Refused::TooLarge {
-                len,
-                max: max_data_payload(channel.peer_max),
-            });
+        if let Err(codec::EncodeError::TooLarge { len, max }) =
+            codec::check_data_size(len, channel.peer_max)
+        {
+            return Err(Refused::TooLarge { len, max });
         }
         if attached && channel.unsent > 0 && channel.unsent.saturating_add(len) > budget {
             return Err(Refused::Full);
@@ -1247,10 +1247,16 @@ impl SessionMachine {
         self.lane_next
     }
 
+    /// A lane message already received, if any (never the end).
+    pub fn lane_take(&mut self) -> Option<Bytes> {
+        let payload = self.lane_queue.pop_front()?;
+        self.lane_queued = self.lane_queued.saturating_sub(payload.len());
+        Some(payload)
+    }
+
     /// The next lane message for the application, like [`recv`](Self::recv).
     pub fn lane_recv(&mut self) -> Option<Result<Bytes, Received>> {
-        if let Some(payload) = self.lane_queue.pop_front() {
-            self.lane_queued = self.lane_queued.saturating_sub(payload.len());
+        if let Some(payload) = self.lane_take() {
             return Some(Ok(payload));
         }
         let end = self.end.clone()?;
@@ -1302,7 +1308,7 @@ impl SessionMachine {
             deadline: now.checked_add(linger).unwrap_or(now),
         });
         self.wakes.connection = true;
-        self.wakes.room = [true, true];
+        self.wakes.room = PerChannel::both(true);
         self.complete_close_if_done();
     }
 
@@ -1372,9 +1378,9 @@ impl SessionMachine {
     fn wake_all(&mut self) {
         self.wakes = Wakes {
             connection: true,
-            recv: [true, true],
+            recv: PerChannel::both(true),
             lane: true,
-            room: [true, true],
+            room: PerChannel::both(true),
             state: true,
         };
     }

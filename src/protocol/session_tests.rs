@@ -10,6 +10,13 @@ use super::*;
 use crate::protocol::codec::decode_frame;
 
 const MAIN: ChannelKind = ChannelKind::Main;
+
+fn index(kind: ChannelKind) -> usize {
+    match kind {
+        ChannelKind::Main => 0,
+        ChannelKind::Feed => 1,
+    }
+}
 const FEED: ChannelKind = ChannelKind::Feed;
 
 fn config(side: Side) -> SessionConfig {
@@ -122,8 +129,14 @@ impl Pair {
             self.server.inbound_next(MAIN),
             self.server.inbound_next(FEED),
         );
-        let s = self.server.attach(self.now, attach_link(client_next)).unwrap();
-        let c = self.client.attach(self.now, attach_link(server_next)).unwrap();
+        let s = self
+            .server
+            .attach(self.now, attach_link(client_next))
+            .unwrap();
+        let c = self
+            .client
+            .attach(self.now, attach_link(server_next))
+            .unwrap();
         self.links = Some((c.generation, s.generation));
     }
 
@@ -320,7 +333,11 @@ fn an_unread_channel_back_pressures_one_direction_only() {
     let mut received_by_server = Vec::new();
     for round in 0..200u64 {
         // The client's application never reads feed; the server's reads everything.
-        while pair.server.send(FEED, payload(sent_to_client, 1000)).is_ok() {
+        while pair
+            .server
+            .send(FEED, payload(sent_to_client, 1000))
+            .is_ok()
+        {
             sent_to_client += 1;
         }
         pair.client.send(FEED, payload(round, 1000)).unwrap();
@@ -346,7 +363,10 @@ fn an_unread_channel_back_pressures_one_direction_only() {
 #[test]
 fn the_send_budget_applies_only_with_a_connection() {
     let mut pair = Pair::new(1024);
-    assert!(pair.server.send(MAIN, payload(0, 40 * 1024)).is_ok(), "one always fits");
+    assert!(
+        pair.server.send(MAIN, payload(0, 40 * 1024)).is_ok(),
+        "one always fits"
+    );
     assert_eq!(
         pair.server.send(MAIN, payload(1, 10)),
         Err(Refused::Full),
@@ -368,7 +388,11 @@ fn oversize_and_late_sends_are_refused() {
     else {
         panic!("accepted")
     };
-    assert_eq!((len, max), (70_000, 65523));
+    assert_eq!(
+        (len, max),
+        (70_015, 65536),
+        "the frame body and the peer's limit"
+    );
     pair.client.close(Reason::Normal, "");
     assert!(matches!(
         pair.client.send(MAIN, payload(0, 10)),
@@ -399,7 +423,10 @@ fn replays_larger_than_the_window_complete_both_ways() {
             machine.send(FEED, payload(sent[i], 1000)).unwrap();
             sent[i] += 1;
         }
-        assert!(machine.replay_bytes(FEED) > 3 * 8 * 1024, "a replay above the window");
+        assert!(
+            machine.replay_bytes(FEED) > 3 * 8 * 1024,
+            "a replay above the window"
+        );
     }
     pair.connect();
     let mut got: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
@@ -408,8 +435,16 @@ fn replays_larger_than_the_window_complete_both_ways() {
         got[0].extend(drain(&mut pair.client, FEED));
         got[1].extend(drain(&mut pair.server, FEED));
     }
-    assert_eq!(got[0], (0..sent[1]).collect::<Vec<_>>(), "client received all");
-    assert_eq!(got[1], (0..sent[0]).collect::<Vec<_>>(), "server received all");
+    assert_eq!(
+        got[0],
+        (0..sent[1]).collect::<Vec<_>>(),
+        "client received all"
+    );
+    assert_eq!(
+        got[1],
+        (0..sent[0]).collect::<Vec<_>>(),
+        "server received all"
+    );
 }
 
 /// Proves: when the `CONN_OK` of a resume is lost with its connection (the server attached and
@@ -427,16 +462,16 @@ fn a_lost_conn_ok_then_another_resume_loses_and_duplicates_nothing() {
         pair.client.inbound_next(MAIN),
         pair.client.inbound_next(FEED),
     );
-    let lost = pair.server.attach(pair.now, attach_link(client_next)).unwrap();
+    let lost = pair
+        .server
+        .attach(pair.now, attach_link(client_next))
+        .unwrap();
     for i in 10..15 {
         pair.server.send(MAIN, payload(i, 100)).unwrap();
     }
     while pair.server.poll_transmit(lost.generation, MAIN).is_some() {}
-    pair.server.handle_link_closed(
-        lost.generation,
-        &LinkClosed::TimedOut,
-        pair.now,
-    );
+    pair.server
+        .handle_link_closed(lost.generation, &LinkClosed::TimedOut, pair.now);
     pair.connect();
     pair.advance(Duration::from_millis(200), true);
     assert_eq!(drain(&mut pair.client, MAIN), (0..15).collect::<Vec<_>>());
@@ -450,7 +485,10 @@ fn confirmation_comes_only_from_the_new_connection() {
     let mut server = SessionMachine::new(config(Side::Server), now);
     let old = server.attach(now, attach_link((0, 0))).unwrap().generation;
     assert!(server.detach(now, Reason::Superseded, "resumed"));
-    assert_eq!(server.poll_close().map(|c| (c.0, c.1)), Some((old, Reason::Superseded)));
+    assert_eq!(
+        server.poll_close().map(|c| (c.0, c.1)),
+        Some((old, Reason::Superseded))
+    );
     server.expect_confirmation();
     let new = server.attach(now, attach_link((0, 0))).unwrap().generation;
     let ack = crate::protocol::codec::encode_message(&Message::Ack { next: 0 }).unwrap();
@@ -482,7 +520,10 @@ fn a_dead_path_is_abandoned_and_a_server_session_then_expires() {
         pair.server.handle_timeout(pair.now);
     }
     let took = pair.now - silent_from;
-    assert!(took >= Duration::from_millis(1800) - Duration::from_millis(120), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1800) - Duration::from_millis(120),
+        "{took:?}"
+    );
     assert!(took <= Duration::from_millis(1800 + 113), "{took:?}");
     assert!(matches!(
         pair.client.poll_event(),
@@ -491,7 +532,10 @@ fn a_dead_path_is_abandoned_and_a_server_session_then_expires() {
             ..
         }))
     ));
-    assert_eq!(pair.client.poll_close().map(|c| c.1), Some(Reason::DeadPath));
+    assert_eq!(
+        pair.client.poll_close().map(|c| c.1),
+        Some(Reason::DeadPath)
+    );
     assert!(pair.client.ended().is_none());
     // The server notices too, then waits out its grace period.
     assert!(!pair.server.is_attached(sg));
@@ -604,7 +648,10 @@ fn violations_end_the_session_and_are_reported_where_they_happened() {
             ..
         })
     ));
-    assert_eq!(m.poll_close().map(|c| (c.0, c.1)), Some((g, Reason::SequenceError)));
+    assert_eq!(
+        m.poll_close().map(|c| (c.0, c.1)),
+        Some((g, Reason::SequenceError))
+    );
     assert!(matches!(m.recv(FEED), Some(Ok(_))), "taken in before");
     assert!(matches!(
         m.recv(FEED),
@@ -769,7 +816,11 @@ fn lane_datagrams_are_newest_wins_and_bounded() {
     while let Some(Ok(payload)) = m.lane_recv() {
         got.push(payload[0]);
     }
-    assert_eq!(got, vec![3, 4, 5, 6], "capacity 4 KiB keeps the newest four");
+    assert_eq!(
+        got,
+        vec![3, 4, 5, 6],
+        "capacity 4 KiB keeps the newest four"
+    );
     assert_eq!(m.counts().datagrams_stale, 2);
 }
 
@@ -838,9 +889,7 @@ fn random_schedules_deliver_exactly_once_in_order_or_report_gaps() {
                                 assert_eq!(tag_of(&bytes), *want, "seed {seed}");
                                 *want += 1;
                             }
-                            Some(Err(Received::Gap(missed))) => {
-                                expect[side][index(kind)] += missed
-                            }
+                            Some(Err(Received::Gap(missed))) => expect[side][index(kind)] += missed,
                             None => break,
                             Some(Err(other)) => panic!("seed {seed}: {other:?}"),
                         }

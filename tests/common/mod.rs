@@ -107,12 +107,13 @@ impl Fixture {
         RawPeer::connect(self.addr, &self.certificate).await
     }
 
-    /// The next application event other than `Accepted`.
-    pub async fn next_failure(&mut self) -> (PlayerId, ChannelKind, RecvError) {
+    /// The next receive failure the echo application saw on `channel`. Failures on the other
+    /// channel, which the end of the same session also causes (in either order), are skipped.
+    pub async fn failure_on(&mut self, channel: ChannelKind) -> (PlayerId, RecvError) {
         loop {
             match within(self.events.recv()).await.expect("echo app stopped") {
-                AppEvent::Accepted(_) => continue,
-                AppEvent::RecvFailed(p, c, e) => return (p, c, e),
+                AppEvent::RecvFailed(p, c, e) if c == channel => return (p, e),
+                AppEvent::Accepted(_) | AppEvent::RecvFailed(..) => continue,
             }
         }
     }

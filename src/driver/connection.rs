@@ -1,0 +1,363 @@
+//! The task of one attached connection: it owns both streams' reads and writes and the
+//! connection's datagrams, and drives the session machine with them.
+//!
+//! Every incoming frame and datagram is handed to the machine as it arrives (acknowledgements
+//! and violations included), whatever the application does; a stream is only left unread while
+//! its channel's delivery queue is full, which back-pressures that direction alone. Writes never
+//! hold up reads: each stream's pending frames are flushed in their own `select!` branch, next
+//! to the reads, so a peer that withholds flow-control credit slows our writes and nothing else.
+//!
+//! Waits, and what bounds them: the `select!` resolves on any read, write progress, datagram,
+//! wake-up from the application, timer or the connection's end; the machine's timers (dead
+//! path, acknowledgements, finished-stream grace, close linger) bound how long nothing happens.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::link::{Link, StreamError, StreamRecv, StreamSend};
+use super::now;
+use super::session::{Counters, SessionCore};
+use super::stream::{FrameReader, FrameWriter, ReadFailure};
+use crate::events::SessionEvent;
+use crate::protocol::{ChannelKind, LinkEnd, PerChannel, SessionMachine, StreamEnd, Transmit};
+
+/// Most bytes of frames taken from the machine for one write.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Most frames taken from the machine for one write.
+const BATCH_FRAMES: usize = 64;
+/// Most buffered frames handed to the machine under one lock.
+const READ_BATCH: usize = 32;
+/// Most ready datagrams taken in one round.
+const DATAGRAM_BATCH: usize = 64;
+
+/// One channel's stream on the attached connection.
+pub(crate) struct ChannelStream<L: Link> {
+    pub(crate) writer: FrameWriter<L::Send>,
+    pub(crate) reader: FrameReader<L::Recv>,
+}
+
+/// A connection's two streams, as the handshake left them.
+pub(crate) struct Streams<L: Link> {
+    pub(crate) main: ChannelStream<L>,
+    pub(crate) feed: ChannelStream<L>,
+}
+
+/// What the task must do in this round, read from the machine under its lock.
+struct Plan {
+    read: PerChannel<bool>,
+    finish: PerChannel<bool>,
+    datagrams: Vec<Bytes>,
+    timeout: Option<Instant>,
+}
+
+/// Runs connection `generation` of `core` until the session no longer uses it; returns how it
+/// ended for the session.
+pub(crate) async fn run<L: Link>(
+    core: &Arc<SessionCore>,
+    generation: u64,
+    link: L,
+    streams: Streams<L>,
+    priorities: (i32, i32),
+) -> LinkEnd {
+    let Streams { main, feed } = streams;
+    let (mut main_w, mut main_r) = (main.writer, main.reader);
+    let (mut feed_w, mut feed_r) = (feed.writer, feed.reader);
+    main_w.set_priority(priorities.0);
+    feed_w.set_priority(priorities.1);
+    let handle = link.handle();
+    let mut closed = pin!(link.closed());
+    let mut datagram = pin!(link.read_datagram());
+    let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let mut timer_at: Option<Instant> = None;
+    let mut ended_streams = PerChannel::both(false);
+    // A stream to finish once its queued frames are written, and streams finished.
+    let mut finishing = PerChannel::both(false);
+    let mut finished = PerChannel::both(false);
+    let mut remote = link.remote_address();
+    let mut feed_first = false;
+
+    loop {
+        // Datagrams already received go in first, so a flood on a stream cannot hold up the
+        // acknowledgement datagrams behind it.
+        let mut ready = Vec::new();
+        while ready.len() < DATAGRAM_BATCH {
+            match poll_now(datagram.as_mut()) {
+                Some(Ok(bytes)) => {
+                    ready.push(bytes);
+                    datagram.set(link.read_datagram());
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        let due = timer_at.is_some_and(|t| t <= now());
+        let sample = due.then(|| handle.sample());
+        let plan = core.update(|m, now| {
+            for bytes in ready {
+                m.handle_datagram(generation, bytes, now);
+            }
+            if let Some(sample) = &sample {
+                m.handle_received(generation, sample.received_datagrams, now);
+                m.handle_timeout(now);
+            }
+            if !m.is_attached(generation) {
+                return None;
+            }
+            let mut finish = PerChannel::both(false);
+            if !main_w.has_pending() && !finished.main {
+                finish.main = fill(m, generation, ChannelKind::Main, &mut main_w);
+            }
+            if !feed_w.has_pending() && !finished.feed {
+                finish.feed = fill(m, generation, ChannelKind::Feed, &mut feed_w);
+            }
+            let mut datagrams = Vec::new();
+            while let Some(d) = m.poll_datagram(generation) {
+                datagrams.push(d);
+            }
+            Some(Plan {
+                read: PerChannel {
+                    main: !ended_streams.main && m.wants_read(generation, ChannelKind::Main),
+                    feed: !ended_streams.feed && m.wants_read(generation, ChannelKind::Feed),
+                },
+                finish,
+                datagrams,
+                timeout: m.poll_timeout(),
+            })
+        });
+        if let Some(sample) = sample {
+            core.sample(now(), generation, &sample);
+            let now_remote = handle.remote_address();
+            if now_remote != remote {
+                migrated(core, remote, now_remote);
+                remote = now_remote;
+            }
+        }
+        let Some(plan) = plan else {
+            return ended(core, generation);
+        };
+        for datagram in plan.datagrams {
+            // Best effort: an acknowledgement datagram that does not go out is covered by the
+            // next one and by the in-band acknowledgements.
+            let _ = handle.send_datagram(datagram);
+        }
+        finishing.main |= plan.finish.main;
+        finishing.feed |= plan.finish.feed;
+        finish_written(&mut main_w, &mut finishing.main, &mut finished.main);
+        finish_written(&mut feed_w, &mut finishing.feed, &mut finished.feed);
+        if plan.timeout != timer_at {
+            timer_at = plan.timeout;
+            if let Some(t) = timer_at {
+                timer.as_mut().reset(t.into());
+            }
+        }
+        feed_first = !feed_first;
+
+        tokio::select! {
+            biased;
+            closed = &mut closed => {
+                core.update(|m, now| m.handle_link_closed(generation, &closed, now));
+                return ended(core, generation);
+            }
+            () = core.connection_notified() => {}
+            written = main_w.flush(), if main_w.has_pending() => {
+                on_written(core, generation, ChannelKind::Main, written);
+            }
+            written = feed_w.flush(), if feed_w.has_pending() => {
+                on_written(core, generation, ChannelKind::Feed, written);
+            }
+            (kind, read) = next_read(&mut main_r, &mut feed_r, plan.read, feed_first) => {
+                let reader = match kind {
+                    ChannelKind::Main => &mut main_r,
+                    ChannelKind::Feed => &mut feed_r,
+                };
+                if let Err(end) = on_read(core, generation, kind, read, reader) {
+                    *ended_streams.get_mut(kind) = true;
+                    if let Some(closed) = end {
+                        core.update(|m, now| m.handle_link_closed(generation, &closed, now));
+                        return ended(core, generation);
+                    }
+                }
+            }
+            received = &mut datagram => {
+                match received {
+                    Ok(bytes) => {
+                        core.update(|m, now| m.handle_datagram(generation, bytes, now));
+                        datagram.set(link.read_datagram());
+                    }
+                    Err(closed) => {
+                        core.update(|m, now| m.handle_link_closed(generation, &closed, now));
+                        return ended(core, generation);
+                    }
+                }
+            }
+            () = &mut timer, if timer_at.is_some() => {}
+        }
+    }
+}
+
+/// How the connection ended for the session, once it is no longer attached.
+fn ended(core: &SessionCore, generation: u64) -> LinkEnd {
+    core.update(|m, _| m.link_end(generation))
+        .unwrap_or(LinkEnd::Ended)
+}
+
+fn migrated(core: &SessionCore, from: SocketAddr, to: SocketAddr) {
+    Counters::bump(&core.counters.migrations, 1);
+    core.emit(SessionEvent::Migrated { from, to });
+}
+
+/// Takes frames for `kind` from the machine into `writer`, up to a batch. Returns whether the
+/// stream is to be finished once they are written.
+fn fill<W: StreamSend>(
+    m: &mut SessionMachine,
+    generation: u64,
+    kind: ChannelKind,
+    writer: &mut FrameWriter<W>,
+) -> bool {
+    for _ in 0..BATCH_FRAMES {
+        if writer.pending_bytes() >= BATCH_BYTES {
+            break;
+        }
+        match m.poll_transmit(generation, kind) {
+            Some(Transmit::Frame(head, body)) => writer.queue(head, body),
+            Some(Transmit::Finish) => return true,
+            None => break,
+        }
+    }
+    false
+}
+
+/// Finishes `writer` once everything queued on it is written, if it is to be finished.
+fn finish_written<W: StreamSend>(
+    writer: &mut FrameWriter<W>,
+    finishing: &mut bool,
+    finished: &mut bool,
+) {
+    if *finishing && !writer.has_pending() {
+        writer.finish();
+        *finishing = false;
+        *finished = true;
+    }
+}
+
+/// A write that failed: the peer stopped the stream (a client resumes, a server closes), or the
+/// connection is gone (its end arrives through `closed`).
+fn on_written(
+    core: &SessionCore,
+    generation: u64,
+    kind: ChannelKind,
+    written: Result<(), StreamError>,
+) {
+    match written {
+        Ok(()) | Err(StreamError::Lost(_) | StreamError::Closed) => {}
+        Err(StreamError::Failed(detail)) => {
+            core.update(|m, now| {
+                m.handle_stream_end(generation, kind, StreamEnd::Failed(detail), now);
+            });
+        }
+        Err(StreamError::ZeroRttRejected) => {
+            debug!(%kind, "write on a rejected 0-RTT stream after CONN_OK");
+        }
+    }
+}
+
+/// Hands a read frame, and every whole frame already buffered behind it, to the machine.
+/// `Err` when the stream is done: with `Some` when the whole connection is.
+fn on_read<R: StreamRecv>(
+    core: &SessionCore,
+    generation: u64,
+    kind: ChannelKind,
+    read: Result<Bytes, ReadFailure>,
+    reader: &mut FrameReader<R>,
+) -> Result<(), Option<crate::protocol::LinkClosed>> {
+    let failure = match read {
+        Ok(body) => {
+            let mut failure = None;
+            core.update(|m, now| {
+                m.handle_frame(generation, kind, body, now);
+                for _ in 1..READ_BATCH {
+                    if !m.wants_read(generation, kind) {
+                        break;
+                    }
+                    match reader.buffered_frame() {
+                        Ok(Some(body)) => m.handle_frame(generation, kind, body, now),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+            });
+            match failure {
+                None => return Ok(()),
+                Some(failure) => failure,
+            }
+        }
+        Err(failure) => failure,
+    };
+    match failure {
+        ReadFailure::Decode(e) => {
+            core.update(|m, _| {
+                m.handle_frame_error(generation, kind, e.reason(), &e.to_string());
+            });
+            Err(None)
+        }
+        ReadFailure::Finished => {
+            core.update(|m, now| {
+                m.handle_stream_end(generation, kind, StreamEnd::Finished, now);
+            });
+            Err(None)
+        }
+        ReadFailure::StreamEnded(detail) => {
+            core.update(|m, now| {
+                m.handle_stream_end(generation, kind, StreamEnd::Failed(detail), now);
+            });
+            Err(None)
+        }
+        ReadFailure::Connection(closed) => Err(Some(closed)),
+        ReadFailure::ZeroRttRejected => Err(Some(crate::protocol::LinkClosed::Transport(
+            "0-RTT data rejected after CONN_OK".into(),
+        ))),
+    }
+}
+
+/// The next frame from whichever stream is wanted, taking turns so that neither starves the
+/// other; pending forever if neither is wanted.
+async fn next_read<R: StreamRecv>(
+    main: &mut FrameReader<R>,
+    feed: &mut FrameReader<R>,
+    want: PerChannel<bool>,
+    feed_first: bool,
+) -> (ChannelKind, Result<Bytes, ReadFailure>) {
+    match (want.main, want.feed) {
+        (false, false) => std::future::pending().await,
+        (true, false) => (ChannelKind::Main, main.next_frame().await),
+        (false, true) => (ChannelKind::Feed, feed.next_frame().await),
+        (true, true) if feed_first => tokio::select! {
+            biased;
+            read = feed.next_frame() => (ChannelKind::Feed, read),
+            read = main.next_frame() => (ChannelKind::Main, read),
+        },
+        (true, true) => tokio::select! {
+            biased;
+            read = main.next_frame() => (ChannelKind::Main, read),
+            read = feed.next_frame() => (ChannelKind::Feed, read),
+        },
+    }
+}
+
+/// Polls `future` once without a waker of ours: its result if it is ready now. (The future is
+/// polled again with the task's waker in the `select!` below, so no wake-up is lost.)
+fn poll_now<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.poll(&mut cx) {
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => None,
+    }
+}
