@@ -136,7 +136,7 @@ pub use prepared::Prepared;
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
-pub use stats::{ServerStats, SessionStats};
+pub use stats::{ChannelBuffers, ServerStats, SessionBuffers, SessionStats};
 
 /// Re-exported for [`Trust::Certificate`] and [`Identity::new`].
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -180,6 +180,13 @@ impl SessionHandle {
         self.core().stats()
     }
 
+    /// What the session holds in memory now, per channel: unsent, unacknowledged and unread
+    /// bytes (see [`SessionBuffers`](crate::SessionBuffers)). A growing `unsent` means the peer
+    /// or the path is not keeping up with what this side sends.
+    pub fn buffers(&self) -> crate::SessionBuffers {
+        self.core().buffers()
+    }
+
     /// Counts of what happened to the session's connections so far.
     pub fn counters(&self) -> SessionCounters {
         self.core().counters()
@@ -292,6 +299,27 @@ impl Channel {
     /// Sends raw bytes; see [`Sender::send_bytes`].
     pub async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.sender.send_bytes(payload).await
+    }
+
+    /// Sends `value` if the channel's send buffer has room now; see [`Sender::try_send`].
+    pub fn try_send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
+        self.sender.try_send(value)
+    }
+
+    /// Sends raw bytes if the channel's send buffer has room now; see
+    /// [`Sender::try_send_bytes`].
+    pub fn try_send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.sender.try_send_bytes(payload)
+    }
+
+    /// The next message as `T` if one has arrived; see [`Receiver::try_recv`].
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Option<Result<T, RecvError>> {
+        self.receiver.try_recv()
+    }
+
+    /// The next message as raw bytes if one has arrived; see [`Receiver::try_recv_bytes`].
+    pub fn try_recv_bytes(&mut self) -> Option<Result<Bytes, RecvError>> {
+        self.receiver.try_recv_bytes()
     }
 
     /// Receives the next message as `T`; see [`Receiver::recv`].

@@ -53,6 +53,40 @@ pub struct SessionStats {
     pub counters: SessionCounters,
 }
 
+/// What one channel of a session holds in memory right now, in payload bytes. SECURITY.md
+/// gives the bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelBuffers {
+    /// Messages sent and not yet written to the connection: at most
+    /// [`TransportConfig::send_buffer`](crate::TransportConfig::send_buffer) plus one message
+    /// while connected (a send waits beyond it).
+    pub unsent: usize,
+    /// Messages kept for a replay: sent and not yet acknowledged by the peer's session (the
+    /// unsent ones included). At most
+    /// [`TransportConfig::replay_buffer`](crate::TransportConfig::replay_buffer) plus one
+    /// message; the oldest give way beyond it.
+    pub unacknowledged: usize,
+    /// Messages received and not yet read by the application: at most
+    /// [`TransportConfig::receive_buffer`](crate::TransportConfig::receive_buffer) plus one
+    /// message (the channel's stream is not read beyond it).
+    pub unread: usize,
+}
+
+/// What a session holds in memory right now: both channels, and the lane's unread datagrams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionBuffers {
+    /// The main channel.
+    pub main: ChannelBuffers,
+    /// The feed channel.
+    pub feed: ChannelBuffers,
+    /// Lane payload bytes received and not yet read: at most
+    /// [`TransportConfig::datagram_receive_buffer`](crate::TransportConfig::datagram_receive_buffer)
+    /// plus one datagram.
+    pub lane_unread: usize,
+}
+
 /// A server's statistics over its established sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]

@@ -43,7 +43,7 @@ use crate::protocol::{
     AttachLink, Attached, ChannelKind, Event, FrameLimits, PerChannel, PlayerId, Reason, Received,
     Refused, SessionConfig, SessionMachine, Side, Token,
 };
-use crate::stats::SessionStats;
+use crate::stats::{ChannelBuffers, SessionBuffers, SessionStats};
 
 /// Capacity of a session's event channel; a subscriber that falls further behind skips events.
 const EVENT_CAPACITY: usize = 16;
@@ -417,6 +417,22 @@ impl SessionCore {
                 .saturating_add(counts.datagrams_delivered),
         };
         lock(&self.stats).record(now, sample);
+    }
+
+    /// What the session holds in memory now.
+    pub(crate) fn buffers(&self) -> SessionBuffers {
+        let state = lock(&self.state);
+        let m = &state.machine;
+        let channel = |kind| ChannelBuffers {
+            unsent: m.unsent_bytes(kind),
+            unacknowledged: m.replay_bytes(kind),
+            unread: m.queued_bytes(kind),
+        };
+        SessionBuffers {
+            main: channel(ChannelKind::Main),
+            feed: channel(ChannelKind::Feed),
+            lane_unread: m.lane_queued_bytes(),
+        }
     }
 
     /// The session's statistics now.
