@@ -61,8 +61,9 @@ pub struct TransportConfig {
     pub stream_receive_window: u32,
     /// Bytes the peer may send on the whole connection ahead of the application reading.
     /// Default 192 KiB (quinn: unbounded). What one connection can pin on the receiving side is
-    /// about this plus, per channel, one frame being reassembled (up to the frame limit) and
-    /// one 16 KiB read: 352 KiB with the defaults.
+    /// about this, plus per channel the larger of `receive_buffer` and the frame limit and one
+    /// 16 KiB read, plus the lane's `datagram_receive_buffer`: about 420 KiB with the defaults
+    /// (SECURITY.md).
     pub receive_window: u32,
     /// Bytes of this side's messages QUIC may hold unacknowledged (in flight or waiting for the
     /// peer's flow control); a send waits beyond it. Default 256 KiB: enough for full speed at
@@ -88,7 +89,9 @@ pub struct TransportConfig {
     /// Bytes of received messages a channel holds for the application to read; the channel's
     /// stream is not read beyond it, which holds the peer back on that channel alone.
     /// Default 64 KiB. Messages are taken in and acknowledged whether or not the application
-    /// reads, up to this.
+    /// reads, up to this; QUIC's stream window holds what comes after. With a frame being
+    /// reassembled, a channel holds at most the larger of this and its frame limit, plus one
+    /// 16 KiB read.
     pub receive_buffer: usize,
     /// Bytes of received feed datagrams ([`Lane`](crate::Lane)) kept until the application
     /// reads them; when full, the oldest are dropped. Default 64 KiB (over 300 snapshots of

@@ -647,3 +647,56 @@ fn lane_vectors_match_the_encoder_and_decoder() {
         );
     }
 }
+
+/// The `ack-datagram-vectors` block (§11.3, §13.6): each acknowledgement datagram is exactly
+/// what the encoder writes for its `main_next` and `feed_next`, and decodes back to them.
+#[test]
+fn acknowledgement_datagram_vectors_match_the_encoder_and_decoder() {
+    use quicfeed::protocol::lane::{Datagram, decode_datagram, encode_ack_datagram};
+    let vectors = entries("ack-datagram-vectors");
+    assert!(vectors.len() >= 3, "{vectors:?}");
+    for (name, value) in vectors {
+        let fields: Vec<&str> = value.split_whitespace().collect();
+        let [main_next, feed_next, datagram] = fields[..] else {
+            panic!("{name}: not `main_next feed_next datagram`: {value:?}");
+        };
+        let main_next: u64 = main_next.parse().unwrap();
+        let feed_next: u64 = feed_next.parse().unwrap();
+        let datagram = hex_decode(datagram);
+        let encoded = encode_ack_datagram(main_next, feed_next);
+        assert_eq!(&encoded[..], &datagram[..], "{name}: encoder");
+        assert_eq!(
+            decode_datagram(Bytes::from(datagram)).unwrap(),
+            Datagram::Ack {
+                main_next,
+                feed_next
+            },
+            "{name}: decoder"
+        );
+    }
+}
+
+/// The payload convention's examples (§5.5.8) are what the library's typed encoding writes.
+#[test]
+fn typed_payload_examples_match_the_encoder() {
+    use quicfeed::protocol::codec::Payload;
+    #[derive(serde::Serialize)]
+    #[allow(dead_code)]
+    enum Input {
+        Jump,
+        Move { dx: i8, dy: f32 },
+    }
+    let encode = |payload: Payload| payload.bytes().to_vec();
+    assert_eq!(
+        encode(Payload::encode(&(1000u64, "hi")).unwrap()),
+        hex_decode("fbe803026869")
+    );
+    assert_eq!(
+        encode(Payload::encode(&Input::Move { dx: -1, dy: 2.0 }).unwrap()),
+        hex_decode("01ff00000040")
+    );
+    assert_eq!(
+        encode(Payload::encode(&Some(-3i32)).unwrap()),
+        hex_decode("0105")
+    );
+}

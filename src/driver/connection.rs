@@ -31,8 +31,6 @@ use crate::protocol::{ChannelKind, LinkEnd, PerChannel, SessionMachine, StreamEn
 const BATCH_BYTES: usize = 64 * 1024;
 /// Most frames taken from the machine for one write.
 const BATCH_FRAMES: usize = 64;
-/// Most buffered frames handed to the machine under one lock.
-const READ_BATCH: usize = 32;
 /// Most ready datagrams taken in one round.
 const DATAGRAM_BATCH: usize = 64;
 
@@ -81,6 +79,20 @@ pub(crate) async fn run<L: Link>(
     let mut finished = PerChannel::both(false);
     let mut remote = link.remote_address();
     let mut feed_first = false;
+    // Frames that arrived behind the handshake's last message are already buffered.
+    for kind in [ChannelKind::Main, ChannelKind::Feed] {
+        let reader = match kind {
+            ChannelKind::Main => &mut main_r,
+            ChannelKind::Feed => &mut feed_r,
+        };
+        if let Err(end) = on_read(core, generation, kind, Ok(()), reader) {
+            *ended_streams.get_mut(kind) = true;
+            if let Some(closed) = end {
+                core.update(|m, now| m.handle_link_closed(generation, &closed, now));
+                return ended(core, generation);
+            }
+        }
+    }
 
     loop {
         // Datagrams already received go in first, so a flood on a stream cannot hold up the
@@ -121,8 +133,10 @@ pub(crate) async fn run<L: Link>(
             }
             Some(Plan {
                 read: PerChannel {
-                    main: !ended_streams.main && m.wants_read(generation, ChannelKind::Main),
-                    feed: !ended_streams.feed && m.wants_read(generation, ChannelKind::Feed),
+                    main: !ended_streams.main
+                        && m.wants_read(generation, ChannelKind::Main, main_r.buffered_len()),
+                    feed: !ended_streams.feed
+                        && m.wants_read(generation, ChannelKind::Feed, feed_r.buffered_len()),
                 },
                 finish,
                 datagrams,
@@ -266,24 +280,20 @@ fn on_written(
     }
 }
 
-/// Hands a read frame, and every whole frame already buffered behind it, to the machine.
+/// After a read from `kind`'s stream, hands every whole frame now buffered to the machine.
 /// `Err` when the stream is done: with `Some` when the whole connection is.
 fn on_read<R: StreamRecv>(
     core: &SessionCore,
     generation: u64,
     kind: ChannelKind,
-    read: Result<Bytes, ReadFailure>,
+    read: Result<(), ReadFailure>,
     reader: &mut FrameReader<R>,
 ) -> Result<(), Option<crate::protocol::LinkClosed>> {
     let failure = match read {
-        Ok(body) => {
+        Ok(()) => {
             let mut failure = None;
             core.update(|m, now| {
-                m.handle_frame(generation, kind, body, now);
-                for _ in 1..READ_BATCH {
-                    if !m.wants_read(generation, kind) {
-                        break;
-                    }
+                loop {
                     match reader.buffered_frame() {
                         Ok(Some(body)) => m.handle_frame(generation, kind, body, now),
                         Ok(None) => break,
@@ -327,27 +337,27 @@ fn on_read<R: StreamRecv>(
     }
 }
 
-/// The next frame from whichever stream is wanted, taking turns so that neither starves the
+/// The next bytes from whichever stream is wanted, taking turns so that neither starves the
 /// other; pending forever if neither is wanted.
 async fn next_read<R: StreamRecv>(
     main: &mut FrameReader<R>,
     feed: &mut FrameReader<R>,
     want: PerChannel<bool>,
     feed_first: bool,
-) -> (ChannelKind, Result<Bytes, ReadFailure>) {
+) -> (ChannelKind, Result<(), ReadFailure>) {
     match (want.main, want.feed) {
         (false, false) => std::future::pending().await,
-        (true, false) => (ChannelKind::Main, main.next_frame().await),
-        (false, true) => (ChannelKind::Feed, feed.next_frame().await),
+        (true, false) => (ChannelKind::Main, main.read_more().await),
+        (false, true) => (ChannelKind::Feed, feed.read_more().await),
         (true, true) if feed_first => tokio::select! {
             biased;
-            read = feed.next_frame() => (ChannelKind::Feed, read),
-            read = main.next_frame() => (ChannelKind::Main, read),
+            read = feed.read_more() => (ChannelKind::Feed, read),
+            read = main.read_more() => (ChannelKind::Main, read),
         },
         (true, true) => tokio::select! {
             biased;
-            read = main.next_frame() => (ChannelKind::Main, read),
-            read = feed.next_frame() => (ChannelKind::Feed, read),
+            read = main.read_more() => (ChannelKind::Main, read),
+            read = feed.read_more() => (ChannelKind::Feed, read),
         },
     }
 }

@@ -94,6 +94,17 @@ impl<R: StreamRecv> FrameReader<R> {
         }
     }
 
+    /// Bytes received and not yet taken as frames.
+    pub(crate) fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Reads the next chunk of bytes into the buffer (at most 16 KiB), for
+    /// [`buffered_frame`](Self::buffered_frame) to take frames from. Cancel-safe.
+    pub(crate) async fn read_more(&mut self) -> Result<(), ReadFailure> {
+        self.fill().await
+    }
+
     async fn fill(&mut self) -> Result<(), ReadFailure> {
         match self.stream.read_chunk(READ_CHUNK).await? {
             Some(chunk) => {

@@ -392,6 +392,9 @@ struct Channel {
     peer_finished: Option<Instant>,
     /// This side finished its stream on the current connection.
     finished: bool,
+    /// Reading the stream is paused for room in the queue, with this many bytes of a partial
+    /// frame read.
+    paused: Option<usize>,
     /// A violation on this channel was already reported to its receiver.
     violation_reported: bool,
 }
@@ -413,6 +416,7 @@ impl Channel {
             ack_at: None,
             peer_finished: None,
             finished: false,
+            paused: None,
             violation_reported: false,
         }
     }
@@ -666,13 +670,23 @@ impl SessionMachine {
         Some(next)
     }
 
-    /// Whether connection `generation`'s stream for `kind` should be read now: the channel's
-    /// delivery queue has room (or it discards), and the peer has not finished the stream.
-    pub fn wants_read(&self, generation: u64, kind: ChannelKind) -> bool {
-        let channel = self.channel(kind);
-        self.is_attached(generation)
-            && channel.peer_finished.is_none()
-            && (channel.discard || channel.queued < self.config.receive_capacity)
+    /// Whether connection `generation`'s stream for `kind` should be read now, with `buffered`
+    /// bytes of an incomplete frame already read from it: the channel's delivery queue and that
+    /// partial frame are below the receive capacity (or the queue is empty, so that a frame
+    /// larger than the capacity can complete; or the channel discards), and the peer has not
+    /// finished the stream. When it says no, a receive that makes room wakes the connection.
+    pub fn wants_read(&mut self, generation: u64, kind: ChannelKind, buffered: usize) -> bool {
+        let attached = self.is_attached(generation);
+        let capacity = self.config.receive_capacity;
+        let channel = self.channel_mut(kind);
+        if !attached || channel.peer_finished.is_some() {
+            return false;
+        }
+        let room = channel.discard
+            || channel.queued == 0
+            || channel.queued.saturating_add(buffered) < capacity;
+        channel.paused = (!room).then_some(buffered);
+        room
     }
 
     /// The next thing to write on connection `generation`'s stream for `kind`: a pending `GAP`,
@@ -1200,11 +1214,14 @@ impl SessionMachine {
         if let Some(delivery) = channel.queue.pop_front() {
             return Some(match delivery {
                 Delivery::Message(payload) => {
-                    let was_full = channel.queued >= capacity;
                     channel.queued = channel.queued.saturating_sub(payload.len());
-                    if was_full && channel.queued < capacity {
-                        // The connection's task stopped reading this stream: it may go on.
-                        self.wakes.connection = true;
+                    if let Some(buffered) = channel.paused {
+                        if channel.queued == 0 || channel.queued.saturating_add(buffered) < capacity
+                        {
+                            // The connection's task stopped reading this stream: it may go on.
+                            channel.paused = None;
+                            self.wakes.connection = true;
+                        }
                     }
                     Ok(payload)
                 }
@@ -1229,6 +1246,7 @@ impl SessionMachine {
         channel.discard = true;
         channel.queue.clear();
         channel.queued = 0;
+        channel.paused = None;
         self.wakes.connection = true;
     }
 

@@ -180,7 +180,7 @@ impl Pair {
                         None => break,
                     }
                 }
-                while to.wants_read(to_gen, kind) {
+                while to.wants_read(to_gen, kind, 0) {
                     match decode_frame(&mut pipe.bytes, 1 << 20).unwrap() {
                         Some(body) => {
                             to.handle_frame(to_gen, kind, body, self.now);
@@ -705,7 +705,7 @@ fn finished_and_failed_streams() {
     let mut m = SessionMachine::new(config(Side::Server), now);
     let g = m.attach(now, attach_link((0, 0))).unwrap().generation;
     m.handle_stream_end(g, MAIN, StreamEnd::Finished, now);
-    assert!(!m.wants_read(g, MAIN));
+    assert!(!m.wants_read(g, MAIN, 0));
     // The path stays alive (datagrams keep arriving) while the close does not come.
     for (i, ms) in (0..2999).step_by(100).chain([2999]).enumerate() {
         let t = now + Duration::from_millis(ms);
