@@ -7,9 +7,7 @@
 //! ([`Trust::Certificate`]) or by fingerprint ([`Trust::Fingerprint`]). Production servers use a
 //! CA-issued certificate and clients [`Trust::SystemRoots`] or [`Trust::CaCertificates`].
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -19,6 +17,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::error::{CertError, ConfigError};
+use crate::fingerprint::load_certificates;
+pub use crate::fingerprint::{Fingerprint, FingerprintParseError};
 use crate::known_hosts::KnownHosts;
 use crate::protocol::ALPN;
 
@@ -174,21 +174,6 @@ impl Identity {
     }
 }
 
-fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let chain = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| CertError::Pem {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(CertError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(chain)
-}
-
 fn pem(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3).saturating_mul(4));
@@ -220,87 +205,6 @@ fn write_private(path: &Path, contents: String) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(contents.as_bytes())
-}
-
-/// The SHA-256 digest of a DER certificate.
-///
-/// Displayed as 32 colon-separated uppercase hex bytes (`AB:CD:…`), the form browsers and
-/// `openssl x509 -fingerprint -sha256` print. Parsed from that form, from plain hex, and with an
-/// optional `sha256:` prefix.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl Fingerprint {
-    /// The fingerprint of `certificate`.
-    pub fn of(certificate: &CertificateDer<'_>) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, certificate.as_ref());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        Fingerprint(out)
-    }
-
-    /// The fingerprint of the first (end-entity) certificate in a PEM file.
-    pub fn of_pem_file(path: &Path) -> Result<Self, CertError> {
-        let chain = load_certificates(path)?;
-        chain
-            .first()
-            .map(Fingerprint::of)
-            .ok_or_else(|| CertError::NoCertificate {
-                path: path.to_owned(),
-            })
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{byte:02X}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
-
-/// A string that is not a SHA-256 fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a SHA-256 fingerprint (expected 32 hex bytes, optionally colon-separated): {0:?}")]
-pub struct FingerprintParseError(pub String);
-
-impl FromStr for Fingerprint {
-    type Err = FingerprintParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || FingerprintParseError(s.to_owned());
-        let trimmed = s.trim();
-        let hex_part = trimmed
-            .strip_prefix("sha256:")
-            .or_else(|| trimmed.strip_prefix("SHA256:"))
-            .unwrap_or(trimmed);
-        let digits: Vec<u8> = hex_part
-            .bytes()
-            .filter(|b| !matches!(b, b':' | b' '))
-            .collect();
-        if digits.len() != 64 {
-            return Err(err());
-        }
-        let mut out = [0u8; 32];
-        if !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(err());
-        }
-        for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
-            let text = std::str::from_utf8(pair).map_err(|_| err())?;
-            *byte = u8::from_str_radix(text, 16).map_err(|_| err())?;
-        }
-        Ok(Fingerprint(out))
-    }
 }
 
 /// How a client decides whether to trust the server's certificate.

@@ -30,6 +30,17 @@ impl Client {
     /// [`ConnectError::Transport`] when the QUIC connection itself fails (unreachable server,
     /// untrusted certificate). Must be called inside a tokio runtime.
     pub async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
-        driver::connect(config).await
+        driver::connect(config, None).await
+    }
+
+    /// Like [`connect`](Self::connect), from `socket` instead of a newly bound UDP socket
+    /// (`config.bind` is then ignored): an in-memory network for a simulation or a test, a
+    /// relay, or any transport that carries UDP-like datagrams (see
+    /// [`quinn::AsyncUdpSocket`]). The session keeps using the socket for its resumes.
+    pub async fn connect_with_socket(
+        config: &ClientConfig,
+        socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Session, ConnectError> {
+        driver::connect(config, Some(socket)).await
     }
 }

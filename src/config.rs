@@ -113,6 +113,12 @@ pub struct TransportConfig {
     pub main_priority: i32,
     /// The send priority of the feed channel's stream. Default 0 (see `main_priority`).
     pub feed_priority: i32,
+    /// Seed for QUIC's own random choices (connection IDs, skipped packet numbers): `None`, the
+    /// default, draws it from the operating system. A seed makes a simulation on a custom socket
+    /// ([`Server::bind_with_socket`](crate::Server::bind_with_socket)) replay the same way.
+    /// WARNING: predictable connection IDs let someone who knows the seed recognise a
+    /// connection across network changes; never set it in production.
+    pub rng_seed: Option<[u8; 32]>,
     /// Log connection statistics ([`crate::stats`]) through `tracing` at `info` level, target
     /// `quicfeed::stats`, this often: a server logs its server-wide figures, a client its
     /// session's. Default `None` (no logging; the figures are always readable through the API).
@@ -139,6 +145,7 @@ impl Default for TransportConfig {
             main_priority: 1,
             feed_priority: 0,
             stats_log_interval: None,
+            rng_seed: None,
         }
     }
 }
@@ -380,6 +387,11 @@ pub struct ResumePolicy {
     pub initial_backoff: Duration,
     /// Longest wait between attempts, before the random factor. Default 1 s.
     pub max_backoff: Duration,
+    /// Where the random factor comes from: `None` (the default) draws it from the operating
+    /// system; `Some(seed)` from a generator seeded with it, so that a test or a simulation
+    /// replays the same waits. Keep `None` in production: seeded clients that were cut off
+    /// together come back together.
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for ResumePolicy {
@@ -389,6 +401,7 @@ impl Default for ResumePolicy {
             attempt_timeout: Duration::from_secs(2),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
+            jitter_seed: None,
         }
     }
 }

@@ -136,6 +136,7 @@ impl Events {
                 return None;
             }
             tokio::select! {
+                biased;
                 event = self.events.recv() => match event {
                     Ok(event) => return Some(event),
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,

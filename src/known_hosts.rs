@@ -5,8 +5,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::certs::Fingerprint;
 use crate::error::CertError;
+use crate::fingerprint::Fingerprint;
 
 /// A `known_hosts` file: one line per server, `name@address:port fingerprint` (the name the
 /// certificate is checked for, and the server's address), in the order they were first seen.

@@ -32,30 +32,40 @@
 //!
 //! ## Layout
 //!
+//! Dependencies run one way: facades → driver server and client → driver session and
+//! connection → link and stream → protocol core. No module imports one above it.
+//!
 //! - [`protocol`]: the pure core. Messages, framing codec, tokens, the client and server
-//!   handshake (and resume) state machines, session rules, the session registry with its
-//!   resume credentials, admission of connection attempts (Retry, caps, eviction of the oldest
-//!   handshake), and [`protocol::reliability`] (sequence numbers, acknowledgements, replay
-//!   buffers, gaps), and [`protocol::lane`] (the feed datagram lane's format and newest-wins
-//!   receiver). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested with
-//!   virtual time. [`protocol::stats`] turns periodic counter samples into RTT percentiles,
-//!   jitter, loss and rates.
-//! - `driver`: the thin async layer, the only code touching quinn: endpoints, framed stream
-//!   I/O, the accept loop and per-connection tasks, the connect and resume routines, and the
-//!   per-session core that attaches connections to a session (replaying what the peer missed)
-//!   and watches them (liveness, migrations).
+//!   handshake (and resume) state machines, the session registry with its resume credentials,
+//!   admission of connection attempts (Retry, caps, eviction of the oldest handshake), and
+//!   [`protocol::session`], the established session's machine: per channel the outbound queue
+//!   with its replay buffer and send budget, the delivery queue, acknowledgements (in-band and
+//!   by datagram), the replay plan of a new connection, the dead-path rule, the graceful close,
+//!   the grace period, and which connection endings keep the session. Under it,
+//!   [`protocol::reliability`] (sequence numbers, acknowledgements, replay buffers, gaps),
+//!   [`protocol::lane`] (the datagram formats and the newest-wins receiver) and
+//!   [`protocol::stats`] (RTT percentiles, jitter, loss and rates from samples). No I/O, no
+//!   clock, no tokio or quinn: time is passed in, so it is tested with virtual time.
+//! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as
+//!   the session needs it (two streams, datagrams, its end), implemented for quinn; `stream`
+//!   frames bytes on its streams; `session` holds a session's machine behind one lock (never
+//!   held across an `.await`) with the wake-ups between it and the application, and states the
+//!   lock rule; `connection` is the one task per attached connection that reads, writes and
+//!   runs the timers; `client` connects and resumes; `server` accepts, runs the handshakes, and
+//!   is the sessions' owner (they report to it through a trait, never naming it); `endpoint`
+//!   builds quinn endpoints.
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
-//!   [`Lane`] is a session's feed datagram lane; [`Prepared`] and [`Group`] send one message to
-//!   many sessions, encoded once.
-//! - [`events`]: session and server events ([`SessionEvent`]) and counters; [`stats`]:
-//!   connection quality ([`SessionStats`], [`ServerStats`]) from [`protocol::stats`] samples.
-//! - [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]: configuration with documented
-//!   defaults tuned for games.
-//! - [`Identity`], [`Trust`], [`Fingerprint`]: certificates, pinning and CA trust.
+//!   [`Lane`] is a session's feed datagram lane; [`Prepared`] encodes a message once, and
+//!   [`Group`] and the server's broadcasts send it to many sessions without waiting.
+//! - Leaves: [`events`] (session and server events, [`SessionEvent`], and counters),
+//!   [`stats`] (connection quality, [`SessionStats`], [`ServerStats`], and what a session
+//!   buffers, [`SessionBuffers`]), [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]
+//!   (configuration with documented defaults tuned for games), [`Identity`], [`Trust`],
+//!   [`Fingerprint`], [`KnownHosts`] (certificates, pinning, trust on first use), the
+//!   [`Authenticator`] hook, and the errors [`ServerError`], [`ConnectError`], [`SendError`],
+//!   [`RecvError`], [`Disconnect`].
 //! - [`conditioner`]: an in-process UDP relay that adds latency, jitter, loss, duplication,
 //!   reordering, blackholes and NAT rebindings to a loopback link, for tests and benchmarks.
-//! - [`Authenticator`]: the server hook that admits clients and chooses player IDs.
-//! - Errors: [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
 //! - Beside the library: `benches/suite/` measures quicfeed against the handshake's round-trip
 //!   limit and against bare quinn, TCP + TLS and renet, side by side in one run (BENCHMARKS.md).
 //!
@@ -113,6 +123,7 @@ pub mod config;
 mod driver;
 mod error;
 pub mod events;
+mod fingerprint;
 mod known_hosts;
 mod lane;
 mod prepared;
@@ -137,6 +148,10 @@ pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
 pub use stats::{ChannelBuffers, ServerStats, SessionBuffers, SessionStats};
+
+/// The quinn crate quicfeed runs on, for custom sockets: implement [`quinn::AsyncUdpSocket`]
+/// and give it to [`Server::bind_with_socket`] or [`Client::connect_with_socket`].
+pub use quinn;
 
 /// Re-exported for [`Trust::Certificate`] and [`Identity::new`].
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -63,9 +63,27 @@ impl Server {
     /// Binds the UDP socket and starts accepting connections. Must be called inside a tokio
     /// runtime. Logs the address and the certificate fingerprint clients can pin.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        Self::start(config, None)
+    }
+
+    /// Starts a server on `socket` instead of a UDP socket bound to `config.listen` (which is
+    /// then ignored): an in-memory network for a simulation or a test, a relay, or any
+    /// transport that carries UDP-like datagrams (see [`quinn::AsyncUdpSocket`]). Otherwise as
+    /// [`bind`](Self::bind); [`local_addr`](Self::local_addr) reports the socket's address.
+    pub async fn bind_with_socket(
+        config: ServerConfig,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Server, ServerError> {
+        Self::start(config, Some(socket))
+    }
+
+    fn start(
+        config: ServerConfig,
+        socket: Option<Arc<dyn quinn::AsyncUdpSocket>>,
+    ) -> Result<Server, ServerError> {
         config.validate()?;
         let token_key = endpoint::token_key()?;
-        let endpoint = endpoint::server(&config, &token_key)?;
+        let endpoint = endpoint::server(&config, &token_key, socket)?;
         let local_addr = endpoint.local_addr()?;
         let fingerprint = config.identity.fingerprint();
         let shared = Arc::new(driver::ServerShared::new(config));

@@ -216,6 +216,29 @@ impl SessionHandle {
         Ok(())
     }
 
+    /// Moves a client's connection to `socket`, a socket of the application's own (see
+    /// [`Client::connect_with_socket`](crate::Client::connect_with_socket)); otherwise as
+    /// [`rebind`](Self::rebind).
+    pub fn rebind_socket(
+        &self,
+        socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> std::io::Result<()> {
+        let core = self.core();
+        let Some(endpoint) = core.endpoint() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "only a client can move to a new socket",
+            ));
+        };
+        let from = endpoint.local_addr()?;
+        endpoint.rebind_abstract(socket)?;
+        let to = endpoint.local_addr()?;
+        core.poke();
+        Counters::bump(&core.counters.migrations, 1);
+        core.emit(SessionEvent::Migrated { from, to });
+        Ok(())
+    }
+
     /// Makes a client give up its current connection and resume the session on a new one now,
     /// without waiting for the dead-path timeout: for example when the OS reports that the
     /// network the connection used is gone. Reports
@@ -250,6 +273,11 @@ impl SessionHandle {
     /// right after.
     pub async fn close_gracefully(&self, reason: Reason, message: &str) {
         self.core().close_gracefully(reason, message).await;
+    }
+
+    /// Why the session ended, if it has, without waiting (see [`closed`](Self::closed)).
+    pub fn ended(&self) -> Option<Disconnect> {
+        self.core().ended()
     }
 
     /// Waits until the session ends and says why. After a local close on a client, it also

@@ -58,9 +58,9 @@ pub struct SessionStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChannelBuffers {
-    /// Messages sent and not yet written to the connection: at most
-    /// [`TransportConfig::send_buffer`](crate::TransportConfig::send_buffer) plus one message
-    /// while connected (a send waits beyond it).
+    /// Messages sent and not yet written to the connection. A send waits while this is at
+    /// [`TransportConfig::send_buffer`](crate::TransportConfig::send_buffer); right after a
+    /// resume it also holds the replay, so it is at most `unacknowledged`.
     pub unsent: usize,
     /// Messages kept for a replay: sent and not yet acknowledged by the peer's session (the
     /// unsent ones included). At most

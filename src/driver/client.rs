@@ -62,6 +62,7 @@ struct Resumer {
     zero_rtt: bool,
     local_limits: FrameLimits,
     priorities: (i32, i32),
+    jitter: Jitter,
 }
 
 /// Connects to `config.server` and completes the handshake: `CONN_INIT` goes in 0-RTT data
@@ -69,10 +70,11 @@ struct Resumer {
 /// again in 1-RTT on the same connection if the server rejects it.
 pub(crate) async fn connect(
     config: &ClientConfig,
+    socket: Option<endpoint::AbstractSocket>,
 ) -> Result<crate::session::Session, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
-    let endpoint = endpoint::client(config)?;
+    let endpoint = endpoint::client(config, socket)?;
     let connecting = endpoint.connect(config.server, &config.server_name)?;
     let (conn, accepted) = match open(connecting, config.zero_rtt, deadline).await {
         Ok(opened) => opened,
@@ -125,6 +127,7 @@ pub(crate) async fn connect(
             config.transport.main_priority,
             config.transport.feed_priority,
         ),
+        jitter: Jitter::new(config.resume.jitter_seed),
     };
     let player_id = done.established.player_id;
     let core = SessionCore::new(player_id, session, SideHandle::Client { endpoint });
@@ -201,7 +204,7 @@ fn attachment(
 /// lost, until the session ends.
 async fn run_session(
     core: Arc<SessionCore>,
-    resumer: Resumer,
+    mut resumer: Resumer,
     mut generation: u64,
     mut conn: quinn::Connection,
     mut streams: Streams<quinn::Connection>,
@@ -269,7 +272,7 @@ enum AttemptError {
 impl Resumer {
     /// Resumes `core` on a new connection, retrying with exponential backoff and jitter within
     /// the budget. Returns the new connection, or the final reason.
-    async fn resume(&self, core: &Arc<SessionCore>) -> Result<ResumedLink, (Reason, String)> {
+    async fn resume(&mut self, core: &Arc<SessionCore>) -> Result<ResumedLink, (Reason, String)> {
         // The outage runs from the last packet heard on the lost connection.
         let started = core.lost_at().unwrap_or_else(now);
         let budget_end = super::deadline_after(self.policy.budget);
@@ -309,7 +312,7 @@ impl Resumer {
                 Err(AttemptError::Refused(reason, message)) => return Err((reason, message)),
                 Err(AttemptError::Retry(why)) => {
                     debug!(player_id = %core.player_id, attempts, %why, "resume attempt failed");
-                    let wait = jitter(backoff);
+                    let wait = self.jitter.scale(backoff);
                     if now().checked_add(wait).is_none_or(|t| t >= budget_end) {
                         return Err((
                             Reason::HandshakeTimeout,
@@ -465,12 +468,37 @@ async fn was_accepted(accepted: Option<quinn::ZeroRttAccepted>) -> bool {
     }
 }
 
-/// `base` scaled by a random factor in 0.5..1.5, so that clients cut off together do not all
-/// come back at the same instant.
-fn jitter(base: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
-    base.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+/// The backoff's random factor: from the OS, or from a seed (reproducible simulations).
+struct Jitter {
+    state: Option<u64>,
+}
+
+impl Jitter {
+    fn new(seed: Option<u64>) -> Self {
+        // xorshift needs a non-zero state.
+        Jitter {
+            state: seed.map(|s| s | 1),
+        }
+    }
+
+    /// `base` scaled by a random factor in 0.5..1.5, so that clients cut off together do not
+    /// all come back at the same instant.
+    fn scale(&mut self, base: Duration) -> Duration {
+        let byte = match &mut self.state {
+            Some(state) => {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                state.to_le_bytes()[0]
+            }
+            None => {
+                let mut byte = [0u8; 1];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+                byte[0]
+            }
+        };
+        base.mul_f64(0.5 + f64::from(byte) / 255.0)
+    }
 }
 
 /// Runs a client handshake (new or resume) on `conn` until it is established or fails. With
@@ -488,6 +516,7 @@ async fn run_handshake(
         while let Some(output) = core.poll_output() {
             match output {
                 ClientOutput::Send(channel, message) => {
+                    debug!(message = message.name(), %channel, "handshake: sending");
                     let frame = encode_message(&message).map_err(|e| {
                         ConnectError::Config(crate::error::ConfigError::Invalid(e.to_string()))
                     })?;
@@ -540,6 +569,7 @@ async fn run_handshake(
         let read_main = core.wants_to_read(ChannelKind::Main);
         let read_feed = core.wants_to_read(ChannelKind::Feed) && !open_feed_early;
         tokio::select! {
+            biased;
             result = next_frame(&mut main), if read_main => {
                 on_frame(conn, &mut core, ChannelKind::Main, result)?;
             }
@@ -567,7 +597,10 @@ fn on_frame(
 ) -> Result<(), HandshakeError> {
     match result {
         Ok(body) => match decode_message(body) {
-            Ok(message) => core.handle_message(channel, message, now()),
+            Ok(message) => {
+                debug!(message = message.name(), %channel, "handshake: received");
+                core.handle_message(channel, message, now());
+            }
             Err(e) => core.handle_violation(e.reason(), format!("{channel}: {e}")),
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(e.reason(), format!("{channel}: {e}")),

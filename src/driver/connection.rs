@@ -20,9 +20,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::debug;
 
+use std::sync::Mutex;
+
 use super::link::{Link, StreamError, StreamRecv, StreamSend};
 use super::now;
-use super::session::{Counters, SessionCore};
+use super::session::{Counters, InlineWrite, SessionCore, lock};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::events::SessionEvent;
 use crate::protocol::{ChannelKind, LinkEnd, PerChannel, SessionMachine, StreamEnd, Transmit};
@@ -49,7 +51,8 @@ pub(crate) struct Streams<L: Link> {
 /// What the task must do in this round, read from the machine under its lock.
 struct Plan {
     read: PerChannel<bool>,
-    finish: PerChannel<bool>,
+    /// Writers with queued frames to flush.
+    pending: PerChannel<bool>,
     datagrams: Vec<Bytes>,
     timeout: Option<Instant>,
 }
@@ -64,19 +67,24 @@ pub(crate) async fn run<L: Link>(
     priorities: (i32, i32),
 ) -> LinkEnd {
     let Streams { main, feed } = streams;
-    let (mut main_w, mut main_r) = (main.writer, main.reader);
-    let (mut feed_w, mut feed_r) = (feed.writer, feed.reader);
+    let (main_w, mut main_r) = (main.writer, main.reader);
+    let (feed_w, mut feed_r) = (feed.writer, feed.reader);
     main_w.set_priority(priorities.0);
     feed_w.set_priority(priorities.1);
+    let writers = Arc::new(Writers {
+        generation,
+        streams: Mutex::new(PerChannel {
+            main: Slot::new(main_w),
+            feed: Slot::new(feed_w),
+        }),
+    });
+    core.set_writers(generation, writers.clone());
     let handle = link.handle();
     let mut closed = pin!(link.closed());
     let mut datagram = pin!(link.read_datagram());
     let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut timer_at: Option<Instant> = None;
     let mut ended_streams = PerChannel::both(false);
-    // A stream to finish once its queued frames are written, and streams finished.
-    let mut finishing = PerChannel::both(false);
-    let mut finished = PerChannel::both(false);
     let mut remote = link.remote_address();
     let mut feed_first = false;
     // Frames that arrived behind the handshake's last message are already buffered.
@@ -109,40 +117,49 @@ pub(crate) async fn run<L: Link>(
         }
         let due = timer_at.is_some_and(|t| t <= now());
         let sample = due.then(|| handle.sample());
-        let plan = core.update(|m, now| {
-            for bytes in ready {
-                m.handle_datagram(generation, bytes, now);
-            }
-            if let Some(sample) = &sample {
-                m.handle_received(generation, sample.received_datagrams, now);
-                m.handle_timeout(now);
-            }
-            if !m.is_attached(generation) {
-                return None;
-            }
-            let mut finish = PerChannel::both(false);
-            if !main_w.has_pending() && !finished.main {
-                finish.main = fill(m, generation, ChannelKind::Main, &mut main_w);
-            }
-            if !feed_w.has_pending() && !finished.feed {
-                finish.feed = fill(m, generation, ChannelKind::Feed, &mut feed_w);
-            }
-            let mut datagrams = Vec::new();
-            while let Some(d) = m.poll_datagram(generation) {
-                datagrams.push(d);
-            }
-            Some(Plan {
-                read: PerChannel {
-                    main: !ended_streams.main
-                        && m.wants_read(generation, ChannelKind::Main, main_r.buffered_len()),
-                    feed: !ended_streams.feed
-                        && m.wants_read(generation, ChannelKind::Feed, feed_r.buffered_len()),
-                },
-                finish,
-                datagrams,
-                timeout: m.poll_timeout(),
+        // Lock order: the writers, then the session (as a send that writes at once takes them).
+        let plan = {
+            let mut streams = lock(&writers.streams);
+            core.update(|m, now| {
+                for bytes in ready {
+                    m.handle_datagram(generation, bytes, now);
+                }
+                if let Some(sample) = &sample {
+                    m.handle_received(generation, sample.received_datagrams, now);
+                    m.handle_timeout(now);
+                }
+                if !m.is_attached(generation) {
+                    return None;
+                }
+                for kind in [ChannelKind::Main, ChannelKind::Feed] {
+                    let slot = streams.get_mut(kind);
+                    if !slot.writer.has_pending() && !slot.finishing && !slot.finished {
+                        slot.finishing = fill(m, generation, kind, &mut slot.writer);
+                    }
+                    // Finished once everything queued before the end is written.
+                    slot.finish_if_written();
+                }
+                let pending = PerChannel {
+                    main: streams.main.writer.has_pending(),
+                    feed: streams.feed.writer.has_pending(),
+                };
+                let mut datagrams = Vec::new();
+                while let Some(d) = m.poll_datagram(generation) {
+                    datagrams.push(d);
+                }
+                Some(Plan {
+                    read: PerChannel {
+                        main: !ended_streams.main
+                            && m.wants_read(generation, ChannelKind::Main, main_r.buffered_len()),
+                        feed: !ended_streams.feed
+                            && m.wants_read(generation, ChannelKind::Feed, feed_r.buffered_len()),
+                    },
+                    pending,
+                    datagrams,
+                    timeout: m.poll_timeout(),
+                })
             })
-        });
+        };
         if let Some(sample) = sample {
             core.sample(now(), generation, &sample);
             let now_remote = handle.remote_address();
@@ -159,10 +176,6 @@ pub(crate) async fn run<L: Link>(
             // next one and by the in-band acknowledgements.
             let _ = handle.send_datagram(datagram);
         }
-        finishing.main |= plan.finish.main;
-        finishing.feed |= plan.finish.feed;
-        finish_written(&mut main_w, &mut finishing.main, &mut finished.main);
-        finish_written(&mut feed_w, &mut finishing.feed, &mut finished.feed);
         if plan.timeout != timer_at {
             timer_at = plan.timeout;
             if let Some(t) = timer_at {
@@ -178,10 +191,10 @@ pub(crate) async fn run<L: Link>(
                 return ended(core, generation);
             }
             () = core.connection_notified() => {}
-            written = main_w.flush(), if main_w.has_pending() => {
+            written = writers.flush(ChannelKind::Main), if plan.pending.main => {
                 on_written(core, generation, ChannelKind::Main, written);
             }
-            written = feed_w.flush(), if feed_w.has_pending() => {
+            written = writers.flush(ChannelKind::Feed), if plan.pending.feed => {
                 on_written(core, generation, ChannelKind::Feed, written);
             }
             (kind, read) = next_read(&mut main_r, &mut feed_r, plan.read, feed_first) => {
@@ -211,6 +224,85 @@ pub(crate) async fn run<L: Link>(
             }
             () = &mut timer, if timer_at.is_some() => {}
         }
+    }
+}
+
+/// Both streams' writers, shared by the connection task and the application's sends: a send
+/// whose writer is idle writes at once in the sender's task, without waking this one (one task
+/// hop less per message). The lock is held only for polls that do not wait (the lock rule of
+/// `super::session`): the task's flushes are polled through it, never awaited inside it.
+struct Writers<W> {
+    generation: u64,
+    streams: Mutex<PerChannel<Slot<W>>>,
+}
+
+/// One stream's writer, and whether it is to be finished, or is.
+struct Slot<W> {
+    writer: FrameWriter<W>,
+    /// To be finished once what is queued is written (the machine said so).
+    finishing: bool,
+    finished: bool,
+}
+
+impl<W: StreamSend> Slot<W> {
+    fn new(writer: FrameWriter<W>) -> Self {
+        Slot {
+            writer,
+            finishing: false,
+            finished: false,
+        }
+    }
+
+    fn finish_if_written(&mut self) {
+        if self.finishing && !self.writer.has_pending() {
+            self.writer.finish();
+            self.finishing = false;
+            self.finished = true;
+        }
+    }
+}
+
+impl<W: StreamSend> Writers<W> {
+    /// Flushes `kind`'s writer, taking the lock for each poll only.
+    async fn flush(&self, kind: ChannelKind) -> Result<(), StreamError> {
+        std::future::poll_fn(|cx| {
+            let mut streams = lock(&self.streams);
+            let slot = streams.get_mut(kind);
+            let flush = std::pin::pin!(slot.writer.flush());
+            flush.poll(cx)
+        })
+        .await
+    }
+}
+
+impl<W: StreamSend> InlineWrite for Writers<W> {
+    fn try_write(&self, core: &SessionCore, kind: ChannelKind) -> bool {
+        // Busy (the task is polling a writer): it will take the frames itself.
+        let Ok(mut streams) = self.streams.try_lock() else {
+            return false;
+        };
+        let slot = streams.get_mut(kind);
+        if slot.writer.has_pending() || slot.finishing || slot.finished {
+            return false;
+        }
+        let generation = self.generation;
+        let writer = &mut slot.writer;
+        if core.update(|m, _| fill(m, generation, kind, writer)) {
+            // The stream is to be finished: the task does that once its frames are written.
+            slot.finishing = true;
+            return false;
+        }
+        let writer = &mut slot.writer;
+        if !writer.has_pending() {
+            return true;
+        }
+        // One poll, without waiting: what flow control does not take now stays queued for the
+        // task, which the caller then wakes (its poll registers the task's waker again).
+        let flushed = {
+            let flush = std::pin::pin!(writer.flush());
+            matches!(poll_now(flush), Some(Ok(())))
+        };
+        flushed && !writer.has_pending()
     }
 }
 
@@ -244,19 +336,6 @@ fn fill<W: StreamSend>(
         }
     }
     false
-}
-
-/// Finishes `writer` once everything queued on it is written, if it is to be finished.
-fn finish_written<W: StreamSend>(
-    writer: &mut FrameWriter<W>,
-    finishing: &mut bool,
-    finished: &mut bool,
-) {
-    if *finishing && !writer.has_pending() {
-        writer.finish();
-        *finishing = false;
-        *finished = true;
-    }
 }
 
 /// A write that failed: the peer stopped the stream (a client resumes, a server closes), or the

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, VarInt};
+use quinn::{IdleTimeout, Runtime, VarInt};
 
 use crate::certs::Identity;
 use crate::config::{ClientConfig, ServerConfig, TransportConfig};
@@ -13,19 +13,34 @@ use crate::error::{ConfigError, ConnectError, ServerError};
 /// Bidirectional streams a client may open: main and feed.
 const CLIENT_STREAMS: u32 = 2;
 
-/// A bound server endpoint.
+/// A socket given by the application instead of a bound UDP socket.
+pub(crate) type AbstractSocket = Arc<dyn quinn::AsyncUdpSocket>;
+
+/// A server endpoint: on `socket`, or on a UDP socket bound to `config.listen`.
 pub(crate) fn server(
     config: &ServerConfig,
     token_key: &TokenKey,
+    socket: Option<AbstractSocket>,
 ) -> Result<quinn::Endpoint, ServerError> {
     let server = server_config(config, &config.identity, token_key)?;
-    let socket = udp_socket(config.listen, config.transport.udp_buffer_size)?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+    let socket = match socket {
+        Some(socket) => socket,
+        None => quinn::TokioRuntime
+            .wrap_udp_socket(udp_socket(config.listen, config.transport.udp_buffer_size)?)?,
+    };
+    Ok(quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(&config.transport),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
     )?)
+}
+
+/// quinn's endpoint settings: its random seed, when one is configured.
+fn endpoint_config(transport: &TransportConfig) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.rng_seed(transport.rng_seed);
+    config
 }
 
 /// The key that protects a server's Retry tokens: kept for the server's life, so that tokens
@@ -77,8 +92,12 @@ pub(crate) fn udp_socket(
     Ok(socket.into())
 }
 
-/// A bound client endpoint whose default client configuration is `config`'s.
-pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectError> {
+/// A client endpoint, on `socket` or on a newly bound UDP socket, whose default client
+/// configuration is `config`'s.
+pub(crate) fn client(
+    config: &ClientConfig,
+    socket: Option<AbstractSocket>,
+) -> Result<quinn::Endpoint, ConnectError> {
     // The name and the address: servers at different addresses that share a name (the default
     // `localhost` of development certificates) are different servers.
     let host = format!("{}@{}", config.server_name, config.server);
@@ -92,13 +111,19 @@ pub(crate) fn client(config: &ClientConfig) -> Result<quinn::Endpoint, ConnectEr
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     // The server never opens streams.
     client.transport_config(Arc::new(transport(&config.transport, 0)?));
-    let bind = config.bind.unwrap_or(match config.server {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-    });
-    let socket = udp_socket(bind, config.transport.udp_buffer_size)?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+    let socket = match socket {
+        Some(socket) => socket,
+        None => {
+            let bind = config.bind.unwrap_or(match config.server {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            });
+            quinn::TokioRuntime
+                .wrap_udp_socket(udp_socket(bind, config.transport.udp_buffer_size)?)?
+        }
+    };
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(&config.transport),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -247,7 +247,16 @@ pub(crate) async fn accept_loop(
     let mut tasks = JoinSet::new();
     let mut shutdown = shared.shutdown.subscribe();
     loop {
+        // Biased, so that runs replay in the same order (simulations); finished tasks and the
+        // shutdown go first, so a flood of attempts cannot hold either up.
         tokio::select! {
+            biased;
+            _ = shutdown_signal(&mut shutdown) => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    warn!(error = %e, "a connection task failed");
+                }
+            }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
                     if let Some((ticket, evicted)) = admit(&shared, &incoming) {
@@ -258,12 +267,6 @@ pub(crate) async fn accept_loop(
                 }
                 None => break,
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    warn!(error = %e, "a connection task failed");
-                }
-            }
-            _ = shutdown_signal(&mut shutdown) => break,
         }
     }
     drop(sessions);
@@ -402,6 +405,7 @@ async fn serve(
             bump(&shared.counters.sessions_established);
             info!(%player_id, %remote, "session established");
             tokio::select! {
+                biased;
                 sent = sessions.send(Session::new(core.clone())) => if sent.is_err() {
                     // The server is gone; the session was dropped with the failed send.
                     return;
@@ -443,6 +447,7 @@ async fn serve(
         Outcome::Failed => return,
     };
     let end = tokio::select! {
+        biased;
         end = connection::run(&core, generation, conn, streams, priorities) => end,
         s = shutdown_signal(&mut shutdown) => {
             core.close(s.reason, &s.message);
@@ -459,6 +464,7 @@ async fn serve(
 /// machine ends it then.
 async fn grace(core: &Arc<SessionCore>, shutdown: &mut watch::Receiver<Option<Shutdown>>) {
     tokio::select! {
+        biased;
         () = core.await_resume() => {}
         s = shutdown_signal(shutdown) => core.close(s.reason, &s.message),
     }
@@ -600,6 +606,7 @@ async fn handshake(
         while let Some(output) = core.poll_output() {
             match output {
                 ServerOutput::Send(channel, message) => {
+                    debug!(%remote, message = message.name(), %channel, "handshake: sending");
                     let written = send(&mut streams, channel, &message, deadline).await;
                     match (&message, written) {
                         (Message::ConnFailed { .. }, written) => failed_on = written.ok(),
@@ -829,6 +836,7 @@ async fn await_feed(
             let has_free_slot = streams.iter().any(Option::is_none);
             let [first, second] = &mut *streams;
             tokio::select! {
+                biased;
                 accepted = conn.accept_bi(), if has_free_slot => match accepted {
                     Ok((send, recv)) => {
                         if let Some(free) = streams.iter_mut().find(|s| s.is_none()) {
@@ -899,7 +907,10 @@ fn on_item(
             }
         },
         Ok(Item::Frame(body)) => match decode_message(body) {
-            Ok(message) => core.handle_message(on, message, now(), entropy),
+            Ok(message) => {
+                debug!(message = message.name(), channel = %on, "handshake: received");
+                core.handle_message(on, message, now(), entropy);
+            }
             Err(e) => core.handle_violation(on, e.reason(), e.to_string()),
         },
         Err(ReadFailure::Decode(e)) => core.handle_violation(on, e.reason(), e.to_string()),

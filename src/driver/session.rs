@@ -105,6 +105,16 @@ struct State {
     machine: SessionMachine,
     /// The attached connection's generation and handle.
     link: Option<(u64, Arc<dyn LinkHandle>)>,
+    /// The attached connection's writers, for sends that write at once.
+    writers: Option<(u64, Arc<dyn InlineWrite>)>,
+}
+
+/// A connection's writers, as the application's sends use them: write what the machine holds
+/// for a channel now, if that can be done without waiting.
+pub(crate) trait InlineWrite: Send + Sync {
+    /// Takes `kind`'s frames from the machine and writes them, without waiting. Returns whether
+    /// everything was written; if not, the connection's task must be woken to finish.
+    fn try_write(&self, core: &SessionCore, kind: ChannelKind) -> bool;
 }
 
 /// Counts the driver keeps itself (the machine counts the rest).
@@ -163,6 +173,7 @@ impl SessionCore {
             state: Mutex::new(State {
                 machine: SessionMachine::new(config, now()),
                 link: None,
+                writers: None,
             }),
             wake_connection: Notify::new(),
             wake_recv: PerChannel::default(),
@@ -200,6 +211,13 @@ impl SessionCore {
             {
                 // Detached without a close of ours: the transport already ended it.
                 state.link = None;
+            }
+            if state
+                .writers
+                .as_ref()
+                .is_some_and(|(g, _)| !state.machine.is_attached(*g))
+            {
+                state.writers = None;
             }
             while let Some(event) = state.machine.poll_event() {
                 events.push(event);
@@ -481,6 +499,24 @@ impl SessionCore {
         result
     }
 
+    /// The connection task of `generation` shares its writers, for sends that write at once.
+    pub(crate) fn set_writers(&self, generation: u64, writers: Arc<dyn InlineWrite>) {
+        let mut state = lock(&self.state);
+        if state.machine.is_attached(generation) {
+            state.writers = Some((generation, writers));
+        }
+    }
+
+    /// After a send queued a message on `kind`: writes it at once if the connection's writer is
+    /// idle, else wakes the connection task to do it.
+    fn written_or_woken(&self, kind: ChannelKind) {
+        let writers = lock(&self.state).writers.as_ref().map(|(_, w)| w.clone());
+        let done = writers.is_some_and(|w| w.try_write(self, kind));
+        if !done {
+            self.wake_connection.notify_one();
+        }
+    }
+
     /// Gives up the attached connection without ending the session, closing it with `reason`.
     /// Returns whether there was one.
     pub(crate) fn detach(&self, reason: Reason, message: &str) -> bool {
@@ -495,7 +531,7 @@ impl SessionCore {
     /// Sends an acknowledgement on main at once: the packet that shows a server a client's new
     /// path.
     pub(crate) fn poke(&self) {
-        self.update(|m, _| m.ack_now(ChannelKind::Main));
+        self.update(|m, now| m.ack_now(ChannelKind::Main, now));
     }
 
     /// Server: after the connection was lost, waits for the client to resume the session
@@ -521,6 +557,7 @@ impl SessionCore {
                 continue;
             };
             tokio::select! {
+                biased;
                 result = changed.changed() => if result.is_err() { return },
                 () = tokio::time::sleep_until(timeout.into()) => {
                     self.update(|m, now| m.handle_timeout(now));
@@ -570,15 +607,17 @@ impl SessionCore {
             }
         })
         .await
-        .map(|_| ())
-        .map_err(send_error)
+        .map_err(send_error)?;
+        self.written_or_woken(kind);
+        Ok(())
     }
 
     /// Sends `payload` on `kind` if its budget has room now; [`SendError::Blocked`] otherwise.
     pub(crate) fn try_send(&self, kind: ChannelKind, payload: Bytes) -> Result<(), SendError> {
         self.update(|m, _| m.send(kind, payload))
-            .map(|_| ())
-            .map_err(send_error)
+            .map_err(send_error)?;
+        self.written_or_woken(kind);
+        Ok(())
     }
 
     /// The next message on `kind`. Cancel-safe.

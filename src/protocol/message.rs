@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// One of the two channels of a session. Each is a QUIC bidirectional stream opened by the
 /// client; the first byte the client writes on it is the channel's [`tag`](ChannelKind::tag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChannelKind {
     /// Control and request/response traffic: the handshake's first and last steps, then reliable
     /// ordered application messages.

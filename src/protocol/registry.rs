@@ -9,7 +9,7 @@
 //! received its successor (its first message on the resumed connection); until then it is still
 //! accepted, so a client whose `CONN_OK` was lost with its connection can try again.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::message::{PlayerId, Reason, Token};
 use super::rules::tokens_equal;
@@ -19,7 +19,7 @@ use super::rules::tokens_equal;
 #[derive(Debug)]
 pub struct SessionRegistry<T> {
     max_sessions: usize,
-    entries: HashMap<PlayerId, Entry<T>>,
+    entries: BTreeMap<PlayerId, Entry<T>>,
     next_id: u64,
 }
 
@@ -45,7 +45,7 @@ impl<T> SessionRegistry<T> {
     pub fn new(max_sessions: usize) -> Self {
         SessionRegistry {
             max_sessions,
-            entries: HashMap::new(),
+            entries: BTreeMap::new(),
             next_id: 1,
         }
     }

@@ -152,13 +152,16 @@ impl LinkClosed {
     }
 
     /// Whether the session survives this ending, to be resumed on a new connection (§9.4): the
-    /// two closes a resume itself causes (`SUPERSEDED`, `DEAD_PATH`) and every transport-level
-    /// ending do; any other close with a reason ends it.
+    /// closes that resuming itself causes (`SUPERSEDED`, `DEAD_PATH`, and `HANDSHAKE_TIMEOUT`:
+    /// a client that gave up a resume attempt before its `CONN_OK` arrived, while the server
+    /// had already attached the connection) and every transport-level ending do; any other
+    /// close with a reason ends it.
     pub fn keeps_session(&self) -> bool {
         match self.disconnect() {
-            Disconnect::ByPeer { reason, .. } => {
-                matches!(reason, Reason::Superseded | Reason::DeadPath)
-            }
+            Disconnect::ByPeer { reason, .. } => matches!(
+                reason,
+                Reason::Superseded | Reason::DeadPath | Reason::HandshakeTimeout
+            ),
             Disconnect::Locally { .. } | Disconnect::ResumeFailed { .. } => false,
             Disconnect::TimedOut | Disconnect::Reset | Disconnect::Transport(_) => true,
         }
@@ -386,6 +389,10 @@ struct Channel {
     discard: bool,
     /// An in-band `ACK` is due on the current connection.
     ack_frame: bool,
+    /// Since when that `ACK` waits to be written: if it waits longer than the acknowledgement
+    /// delay (the stream is blocked, most likely because the peer does not read it), an
+    /// acknowledgement datagram goes instead.
+    ack_frame_since: Option<Instant>,
     /// When the acknowledgement of what arrived is due, if anything is unacknowledged.
     ack_at: Option<Instant>,
     /// When the peer finished its stream on the current connection.
@@ -413,6 +420,7 @@ impl Channel {
             queued: 0,
             discard: false,
             ack_frame: false,
+            ack_frame_since: None,
             ack_at: None,
             peer_finished: None,
             finished: false,
@@ -655,6 +663,9 @@ impl SessionMachine {
             for t in [
                 channel.ack_at,
                 channel
+                    .ack_frame_since
+                    .and_then(|t| t.checked_add(self.config.ack_delay)),
+                channel
                     .peer_finished
                     .and_then(|t| t.checked_add(self.config.finish_grace)),
             ]
@@ -706,6 +717,7 @@ impl SessionMachine {
         }
         if channel.ack_frame {
             channel.ack_frame = false;
+            channel.ack_frame_since = None;
             let next = channel.inbound.next();
             return Some(control_frame(&Message::Ack { next }));
         }
@@ -793,16 +805,26 @@ impl SessionMachine {
             channel.gap = gap;
             channel.written = channel.out.first_kept();
             channel.unsent = channel.out.buffered_bytes();
+            if testing::skipping_first_replayed() && gap.is_none() {
+                // A fault injected on purpose (the simulator's self-test): an off-by-one replay
+                // that silently leaves out the first message the peer is missing.
+                if let Some(first) = channel.out.get(channel.written).map(Bytes::len) {
+                    channel.written = channel.written.saturating_add(1);
+                    channel.unsent = channel.unsent.saturating_sub(first);
+                }
+            }
             channel.rules = rules;
             channel.peer_finished = None;
             channel.finished = false;
             channel.ack_frame = channel.inbound.has_unacked();
+            channel.ack_frame_since = channel.ack_frame.then_some(now);
             channel.ack_at = None;
         }
         if self.config.side == Side::Client {
             // The client's first frame on the new connection: it tells the server CONN_OK (and
             // its credential) arrived, and gives it the path at once.
             self.channels.main.ack_frame = true;
+            self.channels.main.ack_frame_since = Some(now);
         }
         self.link = Some(Link {
             generation,
@@ -880,6 +902,7 @@ impl SessionMachine {
         self.detached = Some((link.generation, end));
         for channel in self.channels.iter_mut() {
             channel.ack_frame = false;
+            channel.ack_frame_since = None;
             channel.peer_finished = None;
             channel.finished = false;
             channel.gap = None;
@@ -995,21 +1018,26 @@ impl SessionMachine {
         let delay = self.config.ack_delay;
         let channel = self.channel_mut(kind);
         if channel.inbound.ack_due() {
-            self.ack_now(kind);
+            self.ack_now(kind, now);
         } else if channel.ack_at.is_none() {
             channel.ack_at = Some(now.checked_add(delay).unwrap_or(now));
         }
     }
 
     /// Acknowledges what `kind` has taken in, at once, in-band (even if nothing is new: after a
-    /// client moved to a new socket, this is the packet that shows the server the new path) and
-    /// by datagram.
-    pub fn ack_now(&mut self, kind: ChannelKind) {
+    /// client moved to a new socket, this is the packet that shows the server the new path).
+    /// If the previous in-band `ACK` has not been written yet (the stream is blocked), an
+    /// acknowledgement datagram goes too, which nothing on the stream can hold up.
+    pub fn ack_now(&mut self, kind: ChannelKind, now: Instant) {
         let channel = self.channel_mut(kind);
         channel.inbound.ack_sent();
         channel.ack_at = None;
-        channel.ack_frame = true;
-        self.ack_datagram = true;
+        if channel.ack_frame {
+            self.ack_datagram = true;
+        } else {
+            channel.ack_frame = true;
+            channel.ack_frame_since = Some(now);
+        }
         self.wakes.connection = true;
     }
 
@@ -1026,9 +1054,11 @@ impl SessionMachine {
         }
         match end {
             StreamEnd::Finished => {
-                // A graceful close: acknowledge everything at once, then wait for the close.
+                // A graceful close: acknowledge everything at once (by datagram too, so the
+                // closing peer need not wait for our stream), then wait for the close.
                 self.channel_mut(kind).peer_finished = Some(now);
-                self.ack_now(kind);
+                self.ack_now(kind, now);
+                self.ack_datagram = true;
             }
             StreamEnd::Failed(detail) => match self.config.side {
                 Side::Client => {
@@ -1127,9 +1157,22 @@ impl SessionMachine {
             return;
         }
         for kind in KINDS {
+            let delay = self.config.ack_delay;
+            let channel = self.channel_mut(kind);
+            if channel
+                .ack_frame_since
+                .and_then(|t| t.checked_add(delay))
+                .is_some_and(|t| t <= now)
+            {
+                // The in-band ACK is stuck behind unwritten data: say it by datagram, again
+                // every delay while it stays stuck.
+                channel.ack_frame_since = Some(now);
+                self.ack_datagram = true;
+                self.wakes.connection = true;
+            }
             let channel = self.channel(kind);
             if channel.ack_at.is_some_and(|t| t <= now) {
-                self.ack_now(kind);
+                self.ack_now(kind, now);
             }
             let grace = self.config.finish_grace;
             let channel = self.channel(kind);
@@ -1153,8 +1196,9 @@ impl SessionMachine {
 
     // ----- the application -----
 
-    /// Queues `payload` on `kind`: numbered, kept for a replay, written by the connection's
-    /// task. Refused when the send budget is full (the caller waits for
+    /// Queues `payload` on `kind`: numbered, kept for a replay, for the driver to write (it
+    /// polls [`poll_transmit`](Self::poll_transmit) next: this wakes no one). Refused when the
+    /// send budget is full (the caller waits for
     /// [`Wakes::room`]), the payload exceeds the peer's limit, or the session has ended or is
     /// closing. Without a connection the budget does not apply: the message is kept, and the
     /// oldest kept messages give way beyond the replay capacity (reported with a `GAP`).
@@ -1191,7 +1235,6 @@ impl SessionMachine {
                 channel.written = first;
                 channel.unsent = channel.out.buffered_bytes();
             }
-            self.wakes.connection = true;
         }
         self.counts.messages_sent = self.counts.messages_sent.saturating_add(1);
         Ok(seq)
@@ -1411,6 +1454,25 @@ fn control_frame(message: &Message) -> Transmit {
         codec::encode_message(message).unwrap_or_default(),
         Bytes::new(),
     )
+}
+
+/// Faults injected on purpose, for the simulator's self-test (it must catch them): never turn
+/// one on anywhere else.
+#[doc(hidden)]
+pub mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static SKIP_FIRST_REPLAYED: AtomicBool = AtomicBool::new(false);
+
+    /// Breaks the replay rule (PROTOCOL.md §11.5): a new connection's replay silently leaves
+    /// out the first message the peer is missing, as an off-by-one bug would.
+    pub fn skip_first_replayed(on: bool) {
+        SKIP_FIRST_REPLAYED.store(on, Ordering::Relaxed);
+    }
+
+    pub(super) fn skipping_first_replayed() -> bool {
+        SKIP_FIRST_REPLAYED.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -751,6 +751,10 @@ fn which_endings_keep_the_session() {
     };
     assert!(app(Reason::Superseded).keeps_session());
     assert!(app(Reason::DeadPath).keeps_session());
+    assert!(
+        app(Reason::HandshakeTimeout).keeps_session(),
+        "a client that gave up a resume attempt whose CONN_OK it never saw"
+    );
     assert!(!app(Reason::Normal).keeps_session());
     assert!(!app(Reason::ServerShutdown).keeps_session());
     assert!(!app(Reason::Application(0x1234)).keeps_session());
