@@ -451,3 +451,32 @@ async fn a_long_blackhole_under_two_way_load_resumes_with_exact_gaps() {
     );
     assert_eq!(client_handle.counters().resumes, 1);
 }
+
+/// Proves: a bulk transfer (32 MiB as 32 KiB messages, one way, as fast as flow control
+/// allows, with the default windows) completes: every message arrives, in order, the last one
+/// included. (A regression test: a read-ahead once left the last whole frame of a burst in the
+/// read buffer, waiting for bytes that never came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_at_full_speed_completes() {
+    const CHUNK: usize = 32 * 1024;
+    const COUNT: u32 = 1024;
+    let (server, config) = common::server_and_config().await;
+    let client = within(Client::connect(&config)).await.unwrap();
+    let mut side = within(server.accept()).await.unwrap();
+    let (_handle, _main, feed) = client.into_parts();
+    let (_tx, mut rx) = feed.split();
+    let reader = tokio::spawn(async move {
+        for i in 0..COUNT {
+            let payload = within(rx.recv_bytes()).await.unwrap();
+            assert_eq!(payload.len(), CHUNK);
+            assert_eq!(u32::from_be_bytes(payload[..4].try_into().unwrap()), i);
+        }
+        rx
+    });
+    let mut payload = vec![7u8; CHUNK];
+    for i in 0..COUNT {
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        within(side.feed().send_bytes(&payload)).await.unwrap();
+    }
+    let _rx = within(reader).await.unwrap();
+}

@@ -33,6 +33,8 @@ use crate::protocol::{ChannelKind, LinkEnd, PerChannel, SessionMachine, StreamEn
 const BATCH_BYTES: usize = 64 * 1024;
 /// Most frames taken from the machine for one write.
 const BATCH_FRAMES: usize = 64;
+/// Most further reads taken after one, while data is already there.
+const READ_AHEAD: usize = 8;
 /// Most ready datagrams taken in one round.
 const DATAGRAM_BATCH: usize = 64;
 
@@ -80,7 +82,6 @@ pub(crate) async fn run<L: Link>(
     });
     core.set_writers(generation, writers.clone());
     let handle = link.handle();
-    let mut closed = pin!(link.closed());
     let mut datagram = pin!(link.read_datagram());
     let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut timer_at: Option<Instant> = None;
@@ -186,10 +187,6 @@ pub(crate) async fn run<L: Link>(
 
         tokio::select! {
             biased;
-            closed = &mut closed => {
-                core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                return ended(core, generation);
-            }
             () = core.connection_notified() => {}
             written = writers.flush(ChannelKind::Main), if plan.pending.main => {
                 on_written(core, generation, ChannelKind::Main, written);
@@ -372,14 +369,28 @@ fn on_read<R: StreamRecv>(
         Ok(()) => {
             let mut failure = None;
             core.update(|m, now| {
-                loop {
-                    match reader.buffered_frame() {
-                        Ok(Some(body)) => m.handle_frame(generation, kind, body, now),
-                        Ok(None) => break,
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
+                for ahead in 0..=READ_AHEAD {
+                    // Every whole frame in the buffer goes to the machine: none may wait there
+                    // for more bytes to arrive (the last message of a burst would never leave).
+                    loop {
+                        match reader.buffered_frame() {
+                            Ok(Some(body)) => m.handle_frame(generation, kind, body, now),
+                            Ok(None) => break,
+                            Err(e) => {
+                                failure = Some(e);
+                                return;
+                            }
                         }
+                    }
+                    // Whatever else has arrived already, while the channel has room: one
+                    // wake-up of the application for all of it. (A poll that finds nothing, or
+                    // a failure, is left to the task's next read, which polls with its waker.)
+                    if ahead == READ_AHEAD || !m.wants_read(generation, kind, reader.buffered_len())
+                    {
+                        return;
+                    }
+                    if !matches!(poll_now(std::pin::pin!(reader.read_more())), Some(Ok(()))) {
+                        return;
                     }
                 }
             });

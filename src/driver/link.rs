@@ -77,9 +77,8 @@ pub(crate) trait Link: LinkHandle + Clone {
     type Send: StreamSend;
     /// The receiving half of its streams.
     type Recv: StreamRecv;
-    /// Resolves when the connection has ended, with how.
-    fn closed(&self) -> impl Future<Output = LinkClosed> + Send + '_;
-    /// The next datagram received; an error once the connection has ended.
+    /// The next datagram received; once the connection has ended (and the datagrams it had
+    /// received are read), how it ended. The connection task learns of the end from this.
     fn read_datagram(&self) -> impl Future<Output = Result<Bytes, LinkClosed>> + Send + '_;
     /// A shareable handle on this connection.
     fn handle(&self) -> Arc<dyn LinkHandle>;
@@ -184,10 +183,6 @@ impl LinkHandle for quinn::Connection {
 impl Link for quinn::Connection {
     type Send = quinn::SendStream;
     type Recv = quinn::RecvStream;
-
-    async fn closed(&self) -> LinkClosed {
-        link_closed(&quinn::Connection::closed(self).await)
-    }
 
     async fn read_datagram(&self) -> Result<Bytes, LinkClosed> {
         quinn::Connection::read_datagram(self)

@@ -9,7 +9,7 @@ use crate::protocol::LinkClosed;
 use crate::protocol::codec::{self, DecodeError};
 
 /// Most bytes taken from the transport in one read. Bounds the buffer to one frame plus this.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug)]
