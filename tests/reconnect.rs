@@ -539,6 +539,27 @@ async fn a_resume_supersedes_a_stale_connection_and_credentials_are_single_use()
 /// session on a new connection with its player ID and credential.
 #[tokio::test]
 async fn a_failed_feed_stream_makes_the_client_resume_on_a_new_connection() {
+    let (delivered, feed_next) = resume_after_a_feed_reset(0).await;
+    assert_eq!((delivered, feed_next), (0, 0));
+}
+
+/// Proves: a reset that arrives right behind a burst of messages (so that the client's
+/// read-ahead meets it) is not lost: the client still resumes, and asks for exactly the
+/// messages it has not delivered (regression: a reset met by a read-ahead was dropped, and the
+/// stream's next read looked like a graceful finish).
+#[tokio::test]
+async fn a_feed_reset_right_behind_a_burst_still_makes_the_client_resume() {
+    let (delivered, feed_next) = resume_after_a_feed_reset(50).await;
+    assert_eq!(
+        feed_next, delivered,
+        "the resume asks for what was not delivered"
+    );
+    assert!(delivered <= 50);
+}
+
+/// A scripted server sends `burst` feed messages then resets the feed stream; returns how many
+/// the client delivered and the `feed_next` of its RESUME on the new connection.
+async fn resume_after_a_feed_reset(burst: u64) -> (u64, u64) {
     let server = RawServer::start();
     let mut config = ClientConfig::new(server.addr(), server.trust.clone());
     config.transport = fast_transport();
@@ -565,6 +586,13 @@ async fn a_failed_feed_stream_makes_the_client_resume_on_a_new_connection() {
             feed_next: 0,
         })
         .await;
+        for seq in 0..burst {
+            feed.send(&Message::Data {
+                seq,
+                payload: vec![seq as u8; 100].into(),
+            })
+            .await;
+        }
         // Then the feed stream fails while the connection lives.
         feed.send.reset(0u32.into()).unwrap();
         // The client comes back on a new connection with a RESUME.
@@ -575,20 +603,28 @@ async fn a_failed_feed_stream_makes_the_client_resume_on_a_new_connection() {
     // The client reads its feed, as a game client does; that is where the failure shows.
     let client = async {
         let mut session = within(Client::connect(&config)).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(5), session.feed().recv_bytes()).await;
-        session
+        let mut delivered = 0u64;
+        while let Ok(Ok(bytes)) =
+            tokio::time::timeout(Duration::from_secs(5), session.feed().recv_bytes()).await
+        {
+            assert_eq!(bytes.as_ref(), &[delivered as u8; 100][..], "in order");
+            delivered += 1;
+        }
+        (session, delivered)
     };
-    let (client, (_first, resume)) = tokio::join!(client, serving);
+    let ((client, delivered), (_first, resume)) = tokio::join!(client, serving);
     let Some(Message::Resume {
         player_id,
         credential: shown,
+        feed_next,
         ..
     }) = resume
     else {
-        panic!("{resume:?}")
+        panic!("expected a RESUME, got {resume:?}")
     };
     assert_eq!((player_id, shown), (PlayerId(9), credential));
     drop(client);
+    (delivered, feed_next)
 }
 
 /// A scripted server's side of a full first handshake; returns the connection and its streams.

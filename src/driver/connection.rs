@@ -113,7 +113,17 @@ pub(crate) async fn run<L: Link>(
                     ready.push(bytes);
                     datagram.set(link.read_datagram());
                 }
-                Some(Err(_)) | None => break,
+                Some(Err(closed)) => {
+                    // The connection has ended (its datagrams all read): so has this task.
+                    core.update(|m, now| {
+                        for bytes in ready {
+                            m.handle_datagram(generation, bytes, now);
+                        }
+                        m.handle_link_closed(generation, &closed, now);
+                    });
+                    return ended(core, generation);
+                }
+                None => break,
             }
         }
         let due = timer_at.is_some_and(|t| t <= now());
@@ -383,14 +393,20 @@ fn on_read<R: StreamRecv>(
                         }
                     }
                     // Whatever else has arrived already, while the channel has room: one
-                    // wake-up of the application for all of it. (A poll that finds nothing, or
-                    // a failure, is left to the task's next read, which polls with its waker.)
+                    // wake-up of the application for all of it. (A poll that finds nothing is
+                    // left to the task's next read, which polls with its waker. A failure is
+                    // kept: the stream reports it once, so it is handled here.)
                     if ahead == READ_AHEAD || !m.wants_read(generation, kind, reader.buffered_len())
                     {
                         return;
                     }
-                    if !matches!(poll_now(std::pin::pin!(reader.read_more())), Some(Ok(()))) {
-                        return;
+                    match poll_now(std::pin::pin!(reader.read_more())) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            failure = Some(e);
+                            return;
+                        }
+                        None => return,
                     }
                 }
             });
