@@ -51,7 +51,9 @@
 //!   frames bytes on its streams; `session` holds a session's machine behind one lock (never
 //!   held across an `.await`) with the wake-ups between it and the application, and states the
 //!   lock rule; `connection` is the one task per attached connection that reads, writes and
-//!   runs the timers; `client` connects and resumes; `server` accepts, runs the handshakes, and
+//!   runs the timers (a send whose stream is idle writes at once in the sender's task, through
+//!   the connection's writers, which sit behind a second lock taken before the session's);
+//!   `client` connects and resumes; `server` accepts, runs the handshakes, and
 //!   is the sessions' owner (they report to it through a trait, never naming it); `endpoint`
 //!   builds quinn endpoints.
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
@@ -67,7 +69,9 @@
 //! - [`conditioner`]: an in-process UDP relay that adds latency, jitter, loss, duplication,
 //!   reordering, blackholes and NAT rebindings to a loopback link, for tests and benchmarks.
 //! - Beside the library: `benches/suite/` measures quicfeed against the handshake's round-trip
-//!   limit and against bare quinn, TCP + TLS and renet, side by side in one run (BENCHMARKS.md).
+//!   limit and against bare quinn, TCP + TLS and renet, side by side in one run (BENCHMARKS.md);
+//!   `tests/simulation/` runs the whole stack, quinn included, between simulated sockets in
+//!   virtual time, one seeded fault scenario after another, and checks every invariant.
 //!
 //! ## Example
 //!

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Seeds `cargo test` runs by default: about a minute on a 2-core CI machine in a debug build.
-const DEFAULT_SEEDS: u64 = 40;
+const DEFAULT_SEEDS: u64 = 200;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
