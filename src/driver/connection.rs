@@ -209,11 +209,22 @@ pub(crate) async fn run<L: Link>(
                     ChannelKind::Main => &mut main_r,
                     ChannelKind::Feed => &mut feed_r,
                 };
-                if let Err(end) = on_read(core, generation, kind, read, reader) {
-                    *ended_streams.get_mut(kind) = true;
-                    if let Some(closed) = end {
-                        core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                        return ended(core, generation);
+                match on_read(core, generation, kind, read, reader) {
+                    Ok(Read::Drained) => {
+                        // Everything that arrived is taken in, so the receiver these frames
+                        // woke (next on this worker) runs before this task's next round, and
+                        // its reply leaves at once: it writes in its own task. (Not while
+                        // more waits in the stream: reading it on is what keeps the peer's
+                        // flow-control window open.)
+                        tokio::task::yield_now().await;
+                    }
+                    Ok(Read::More) => {}
+                    Err(end) => {
+                        *ended_streams.get_mut(kind) = true;
+                        if let Some(closed) = end {
+                            core.update(|m, now| m.handle_link_closed(generation, &closed, now));
+                            return ended(core, generation);
+                        }
                     }
                 }
             }
@@ -366,6 +377,14 @@ fn on_written(
     }
 }
 
+/// What a read left in its stream.
+enum Read {
+    /// Nothing more has arrived.
+    Drained,
+    /// More may be waiting (the read-ahead stopped at its limit or at the channel's).
+    More,
+}
+
 /// After a read from `kind`'s stream, hands every whole frame now buffered to the machine.
 /// `Err` when the stream is done: with `Some` when the whole connection is.
 fn on_read<R: StreamRecv>(
@@ -374,10 +393,11 @@ fn on_read<R: StreamRecv>(
     kind: ChannelKind,
     read: Result<(), ReadFailure>,
     reader: &mut FrameReader<R>,
-) -> Result<(), Option<crate::protocol::LinkClosed>> {
+) -> Result<Read, Option<crate::protocol::LinkClosed>> {
     let failure = match read {
         Ok(()) => {
             let mut failure = None;
+            let mut left = Read::More;
             core.update(|m, now| {
                 for ahead in 0..=READ_AHEAD {
                     // Every whole frame in the buffer goes to the machine: none may wait there
@@ -406,12 +426,15 @@ fn on_read<R: StreamRecv>(
                             failure = Some(e);
                             return;
                         }
-                        None => return,
+                        None => {
+                            left = Read::Drained;
+                            return;
+                        }
                     }
                 }
             });
             match failure {
-                None => return Ok(()),
+                None => return Ok(left),
                 Some(failure) => failure,
             }
         }
