@@ -8,8 +8,10 @@ use super::link::{StreamError, StreamRecv, StreamSend};
 use crate::protocol::LinkClosed;
 use crate::protocol::codec::{self, DecodeError};
 
-/// Most bytes taken from the transport in one read. Bounds the buffer to one frame plus this.
-const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes taken from the transport in one read (quinn hands over what arrived in one
+/// packet, or more after it defragments). Bounds the buffer to one frame plus this, and what a
+/// channel holds to its receive buffer plus this (SECURITY.md, row 4).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug)]
