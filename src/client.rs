@@ -30,7 +30,7 @@ impl Client {
     /// [`ConnectError::Transport`] when the QUIC connection itself fails (unreachable server,
     /// untrusted certificate). Must be called inside a tokio runtime.
     pub async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
-        driver::connect(config, None).await
+        driver::connect(config, None).await.map(Session::new)
     }
 
     /// Like [`connect`](Self::connect), from `socket` instead of a newly bound UDP socket
@@ -41,6 +41,8 @@ impl Client {
         config: &ClientConfig,
         socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
     ) -> Result<Session, ConnectError> {
-        driver::connect(config, Some(socket)).await
+        driver::connect(config, Some(socket))
+            .await
+            .map(Session::new)
     }
 }

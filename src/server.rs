@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use crate::broadcast::Broadcast;
 use crate::certs::{Fingerprint, Identity};
 use crate::config::ServerConfig;
+use crate::driver::session::AppRef;
 use crate::driver::{endpoint, server as driver};
 use crate::error::ServerError;
 use crate::events::{ServerCounters, ServerEvent};
@@ -42,7 +43,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Server {
     endpoint: quinn::Endpoint,
     shared: Arc<driver::ServerShared>,
-    sessions: tokio::sync::Mutex<mpsc::Receiver<Session>>,
+    sessions: tokio::sync::Mutex<mpsc::Receiver<AppRef>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
     local_addr: SocketAddr,
     /// The certificate presented now; its lock also orders rotations.
@@ -120,7 +121,7 @@ impl Server {
 
     /// Presents `identity` to new connections from now on; established sessions, and
     /// handshakes already under way, keep the certificate they started with. Clients that pin
-    /// both the old and the new certificate ([`Trust::Fingerprints`](crate::Trust::Fingerprints))
+    /// both the old and the new certificate ([`Trust::Fingerprints`](crate::certs::Trust::Fingerprints))
     /// notice nothing; clients pinning only the old one are refused. Retry tokens stay valid
     /// (the server keeps its token key). Resumes after the rotation cannot use 0-RTT (their
     /// tickets came from the old configuration) and take one more round trip.
@@ -146,7 +147,11 @@ impl Server {
     pub async fn accept(&self) -> Option<Session> {
         let session = self.sessions.lock().await.recv().await?;
         // A session still queued when shutdown began has been closed by it.
-        self.shared.shutdown.borrow().is_none().then_some(session)
+        self.shared
+            .shutdown
+            .borrow()
+            .is_none()
+            .then(|| Session::new(session))
     }
 
     /// Events of every session (migrations, lost connections, resumes), from now on. A
@@ -168,8 +173,8 @@ impl Server {
     }
 
     /// Queues `message` on the reliable feed channel of every established session, without
-    /// waiting (see [`Group::send_feed`](crate::Group::send_feed): a session whose peer is not
-    /// keeping up is reported as [`SendError::Blocked`](crate::SendError::Blocked) and the
+    /// waiting (see [`Group::send_feed`](crate::broadcast::Group::send_feed): a session whose peer is not
+    /// keeping up is reported as [`SendError::Blocked`](crate::error::SendError::Blocked) and the
     /// others get the message at once); encoded once by [`Prepared`].
     pub fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
         let sessions = self.shared.established_sessions();
@@ -177,7 +182,7 @@ impl Server {
     }
 
     /// Sends `message` on the datagram lane of every established session, without waiting
-    /// (see [`Lane`](crate::Lane)).
+    /// (see [`Lane`](crate::lane::Lane)).
     pub fn broadcast_lane(&self, message: &Prepared) -> Broadcast {
         let sessions = self.shared.established_sessions();
         crate::broadcast::send_lane_to(sessions.iter(), message)

@@ -44,8 +44,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(core: Arc<SessionCore>) -> Self {
-        let app = Arc::new(AppRef { core });
+    pub(crate) fn new(app: AppRef) -> Self {
+        let app = Arc::new(app);
         let channel = |kind: ChannelKind| Channel {
             sender: Sender {
                 app: app.clone(),

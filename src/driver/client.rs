@@ -13,7 +13,7 @@ use super::connection::{self, ChannelStream, Streams};
 use super::endpoint;
 use super::link::{Link, StreamError, close, drain};
 use super::now;
-use super::session::{Counters, SessionCore, SideHandle, session_config};
+use super::session::{AppRef, Counters, SessionCore, SideHandle, session_config};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::config::{ClientConfig, ResumePolicy};
 use crate::error::{ConnectError, Disconnect};
@@ -71,7 +71,7 @@ struct Resumer {
 pub(crate) async fn connect(
     config: &ClientConfig,
     socket: Option<endpoint::AbstractSocket>,
-) -> Result<crate::session::Session, ConnectError> {
+) -> Result<AppRef, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
     let endpoint = endpoint::client(config, socket)?;
@@ -153,7 +153,7 @@ pub(crate) async fn connect(
     if let Some(every) = config.transport.stats_log_interval {
         tokio::spawn(super::session::log_stats(Arc::downgrade(&core), every));
     }
-    Ok(crate::session::Session::new(core))
+    Ok(AppRef { core })
 }
 
 /// Closes a failed handshake's connection with the reason the error calls for, so the server

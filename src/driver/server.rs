@@ -21,7 +21,9 @@ use tracing::{debug, info, warn};
 use super::connection::{self, ChannelStream, Streams};
 use super::link::{Link, close};
 use super::now;
-use super::session::{Counters as SessionCounters, SessionCore, SessionOwner, SideHandle, lock};
+use super::session::{
+    AppRef, Counters as SessionCounters, SessionCore, SessionOwner, SideHandle, lock,
+};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::auth::{AuthDecision, AuthRequest, PendingDecision};
 use crate::config::ServerConfig;
@@ -34,7 +36,6 @@ use crate::protocol::{
     ServerHandshakeConfig, ServerOutput, SessionConfig, SessionRegistry, Side, SystemEntropy,
     random_token,
 };
-use crate::session::Session;
 
 /// Longest wait for the client to acknowledge a `CONN_FAILED` before closing anyway.
 const FAIL_LINGER: Duration = Duration::from_millis(500);
@@ -242,7 +243,7 @@ impl Drop for Slot {
 pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
     shared: Arc<ServerShared>,
-    sessions: mpsc::Sender<Session>,
+    sessions: mpsc::Sender<AppRef>,
 ) {
     let mut tasks = JoinSet::new();
     let mut shutdown = shared.shutdown.subscribe();
@@ -348,7 +349,7 @@ async fn serve(
     ticket: PendingTicket,
     evicted: oneshot::Receiver<()>,
     shared: Arc<ServerShared>,
-    sessions: mpsc::Sender<Session>,
+    sessions: mpsc::Sender<AppRef>,
 ) {
     let remote = incoming.remote_address();
     let deadline = super::deadline_after(shared.config.handshake_timeout);
@@ -406,7 +407,7 @@ async fn serve(
             info!(%player_id, %remote, "session established");
             tokio::select! {
                 biased;
-                sent = sessions.send(Session::new(core.clone())) => if sent.is_err() {
+                sent = sessions.send(AppRef { core: core.clone() }) => if sent.is_err() {
                     // The server is gone; the session was dropped with the failed send.
                     return;
                 },
