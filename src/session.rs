@@ -200,20 +200,7 @@ impl SessionHandle {
     ///
     /// Fails on a server-side session (servers cannot migrate) and if the socket is unusable.
     pub async fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
-        let core = self.core();
-        let Some(endpoint) = core.endpoint() else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "only a client can move to a new socket",
-            ));
-        };
-        let from = endpoint.local_addr()?;
-        endpoint.rebind(socket)?;
-        let to = endpoint.local_addr()?;
-        core.poke();
-        Counters::bump(&core.counters.migrations, 1);
-        core.emit(SessionEvent::Migrated { from, to });
-        Ok(())
+        self.move_to(|endpoint| endpoint.rebind(socket))
     }
 
     /// Moves a client's connection to `socket`, a socket of the application's own (see
@@ -223,6 +210,15 @@ impl SessionHandle {
         &self,
         socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
     ) -> std::io::Result<()> {
+        self.move_to(|endpoint| endpoint.rebind_abstract(socket))
+    }
+
+    /// Moves a client's endpoint with `rebind`, then shows the server the new path at once and
+    /// reports the migration.
+    fn move_to(
+        &self,
+        rebind: impl FnOnce(&quinn::Endpoint) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let core = self.core();
         let Some(endpoint) = core.endpoint() else {
             return Err(std::io::Error::new(
@@ -231,7 +227,7 @@ impl SessionHandle {
             ));
         };
         let from = endpoint.local_addr()?;
-        endpoint.rebind_abstract(socket)?;
+        rebind(endpoint)?;
         let to = endpoint.local_addr()?;
         core.poke();
         Counters::bump(&core.counters.migrations, 1);

@@ -180,12 +180,7 @@ fn attachment(
 ) -> (AttachLink, Streams<quinn::Connection>) {
     let established = done.established;
     let stream = |stream: Stream, kind: ChannelKind| {
-        let mut reader = stream.reader;
-        reader.set_limit(local.get(kind));
-        ChannelStream {
-            writer: stream.writer,
-            reader,
-        }
+        ChannelStream::established(stream.writer, stream.reader, local.get(kind))
     };
     let attach = AttachLink {
         peer_limits: established.peer_limits,

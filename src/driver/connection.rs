@@ -44,6 +44,18 @@ pub(crate) struct ChannelStream<L: Link> {
     pub(crate) reader: FrameReader<L::Recv>,
 }
 
+impl<L: Link> ChannelStream<L> {
+    /// A stream whose handshake is over, its reader now held to the session's frame limit.
+    pub(crate) fn established(
+        writer: FrameWriter<L::Send>,
+        mut reader: FrameReader<L::Recv>,
+        frame_limit: usize,
+    ) -> Self {
+        reader.set_limit(frame_limit);
+        ChannelStream { writer, reader }
+    }
+}
+
 /// A connection's two streams, as the handshake left them.
 pub(crate) struct Streams<L: Link> {
     pub(crate) main: ChannelStream<L>,

@@ -482,12 +482,7 @@ fn attachment(
 ) -> (AttachLink, Streams<quinn::Connection>) {
     let local = shared.config.frame_limits;
     let stream = |stream: Stream, kind: ChannelKind| {
-        let mut reader = stream.reader;
-        reader.set_limit(local.get(kind));
-        ChannelStream {
-            writer: stream.writer,
-            reader,
-        }
+        ChannelStream::established(stream.writer, stream.reader, local.get(kind))
     };
     let attach = AttachLink {
         peer_limits: established.peer_limits,
