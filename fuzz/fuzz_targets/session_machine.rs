@@ -37,28 +37,79 @@ const FRAME: u32 = 1024;
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// A frame on a channel: raw body bytes, or an encoded message.
-    RawFrame { chan: Chan, stale: bool, body: Vec<u8> },
-    Frame { chan: Chan, stale: bool, message: MsgSpec },
+    RawFrame {
+        chan: Chan,
+        stale: bool,
+        body: Vec<u8>,
+    },
+    Frame {
+        chan: Chan,
+        stale: bool,
+        message: MsgSpec,
+    },
     /// `DATA` with the next expected number (so deliveries happen), or any number.
-    NextData { chan: Chan, len: u8 },
-    Ack { chan: Chan, next: SeqPick },
-    Datagram { stale: bool, bytes: Vec<u8> },
-    AckDatagram { main: SeqPick, feed: SeqPick },
-    LaneDatagram { seq: u64, sent_ms: u64, len: u8 },
-    StreamEnd { chan: Chan, finished: bool },
-    Send { chan: Chan, len: u16 },
-    Recv { chan: Chan, count: u8 },
+    NextData {
+        chan: Chan,
+        len: u8,
+    },
+    Ack {
+        chan: Chan,
+        next: SeqPick,
+    },
+    Datagram {
+        stale: bool,
+        bytes: Vec<u8>,
+    },
+    AckDatagram {
+        main: SeqPick,
+        feed: SeqPick,
+    },
+    LaneDatagram {
+        seq: u64,
+        sent_ms: u64,
+        len: u8,
+    },
+    StreamEnd {
+        chan: Chan,
+        finished: bool,
+    },
+    Send {
+        chan: Chan,
+        len: u16,
+    },
+    Recv {
+        chan: Chan,
+        count: u8,
+    },
     LaneRecv,
-    Discard { chan: Chan },
+    Discard {
+        chan: Chan,
+    },
     /// Write what the machine offers on a channel (to the void: the peer is a model).
-    Transmit { chan: Chan, frames: u8 },
-    Attach { main_next: SeqPick, feed_next: SeqPick, datagrams: bool },
+    Transmit {
+        chan: Chan,
+        frames: u8,
+    },
+    Attach {
+        main_next: SeqPick,
+        feed_next: SeqPick,
+        datagrams: bool,
+    },
     Detach,
-    LinkClosed { code: u16, kind: u8 },
-    Received { count: u64 },
-    Advance { ms: u16 },
+    LinkClosed {
+        code: u16,
+        kind: u8,
+    },
+    Received {
+        count: u64,
+    },
+    Advance {
+        ms: u16,
+    },
     Close,
-    CloseGracefully { linger_ms: u16 },
+    CloseGracefully {
+        linger_ms: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -91,7 +142,11 @@ fn body(message: &Message) -> Option<Bytes> {
 }
 
 fuzz_target!(|input: Input| {
-    let side = if input.server { Side::Server } else { Side::Client };
+    let side = if input.server {
+        Side::Server
+    } else {
+        Side::Client
+    };
     let mut now_ms = 0u64;
     let mut m = SessionMachine::new(config(side), at_ms(0));
     let pool = Pool::default();
@@ -226,7 +281,12 @@ fuzz_target!(|input: Input| {
                 feed_next,
                 datagrams,
             } => {
-                generation = attach(&mut m, now_ms, (main_next.get(), feed_next.get()), *datagrams);
+                generation = attach(
+                    &mut m,
+                    now_ms,
+                    (main_next.get(), feed_next.get()),
+                    *datagrams,
+                );
             }
             Op::Detach => {
                 m.detach(now, Reason::Superseded, "fuzz");
@@ -264,7 +324,10 @@ fuzz_target!(|input: Input| {
         let _ = m.take_wakes();
         for kind in [ChannelKind::Main, ChannelKind::Feed] {
             assert!(m.replay_bytes(kind) <= CAPACITY + 2048, "replay bound");
-            assert!(m.unsent_bytes(kind) <= m.replay_bytes(kind), "unsent within kept");
+            assert!(
+                m.unsent_bytes(kind) <= m.replay_bytes(kind),
+                "unsent within kept"
+            );
             assert!(
                 m.queued_bytes(kind) <= RECEIVE + FRAME as usize,
                 "receive bound"
