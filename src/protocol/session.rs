@@ -700,6 +700,17 @@ impl SessionMachine {
         room
     }
 
+    /// How many more bytes `kind`'s stream may bring in now, with `buffered` bytes of an
+    /// incomplete frame already read, before the channel holds its receive capacity: the
+    /// driver sizes its reads to it (never below its smallest read), so that a channel holds
+    /// at most its capacity, or one frame, plus one smallest read.
+    pub fn read_room(&self, kind: ChannelKind, buffered: usize) -> usize {
+        let channel = self.channel(kind);
+        self.config
+            .receive_capacity
+            .saturating_sub(channel.queued.saturating_add(buffered))
+    }
+
     /// The next thing to write on connection `generation`'s stream for `kind`: a pending `GAP`,
     /// an acknowledgement, the next unwritten `DATA`, or, when closing gracefully and everything
     /// is written, the stream's end. Polled frames count as written.
@@ -881,10 +892,28 @@ impl SessionMachine {
         if !self.is_attached(generation) || self.end.is_some() {
             return;
         }
+        let disconnect = closed.disconnect();
         if closed.keeps_session() {
-            self.lose_link(now, LinkEnd::Lost(closed.disconnect()));
+            self.lose_link(now, LinkEnd::Lost(disconnect));
+        } else if let (
+            Some(closing),
+            Disconnect::ByPeer {
+                reason: Reason::Normal,
+                ..
+            },
+        ) = (self.closing.take(), &disconnect)
+        {
+            // The peer closed normally while this side's graceful close was under way: that
+            // completes it.
+            self.finish(
+                Disconnect::Locally {
+                    reason: closing.reason,
+                    message: closing.message,
+                },
+                None,
+            );
         } else {
-            self.finish(closed.disconnect(), None);
+            self.finish(disconnect, None);
         }
     }
 
@@ -1181,10 +1210,20 @@ impl SessionMachine {
                 .and_then(|t| t.checked_add(grace))
                 .is_some_and(|t| t <= now)
             {
-                self.violation(
-                    Source::Channel(kind),
-                    Reason::InvalidStream,
-                    "stream finished but the session stayed open",
+                // The peer finished the stream to close gracefully, but its close has not
+                // arrived: lost (QUIC sends it once), or held up behind acknowledgements this
+                // side cannot give while its application does not read. Either way the
+                // session is over, as the peer asked: it ends as the peer's normal close.
+                let message = format!(
+                    "{kind} finished, and the close did not follow within {} ms",
+                    grace.as_millis()
+                );
+                self.finish(
+                    Disconnect::ByPeer {
+                        reason: Reason::Normal,
+                        message: message.clone(),
+                    },
+                    Some((Reason::Normal, message)),
                 );
                 return;
             }

@@ -697,8 +697,9 @@ fn violations_end_the_session_and_are_reported_where_they_happened() {
     ));
 }
 
-/// Proves: a stream the peer finished without closing the connection is a violation after the
-/// finish grace; a reset stream makes a client resume and a server close.
+/// Proves: a stream the peer finished without closing the connection ends the session as the
+/// peer's normal close after the finish grace (closing the connection with NORMAL), not as a
+/// violation; a reset stream makes a client resume and a server close.
 #[test]
 fn finished_and_failed_streams() {
     let now = Instant::now();
@@ -717,11 +718,12 @@ fn finished_and_failed_streams() {
     m.handle_timeout(now + Duration::from_secs(3));
     assert!(matches!(
         m.ended(),
-        Some(Disconnect::Locally {
-            reason: Reason::InvalidStream,
+        Some(Disconnect::ByPeer {
+            reason: Reason::Normal,
             ..
         })
     ));
+    assert!(matches!(m.poll_close(), Some((closed, Reason::Normal, _)) if closed == g));
 
     let mut client = SessionMachine::new(config(Side::Client), now);
     let g = client.attach(now, attach_link((0, 0))).unwrap().generation;
