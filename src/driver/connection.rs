@@ -173,9 +173,9 @@ pub(crate) async fn run<L: Link>(
                 Some(Plan {
                     read: PerChannel {
                         main: !ended_streams.main
-                            && m.wants_read(generation, ChannelKind::Main, main_r.buffered_len()),
+                            && wants_read(m, generation, ChannelKind::Main, &mut main_r),
                         feed: !ended_streams.feed
-                            && m.wants_read(generation, ChannelKind::Feed, feed_r.buffered_len()),
+                            && wants_read(m, generation, ChannelKind::Feed, &mut feed_r),
                     },
                     pending,
                     datagrams,
@@ -389,6 +389,22 @@ fn on_written(
     }
 }
 
+/// Whether `kind`'s stream is to be read now (see [`SessionMachine::wants_read`]); if so, sizes
+/// the next read to the room the channel has.
+fn wants_read<R: StreamRecv>(
+    m: &mut SessionMachine,
+    generation: u64,
+    kind: ChannelKind,
+    reader: &mut FrameReader<R>,
+) -> bool {
+    let buffered = reader.buffered_len();
+    let wanted = m.wants_read(generation, kind, buffered);
+    if wanted {
+        reader.set_read_room(m.read_room(kind, buffered));
+    }
+    wanted
+}
+
 /// What a read left in its stream.
 enum Read {
     /// Nothing more has arrived.
@@ -428,8 +444,7 @@ fn on_read<R: StreamRecv>(
                     // wake-up of the application for all of it. (A poll that finds nothing is
                     // left to the task's next read, which polls with its waker. A failure is
                     // kept: the stream reports it once, so it is handled here.)
-                    if ahead == READ_AHEAD || !m.wants_read(generation, kind, reader.buffered_len())
-                    {
+                    if ahead == READ_AHEAD || !wants_read(m, generation, kind, reader) {
                         return;
                     }
                     match poll_now(std::pin::pin!(reader.read_more())) {

@@ -8,10 +8,14 @@ use super::link::{StreamError, StreamRecv, StreamSend};
 use crate::protocol::LinkClosed;
 use crate::protocol::codec::{self, DecodeError};
 
-/// Most bytes taken from the transport in one read (quinn hands over what arrived in one
-/// packet, or more after it defragments). Bounds the buffer to one frame plus this, and what a
-/// channel holds to its receive buffer plus this (SECURITY.md, row 4).
-const READ_CHUNK: usize = 16 * 1024;
+/// The fewest bytes a read may take from the transport: what a channel holds stays within its
+/// receive buffer (or frame limit) plus this (SECURITY.md, row 4).
+const MIN_READ: usize = 16 * 1024;
+
+/// The most bytes one read takes (quinn hands over what arrived in one packet, or more once it
+/// has defragmented a backlog): reads this large, while the channel has room for them, keep a
+/// bulk transfer from costing one read per 16 KiB.
+const MAX_READ: usize = 64 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug)]
@@ -48,6 +52,8 @@ pub(crate) struct FrameReader<R = quinn::RecvStream> {
     stream: R,
     buf: BytesMut,
     max_body: usize,
+    /// The most bytes the next read takes.
+    read_size: usize,
 }
 
 impl<R: StreamRecv> FrameReader<R> {
@@ -56,7 +62,14 @@ impl<R: StreamRecv> FrameReader<R> {
             stream,
             buf: BytesMut::new(),
             max_body,
+            read_size: MIN_READ,
         }
+    }
+
+    /// Lets the next reads take up to `room` bytes (what the channel can still hold), within
+    /// 16 and 64 KiB.
+    pub(crate) fn set_read_room(&mut self, room: usize) {
+        self.read_size = room.clamp(MIN_READ, MAX_READ);
     }
 
     /// Changes the frame limit (the handshake uses a small one, sessions the configured one).
@@ -101,14 +114,15 @@ impl<R: StreamRecv> FrameReader<R> {
         self.buf.len()
     }
 
-    /// Reads the next chunk of bytes into the buffer (at most 16 KiB), for
+    /// Reads the next chunk of bytes into the buffer (at most the read size: see
+    /// [`set_read_room`](Self::set_read_room)), for
     /// [`buffered_frame`](Self::buffered_frame) to take frames from. Cancel-safe.
     pub(crate) async fn read_more(&mut self) -> Result<(), ReadFailure> {
         self.fill().await
     }
 
     async fn fill(&mut self) -> Result<(), ReadFailure> {
-        match self.stream.read_chunk(READ_CHUNK).await? {
+        match self.stream.read_chunk(self.read_size).await? {
             Some(chunk) => {
                 self.buf.extend_from_slice(&chunk);
                 Ok(())
