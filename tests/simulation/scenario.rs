@@ -66,9 +66,10 @@ pub struct ClientPlan {
 }
 
 impl ClientPlan {
-    /// The longest time the client's path is dead in one go: overlapping and back-to-back
-    /// blackholes count as one outage.
-    pub fn longest_outage(&self) -> Duration {
+    /// The longest time the client's path is dead in one go: overlapping blackholes, and
+    /// blackholes less than `merge` apart (too short a gap for a resume to be sure to
+    /// complete in), count as one outage.
+    pub fn longest_outage(&self, merge: Duration) -> Duration {
         let mut spans: Vec<(Duration, Duration)> = self
             .faults
             .iter()
@@ -82,7 +83,7 @@ impl ClientPlan {
         let mut current: Option<(Duration, Duration)> = None;
         for (start, end) in spans {
             current = match current {
-                Some((s, e)) if start <= e => Some((s, e.max(end))),
+                Some((s, e)) if start <= e + merge => Some((s, e.max(end))),
                 Some((s, e)) => {
                     longest = longest.max(e - s);
                     Some((start, end))
