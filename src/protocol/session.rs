@@ -1034,6 +1034,14 @@ impl SessionMachine {
     }
 
     fn on_ack(&mut self, kind: ChannelKind, next: u64) {
+        let written = self.channel(kind).written;
+        if next > written {
+            // Messages queued but not yet written on any connection cannot have been received.
+            let message = format!(
+                "peer acknowledges messages below {next}, but only those below {written} were sent"
+            );
+            return self.violation(Source::Channel(kind), Reason::SequenceError, &message);
+        }
         let result = self.channel_mut(kind).out.ack(next);
         match result {
             Ok(()) => self.complete_close_if_done(),
@@ -1274,6 +1282,10 @@ impl SessionMachine {
                 channel.written = first;
                 channel.unsent = channel.out.buffered_bytes();
             }
+        } else {
+            // Between connections everything kept waits for the next one's replay, and the
+            // replay buffer may have just dropped its oldest to take this.
+            channel.unsent = channel.out.buffered_bytes();
         }
         self.counts.messages_sent = self.counts.messages_sent.saturating_add(1);
         Ok(seq)
