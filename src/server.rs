@@ -121,10 +121,11 @@ impl Server {
 
     /// Presents `identity` to new connections from now on; established sessions, and
     /// handshakes already under way, keep the certificate they started with. Clients that pin
-    /// both the old and the new certificate ([`Trust::Fingerprints`](crate::certs::Trust::Fingerprints))
-    /// notice nothing; clients pinning only the old one are refused. Retry tokens stay valid
-    /// (the server keeps its token key). Resumes after the rotation cannot use 0-RTT (their
-    /// tickets came from the old configuration) and take one more round trip.
+    /// both the old and the new certificate
+    /// ([`Trust::Fingerprints`](crate::certs::Trust::Fingerprints)) notice nothing; clients
+    /// pinning only the old one are refused. Retry tokens stay valid (the server keeps its token
+    /// key). Resumes after the rotation cannot use 0-RTT (their tickets came from the old
+    /// configuration) and take one more round trip.
     pub fn rotate_identity(&self, identity: Identity) -> Result<(), ServerError> {
         let config = endpoint::server_config(&self.shared.config, &identity, &self.token_key)?;
         let fingerprint = identity.fingerprint();
@@ -173,9 +174,10 @@ impl Server {
     }
 
     /// Queues `message` on the reliable feed channel of every established session, without
-    /// waiting (see [`Group::send_feed`](crate::broadcast::Group::send_feed): a session whose peer is not
-    /// keeping up is reported as [`SendError::Blocked`](crate::error::SendError::Blocked) and the
-    /// others get the message at once); encoded once by [`Prepared`].
+    /// waiting (see [`Group::send_feed`](crate::broadcast::Group::send_feed): a session whose
+    /// peer is not keeping up is reported as
+    /// [`SendError::Blocked`](crate::error::SendError::Blocked) and the others get the message
+    /// at once); encoded once by [`Prepared`].
     pub fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
         let sessions = self.shared.established_sessions();
         crate::broadcast::send_feed_to(sessions.iter(), message)

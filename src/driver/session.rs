@@ -17,16 +17,15 @@
 //! `.await`, never while waking anyone or closing a connection (those happen after it is
 //! released). An application call that must wait (a send with the budget full, a receive with
 //! nothing queued) waits on a `Notify` registered before it looked at the machine, so no
-//! wake-up between the look and the wait is lost. The connection
-//! task waits only in its `select!` over reads, writes, datagrams, timers and its `Notify`; it
-//! never waits on the application.
+//! wake-up between the look and the wait is lost. The connection task waits only in its
+//! `select!` over reads, writes, datagrams, timers and its `Notify`; it never waits on the
+//! application.
 //!
-//! One more `std` mutex sits on the data path: the connection's writers
-//! (`super::connection`), which a send also polls so that its message reaches the stream
-//! without crossing a task when the stream is idle (see [`InlineWrite`]). It too is held only
-//! for polls that return at once, never across an `.await`; it is taken before the machine's
-//! (the only order), and by the application only with `try_lock` (a busy writer is the task's
-//! to serve).
+//! One more `std` mutex sits on the data path: the connection's writers (`super::connection`),
+//! which a send also polls so that its message reaches the stream without crossing a task when
+//! the stream is idle (see [`InlineWrite`]). It too is held only for polls that return at once,
+//! never across an `.await`; it is taken before the machine's (the only order), and by the
+//! application only with `try_lock` (a busy writer is the task's to serve).
 
 use std::future::Future;
 use std::net::SocketAddr;

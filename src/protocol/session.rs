@@ -895,23 +895,18 @@ impl SessionMachine {
         let disconnect = closed.disconnect();
         if closed.keeps_session() {
             self.lose_link(now, LinkEnd::Lost(disconnect));
-        } else if let (
-            Some(closing),
-            Disconnect::ByPeer {
-                reason: Reason::Normal,
-                ..
-            },
-        ) = (self.closing.take(), &disconnect)
+        } else if self.closing.is_some()
+            && matches!(
+                disconnect,
+                Disconnect::ByPeer {
+                    reason: Reason::Normal,
+                    ..
+                }
+            )
         {
             // The peer closed normally while this side's graceful close was under way: that
-            // completes it.
-            self.finish(
-                Disconnect::Locally {
-                    reason: closing.reason,
-                    message: closing.message,
-                },
-                None,
-            );
+            // completes it (the connection is closed already).
+            self.complete_close(false);
         } else {
             self.finish(disconnect, None);
         }
@@ -943,16 +938,8 @@ impl SessionMachine {
         self.wakes.connection = true;
         self.wakes.state = true;
         self.wakes.room = PerChannel::both(true);
-        if let Some(closing) = self.closing.take() {
-            // A graceful close without a connection: nothing more can be delivered.
-            self.finish(
-                Disconnect::Locally {
-                    reason: closing.reason,
-                    message: closing.message,
-                },
-                None,
-            );
-        }
+        // A graceful close without a connection: nothing more can be delivered.
+        self.complete_close(false);
     }
 
     // ----- input from the attached connection -----
@@ -1237,7 +1224,7 @@ impl SessionMachine {
             }
         }
         if self.closing.as_ref().is_some_and(|c| c.deadline <= now) {
-            self.complete_close();
+            self.complete_close(true);
         }
     }
 
@@ -1431,19 +1418,21 @@ impl SessionMachine {
                 .iter()
                 .all(|c| c.all_written() && c.all_acknowledged())
         {
-            self.complete_close();
+            self.complete_close(true);
         }
     }
 
-    fn complete_close(&mut self) {
+    /// Ends a graceful close under way as this side's close, closing the connection with its
+    /// reason if `close_link` (not when the connection is gone already).
+    fn complete_close(&mut self, close_link: bool) {
         if let Some(closing) = self.closing.take() {
-            let message = closing.message;
+            let close = close_link.then(|| (closing.reason, closing.message.clone()));
             self.finish(
                 Disconnect::Locally {
                     reason: closing.reason,
-                    message: message.clone(),
+                    message: closing.message,
                 },
-                Some((closing.reason, message)),
+                close,
             );
         }
     }
