@@ -603,6 +603,12 @@ async fn handshake(
             match output {
                 ServerOutput::Send(channel, message) => {
                     debug!(%remote, message = message.name(), %channel, "handshake: sending");
+                    if matches!(message, Message::ConnFailed { .. }) {
+                        // The handshake cannot succeed any more: its player ID is free at once,
+                        // not after the refusal has been written and has lingered (a client
+                        // that retries at once would be refused with PLAYER_ID_IN_USE).
+                        slot = None;
+                    }
                     let written = send(&mut streams, channel, &message, deadline).await;
                     match (&message, written) {
                         (Message::ConnFailed { .. }, written) => failed_on = written.ok(),
