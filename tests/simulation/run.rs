@@ -309,7 +309,7 @@ async fn simulate(scenario: &Scenario, log: Shared) {
     let end = scenario
         .clients
         .iter()
-        .map(|plan| quiet_from(plan) + liveness_bound(plan))
+        .map(|plan| quiet_from(plan) + liveness_bound(plan) + plan.largest_message_time())
         .max()
         .unwrap_or(FAULTS_END);
     tokio::time::sleep_until(start + end).await;
@@ -471,6 +471,32 @@ fn run_side(
         }
     };
     tokio::spawn(bounds);
+    if std::env::var_os("QUICFEED_SIM_TRACE").is_some() {
+        // A replay's view of the session every half second: the path and what each channel holds.
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            while handle.ended().is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let s = handle.stats();
+                let b = handle.buffers();
+                println!(
+                    "  {:>7.3} s client {id} {:<6}: rtt {:>4} ms, cwnd {:>6} B, loss {:>4.1} %, sent {:>7.0} B/s, main {}/{}/{} feed {}/{}/{} (unsent/unacked/unread)",
+                    elapsed(start).as_secs_f64(),
+                    end.name(),
+                    s.rtt.map_or(0, |r| r.as_millis()),
+                    s.congestion_window,
+                    s.loss_rate * 100.0,
+                    s.sent_bytes_per_s,
+                    b.main.unsent,
+                    b.main.unacknowledged,
+                    b.main.unread,
+                    b.feed.unsent,
+                    b.feed.unacknowledged,
+                    b.feed.unread,
+                );
+            }
+        });
+    }
     tokio::spawn(async move {
         let why = handle.closed().await;
         let mut log = lock(&log);
@@ -742,15 +768,27 @@ fn check(scenario: &Scenario, log: &Shared, start: Instant) {
             {
                 // Traffic resumed after the faults and is still moving while anything is
                 // outstanding: the scenario runs until the dead-path timeout plus the resume
-                // budget after the faults, and something arrived within the last dead-path
-                // timeout of it. (A backlog larger than the lossy link carries in that time may
-                // still be arriving: that is slow, not stuck.)
+                // budget (and the time the largest message takes on this link) after the
+                // faults, and something arrived within the last dead-path timeout plus that
+                // message time. (A backlog larger than the lossy link carries in that time may
+                // still be arriving: that is slow, not stuck.) Main goes first: the feed has
+                // not stalled while main in the same direction is still moving (strict
+                // priority, the default, gives a backlogged main all of the path).
+                let window = dead_path + plan.largest_message_time();
+                let main_last = log
+                    .directions
+                    .get(&(plan.id, end, ChannelKind::Main))
+                    .and_then(|d| d.last_progress);
                 for kind in [ChannelKind::Main, ChannelKind::Feed] {
                     let Some(d) = log.directions.get(&(plan.id, end, kind)) else {
                         continue;
                     };
-                    let (sent, expected, last) = (d.sent, d.expected, d.last_progress);
-                    let moving = last.is_some_and(|t| t + dead_path >= at);
+                    let (sent, expected, own) = (d.sent, d.expected, d.last_progress);
+                    let last = match kind {
+                        ChannelKind::Feed => own.max(main_last),
+                        ChannelKind::Main => own,
+                    };
+                    let moving = last.is_some_and(|t| t + window >= at);
                     if expected != sent && !moving {
                         log.violation(
                             at,
@@ -759,7 +797,7 @@ fn check(scenario: &Scenario, log: &Shared, start: Instant) {
                                 plan.id,
                                 end.name(),
                                 at.as_secs_f64(),
-                                last.unwrap_or_default().as_secs_f64()
+                                own.unwrap_or_default().as_secs_f64()
                             ),
                         );
                     }

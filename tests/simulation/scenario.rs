@@ -68,14 +68,19 @@ pub struct ClientPlan {
 impl ClientPlan {
     /// The longest time the client's path is dead in one go: overlapping blackholes, and
     /// blackholes less than `merge` apart (too short a gap for a resume to be sure to
-    /// complete in), count as one outage.
+    /// complete in), count as one outage; so do a NAT rebinding, a migration or a reconnect
+    /// less than `merge` from one.
     pub fn longest_outage(&self, merge: Duration) -> Duration {
         let mut spans: Vec<(Duration, Duration)> = self
             .faults
             .iter()
             .filter_map(|(at, f)| match f {
                 Fault::Blackhole(d) => Some((*at, *at + *d)),
-                _ => None,
+                // A new address or a new connection is no outage for a live connection, but it
+                // ends a resume's QUIC handshake under way (QUIC does not migrate during a
+                // handshake): next to an outage, it counts as part of it.
+                Fault::NatRebinding | Fault::Migration | Fault::Reconnect => Some((*at, *at)),
+                Fault::Close | Fault::Vanish => None,
             })
             .collect();
         spans.sort();
@@ -95,6 +100,18 @@ impl ClientPlan {
             longest = longest.max(e - s);
         }
         longest
+    }
+
+    /// How long one message may take to arrive whole on this link, beyond the dead-path
+    /// timeout: the largest either side sends, twice (a message cut off by a new connection is
+    /// sent again from its start), at a floor rate the link sustains (8 KB/s on a lossy link:
+    /// quinn's congestion control at 6 % loss and a 160 ms round trip carries several times
+    /// that; 32 KB/s on a clean one).
+    pub fn largest_message_time(&self) -> Duration {
+        let largest = self.client.max_size.max(self.server.max_size) as f64;
+        let lossy = self.link.loss >= 0.02 || self.link.burst.is_some();
+        let floor = if lossy { 8_000.0 } else { 32_000.0 };
+        Duration::from_secs_f64(2.0 * largest / floor)
     }
 
     /// Whether this client's session is meant to end before the scenario does, and how.
