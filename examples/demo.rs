@@ -95,6 +95,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     config.max_sessions = args.clients.max(1).saturating_add(2);
     // Every client connects from loopback at once, like players behind one NAT.
     config.max_pending_per_address = config.max_sessions;
+    config.max_sessions_per_address = config.max_sessions;
     let server = Arc::new(Server::bind(config).await?);
     println!(
         "server on {} (certificate {})",

@@ -248,7 +248,15 @@ pub struct ServerConfig {
     /// step count too. Connections that have not sent `CONN_INIT` yet do not: they are bounded
     /// by `max_pending_handshakes` and `handshake_timeout`.
     pub max_sessions: usize,
-    /// The hint of when to try again sent with `SERVER_FULL` refusals
+    /// Most sessions one source address (an IPv4 address, or an IPv6 /64) may hold; further
+    /// `CONN_INIT`s from it get `CONN_FAILED(ADDRESS_FULL)` with the `busy_retry_after` hint,
+    /// while other addresses still get in. Default 64: a LAN party or a household behind one NAT
+    /// fits; raise it for players behind a carrier-grade NAT, or for a load test that opens many
+    /// sessions from one machine. It counts handshakes past `CONN_INIT` and sessions waiting in
+    /// their grace period, like `max_sessions`; a resume is never refused for it (the session
+    /// then counts under its new address).
+    pub max_sessions_per_address: usize,
+    /// The hint of when to try again sent with `SERVER_FULL` and `ADDRESS_FULL` refusals
     /// ([`ConnectError::Refused::retry_after`](crate::ConnectError::Refused)). Default 2 s;
     /// `None` sends no hint. (An evicted handshake, `SERVER_BUSY`, is closed without
     /// `CONN_FAILED`, so without a hint.)
@@ -269,6 +277,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("token_lifetime", &self.token_lifetime)
             .field("grace_period", &self.grace_period)
             .field("max_sessions", &self.max_sessions)
+            .field("max_sessions_per_address", &self.max_sessions_per_address)
             .field("frame_limits", &self.frame_limits)
             .field("transport", &self.transport)
             .finish_non_exhaustive()
@@ -291,6 +300,7 @@ impl ServerConfig {
             max_pending_per_address: 128,
             retry_threshold: 64,
             max_sessions: 1024,
+            max_sessions_per_address: 64,
             frame_limits: FrameLimits::default(),
             transport: TransportConfig::default(),
             authenticator: Arc::new(AcceptAll),
@@ -319,8 +329,10 @@ impl ServerConfig {
                 "max_pending_handshakes and max_pending_per_address must be at least 1",
             ));
         }
-        if self.max_sessions == 0 {
-            return Err(invalid("max_sessions must be at least 1"));
+        if self.max_sessions == 0 || self.max_sessions_per_address == 0 {
+            return Err(invalid(
+                "max_sessions and max_sessions_per_address must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -57,7 +57,11 @@ async fn the_handshake_completes_and_both_channels_carry_messages_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_handshake_concurrently_with_distinct_ids() {
     // All 200 come from one address (loopback), like players behind one NAT.
-    let fixture = Fixture::start_with(|config| config.max_pending_per_address = 200).await;
+    let fixture = Fixture::start_with(|config| {
+        config.max_pending_per_address = 200;
+        config.max_sessions_per_address = 200;
+    })
+    .await;
     let clients: Vec<_> = (0..200)
         .map(|_| {
             let config = fixture.client_config();

@@ -199,3 +199,70 @@ async fn a_flood_of_half_open_and_stuck_connections_leaves_honest_clients_unaffe
     assert!(growth_mb < 200, "{growth_mb} MB");
     drop(half_open);
 }
+
+/// Proves: a flood of sessions from one source address stops at the per-address cap with
+/// `ADDRESS_FULL` and a retry hint, while another address still connects; a resume from the
+/// full address is not refused (it holds its place already), and an ended session frees one.
+#[tokio::test]
+async fn a_flood_of_sessions_from_one_address_stops_at_its_cap() {
+    let fixture = Fixture::start_with(|c| c.max_sessions_per_address = 3).await;
+    let flooder: IpAddr = Ipv4Addr::new(127, 0, 2, 1).into();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut peer = RawPeer::connect_from(flooder, fixture.addr, &fixture.certificate).await;
+        let (player_id, _, _) = peer.handshake().await;
+        held.push((peer, player_id));
+    }
+    let mut refused = RawPeer::connect_from(flooder, fixture.addr, &fixture.certificate).await;
+    let init = quicfeed::protocol::Message::ConnInit {
+        max_main_frame: 65536,
+        max_feed_frame: 65536,
+        credentials: bytes::Bytes::new(),
+    };
+    refused
+        .send(quicfeed::protocol::ChannelKind::Main, &init)
+        .await;
+    match refused.recv(quicfeed::protocol::ChannelKind::Main).await {
+        Some(quicfeed::protocol::Message::ConnFailed {
+            reason,
+            retry_after_ms,
+            ..
+        }) => {
+            assert_eq!(reason, Reason::AddressFull);
+            assert_eq!(retry_after_ms, Some(2000), "the busy hint");
+        }
+        other => panic!("expected CONN_FAILED(ADDRESS_FULL), got {other:?}"),
+    }
+    // Another address is not affected.
+    let mut other = fixture.connect().await;
+    assert_echoes(&mut other, 1).await;
+    // A session of the full address resumes on a new connection from it: not refused.
+    let (player_id, credential) = (held[0].1, held[0].0.credential.unwrap());
+    let mut again = RawPeer::connect_from(flooder, fixture.addr, &fixture.certificate).await;
+    assert!(
+        matches!(
+            again.resume(player_id, credential).await,
+            Some(quicfeed::protocol::Message::ConnOk { .. })
+        ),
+        "a resume is never refused for the cap"
+    );
+    // Ending a session frees a place for the address.
+    let (leaving, _) = held.pop().unwrap();
+    leaving.conn.close(0u32.into(), b"bye");
+    within(async {
+        loop {
+            let mut peer = RawPeer::connect_from(flooder, fixture.addr, &fixture.certificate).await;
+            peer.send(quicfeed::protocol::ChannelKind::Main, &init)
+                .await;
+            match peer.recv(quicfeed::protocol::ChannelKind::Main).await {
+                Some(quicfeed::protocol::Message::ConnInitReply { .. }) => return,
+                Some(quicfeed::protocol::Message::ConnFailed {
+                    reason: Reason::AddressFull,
+                    ..
+                }) => tokio::task::yield_now().await,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+}

@@ -173,6 +173,7 @@ fn reason_named(name: &str) -> Option<Reason> {
         "SESSION_EXPIRED" => Reason::SessionExpired,
         "SEQUENCE_ERROR" => Reason::SequenceError,
         "SERVER_BUSY" => Reason::ServerBusy,
+        "ADDRESS_FULL" => Reason::AddressFull,
         _ => return None,
     };
     Some(reason)
@@ -346,11 +347,11 @@ fn reason_table_matches_the_code() {
     }
     assert_eq!(
         codes,
-        (0x0000..=0x0015).collect::<BTreeSet<u16>>(),
-        "every library code 0x0000..=0x0015, and only those"
+        (0x0000..=0x0016).collect::<BTreeSet<u16>>(),
+        "every library code 0x0000..=0x0016, and only those"
     );
     // The ranges the document describes around the table.
-    assert_eq!(Reason::from_code(0x0016), Reason::Unknown(0x0016));
+    assert_eq!(Reason::from_code(0x0017), Reason::Unknown(0x0017));
     assert_eq!(Reason::from_code(0x0fff), Reason::Unknown(0x0fff));
     assert_eq!(Reason::from_code(0x1000), Reason::Application(0x1000));
     assert_eq!(Reason::from_code(0xffff), Reason::Application(0xffff));

@@ -81,7 +81,9 @@ pub(crate) async fn rig(link: Conditions, seed: u64) -> Rig {
 }
 
 /// A quicfeed server with `config`, and the trust that pins it.
-pub(crate) async fn server(config: ServerConfig) -> (Server, Trust) {
+pub(crate) async fn server(mut config: ServerConfig) -> (Server, Trust) {
+    // Every client of a benchmark runs on this machine, so all come from one address.
+    config.max_sessions_per_address = config.max_sessions;
     let trust = Trust::Certificate(config_certificate(&config));
     (Server::bind(config).await.expect("server"), trust)
 }

@@ -77,6 +77,7 @@ pub(crate) fn child_role() -> Option<i32> {
                 .expect("write cert");
                 let mut config = ServerConfig::new(loopback(), identity);
                 config.max_sessions = 100_000;
+                config.max_sessions_per_address = config.max_sessions;
                 let server = quicfeed::Server::bind(config).await.expect("server");
                 let addr = server.local_addr();
                 let held = held.clone();

@@ -83,7 +83,10 @@ pub(crate) struct ServerShared {
 
 impl ServerShared {
     pub(crate) fn new(config: ServerConfig) -> Self {
-        let registry = Mutex::new(SessionRegistry::new(config.max_sessions));
+        let registry = Mutex::new(
+            SessionRegistry::new(config.max_sessions)
+                .per_address_limit(config.max_sessions_per_address),
+        );
         let pending = Mutex::new(Pending {
             admission: Admission::new(AdmissionLimits {
                 max_pending: config.max_pending_handshakes,
@@ -624,8 +627,18 @@ async fn handshake(
                     }
                 }
                 ServerOutput::Authenticate { credentials } => {
-                    if shared.registry().is_full() {
+                    let (full, address_full) = {
+                        let registry = shared.registry();
+                        (registry.is_full(), registry.is_address_full(remote.ip()))
+                    };
+                    if full {
                         core.refuse(Reason::ServerFull, "server full", config.busy_retry_after);
+                    } else if address_full {
+                        core.refuse(
+                            Reason::AddressFull,
+                            &address_full_message(config.max_sessions_per_address),
+                            config.busy_retry_after,
+                        );
                     } else {
                         let request = AuthRequest {
                             credentials,
@@ -635,7 +648,7 @@ async fn handshake(
                     }
                 }
                 ServerOutput::Resume(request) => {
-                    resumed = decide_resume(shared, &mut core, &request, &mut entropy);
+                    resumed = decide_resume(shared, &mut core, &request, remote, &mut entropy);
                 }
                 ServerOutput::Established(established) => {
                     if established.resumed.is_some()
@@ -732,11 +745,16 @@ async fn handshake(
                     }
                     AuthDecision::Reject { reason, message, retry_after } => Err((reason, message, retry_after)),
                 };
-                match requested.map(|id| shared.registry().admit(id)) {
+                match requested.map(|id| shared.registry().admit_from(id, remote.ip())) {
                     Ok(Ok(player_id)) => {
                         slot = Some(Slot { shared: shared.clone(), player_id, kept: false });
                         core.accept(player_id, now(), &mut entropy);
                     }
+                    Ok(Err(Reason::AddressFull)) => core.refuse(
+                        Reason::AddressFull,
+                        &address_full_message(config.max_sessions_per_address),
+                        config.busy_retry_after,
+                    ),
                     Ok(Err(reason)) => {
                         let hint = (reason == Reason::ServerFull).then_some(config.busy_retry_after).flatten();
                         core.refuse(reason, reason.describe(), hint);
@@ -775,6 +793,13 @@ async fn handshake(
     }
 }
 
+/// The detail of an `ADDRESS_FULL` refusal.
+fn address_full_message(limit: usize) -> String {
+    format!(
+        "this address already holds {limit} sessions, the most the server allows one address; try again when one ends"
+    )
+}
+
 /// Checks a `RESUME` against the registry. If it is valid: replaces the session's credential,
 /// supersedes its connection if it still has one, and tells the handshake to answer `CONN_OK`
 /// with where the server's receivers stand. Returns the session, when it lost its previous
@@ -783,6 +808,7 @@ fn decide_resume(
     shared: &ServerShared,
     handshake: &mut ServerHandshake,
     request: &ResumeRequest,
+    remote: SocketAddr,
     entropy: &mut SystemEntropy,
 ) -> Option<(Arc<SessionCore>, Option<Instant>, bool)> {
     let next = match random_token(entropy) {
@@ -792,10 +818,16 @@ fn decide_resume(
             return None;
         }
     };
-    let found = shared
-        .registry()
-        .resume(request.player_id, &request.credential, next)
-        .map(Arc::clone);
+    let found = {
+        let mut registry = shared.registry();
+        let found = registry
+            .resume(request.player_id, &request.credential, next)
+            .map(Arc::clone);
+        if found.is_ok() {
+            registry.moved(request.player_id, remote.ip());
+        }
+        found
+    };
     match found {
         Ok(session) => {
             let lost_at = session.lost_at();

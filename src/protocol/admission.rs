@@ -74,9 +74,9 @@ pub struct Admission {
     per_address: HashMap<AddressKey, usize>,
 }
 
-/// An IPv4 address, or the /64 prefix of an IPv6 address.
+/// An IPv4 address, or the /64 prefix of an IPv6 address: what counts as one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum AddressKey {
+pub(crate) enum AddressKey {
     V4(u32),
     V6(u64),
 }

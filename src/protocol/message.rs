@@ -193,9 +193,12 @@ pub enum Reason {
     /// `0x0015`: the server had too many handshakes in progress and ended this one, the oldest,
     /// to make room for a newer attempt. Trying again is reasonable.
     ServerBusy,
+    /// `0x0016`: the client's source address (an IPv4 address or an IPv6 /64) already holds
+    /// as many sessions as the server allows one address.
+    AddressFull,
     /// `0x1000..=0xffff`: defined by the application.
     Application(u16),
-    /// A library code (`0x0016..=0x0fff`) this version does not know.
+    /// A library code (`0x0017..=0x0fff`) this version does not know.
     Unknown(u16),
 }
 
@@ -228,6 +231,7 @@ impl Reason {
             Reason::SessionExpired => 0x0013,
             Reason::SequenceError => 0x0014,
             Reason::ServerBusy => 0x0015,
+            Reason::AddressFull => 0x0016,
             Reason::Application(code) | Reason::Unknown(code) => code,
         }
     }
@@ -257,6 +261,7 @@ impl Reason {
             0x0013 => Reason::SessionExpired,
             0x0014 => Reason::SequenceError,
             0x0015 => Reason::ServerBusy,
+            0x0016 => Reason::AddressFull,
             c if c >= Reason::APPLICATION_MIN => Reason::Application(c),
             c => Reason::Unknown(c),
         }
@@ -287,6 +292,7 @@ impl Reason {
             Reason::SessionExpired => "session expired",
             Reason::SequenceError => "sequence error",
             Reason::ServerBusy => "server busy",
+            Reason::AddressFull => "too many sessions from this address",
             Reason::Application(_) => "application reason",
             Reason::Unknown(_) => "unknown reason",
         }

@@ -8,9 +8,18 @@
 //! replaced credential is refused ([`Reason::TokenReused`]) as soon as the client confirms it
 //! received its successor (its first message on the resumed connection); until then it is still
 //! accepted, so a client whose `CONN_OK` was lost with its connection can try again.
+//!
+//! Sessions are also counted per source address (an IPv4 address, or an IPv6 /64, as in
+//! [`admission`](super::admission)): one address may hold at most
+//! [`per_address_limit`](SessionRegistry::per_address_limit) sessions, so a single host cannot
+//! take every slot. A session counts under the address it was admitted from, or resumed from
+//! last; a resume moves it and is never refused for the limit (the session already holds its
+//! slot).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
+use super::admission::AddressKey;
 use super::message::{PlayerId, Reason, Token};
 use super::rules::tokens_equal;
 
@@ -19,7 +28,9 @@ use super::rules::tokens_equal;
 #[derive(Debug)]
 pub struct SessionRegistry<T> {
     max_sessions: usize,
+    max_per_address: usize,
     entries: BTreeMap<PlayerId, Entry<T>>,
+    per_address: HashMap<AddressKey, usize>,
     next_id: u64,
 }
 
@@ -27,6 +38,8 @@ pub struct SessionRegistry<T> {
 struct Entry<T> {
     /// Set once the session is established; `None` during its first handshake.
     established: Option<Established<T>>,
+    /// The address the session counts under, if it was admitted with one.
+    address: Option<AddressKey>,
 }
 
 #[derive(Debug)]
@@ -41,13 +54,29 @@ struct Established<T> {
 }
 
 impl<T> SessionRegistry<T> {
-    /// An empty registry holding at most `max_sessions` sessions.
+    /// An empty registry holding at most `max_sessions` sessions, with no limit per address.
     pub fn new(max_sessions: usize) -> Self {
         SessionRegistry {
             max_sessions,
+            max_per_address: usize::MAX,
             entries: BTreeMap::new(),
+            per_address: HashMap::new(),
             next_id: 1,
         }
+    }
+
+    /// Limits the sessions one source address may hold (see [`admit_from`](Self::admit_from)).
+    #[must_use]
+    pub fn per_address_limit(mut self, max_per_address: usize) -> Self {
+        self.max_per_address = max_per_address;
+        self
+    }
+
+    /// Whether `ip` holds as many sessions as one address may.
+    pub fn is_address_full(&self, ip: IpAddr) -> bool {
+        self.per_address
+            .get(&AddressKey::from(ip))
+            .is_some_and(|n| *n >= self.max_per_address)
     }
 
     /// The established sessions (not those still in their first handshake), in no particular
@@ -73,11 +102,33 @@ impl<T> SessionRegistry<T> {
         self.entries.len() >= self.max_sessions
     }
 
-    /// Takes a slot for `requested`, or for the next free sequential ID when `None`.
+    /// Takes a slot for `requested`, or for the next free sequential ID when `None`, without
+    /// counting it against any address.
     ///
     /// Fails with [`Reason::ServerFull`] at the limit, and with [`Reason::PlayerIdInUse`] when the
     /// requested ID is live.
     pub fn admit(&mut self, requested: Option<PlayerId>) -> Result<PlayerId, Reason> {
+        self.take(requested, None)
+    }
+
+    /// As [`admit`](Self::admit), for a client at `ip`: also fails with
+    /// [`Reason::AddressFull`] when that address already holds its limit of sessions.
+    pub fn admit_from(
+        &mut self,
+        requested: Option<PlayerId>,
+        ip: IpAddr,
+    ) -> Result<PlayerId, Reason> {
+        if self.is_address_full(ip) {
+            return Err(Reason::AddressFull);
+        }
+        self.take(requested, Some(AddressKey::from(ip)))
+    }
+
+    fn take(
+        &mut self,
+        requested: Option<PlayerId>,
+        address: Option<AddressKey>,
+    ) -> Result<PlayerId, Reason> {
         if self.is_full() {
             return Err(Reason::ServerFull);
         }
@@ -86,8 +137,45 @@ impl<T> SessionRegistry<T> {
             Some(id) => id,
             None => self.next_free_id()?,
         };
-        self.entries.insert(id, Entry { established: None });
+        self.entries.insert(
+            id,
+            Entry {
+                established: None,
+                address,
+            },
+        );
+        if let Some(key) = address {
+            Self::count(&mut self.per_address, key);
+        }
         Ok(id)
+    }
+
+    /// Counts `id`'s session under `ip` from now on (it resumed from there). Never refused: a
+    /// resumed session already holds its slot, so it may take an address past its limit.
+    pub fn moved(&mut self, id: PlayerId, ip: IpAddr) {
+        let key = AddressKey::from(ip);
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = entry.address.replace(key) {
+            Self::uncount(&mut self.per_address, old);
+        }
+        Self::count(&mut self.per_address, key);
+    }
+
+    fn count(per_address: &mut HashMap<AddressKey, usize>, key: AddressKey) {
+        let n = per_address.entry(key).or_insert(0);
+        // At most one count per live session, and there are at most `max_sessions` of those.
+        *n = n.saturating_add(1);
+    }
+
+    fn uncount(per_address: &mut HashMap<AddressKey, usize>, key: AddressKey) {
+        if let Some(n) = per_address.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_address.remove(&key);
+            }
+        }
     }
 
     /// Records that `id`'s first handshake completed, with its first resume credential.
@@ -160,10 +248,11 @@ impl<T> SessionRegistry<T> {
 
     /// Frees `id`'s slot and returns its value. Releasing an ID that is not live does nothing.
     pub fn release(&mut self, id: PlayerId) -> Option<T> {
-        self.entries
-            .remove(&id)
-            .and_then(|e| e.established)
-            .map(|s| s.value)
+        let entry = self.entries.remove(&id)?;
+        if let Some(key) = entry.address {
+            Self::uncount(&mut self.per_address, key);
+        }
+        entry.established.map(|s| s.value)
     }
 
     fn next_free_id(&mut self) -> Result<PlayerId, Reason> {
@@ -255,5 +344,44 @@ mod tests {
         r.confirm(id);
         assert_eq!(r.resume(id, &c0, c1), Err(Reason::TokenReused));
         assert!(r.resume(id, &c3, c1).is_ok());
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_limit_and_a_resume_moves_without_counting_twice() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6_same_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let mut r = SessionRegistry::<()>::new(10).per_address_limit(2);
+        let first = r.admit_from(None, a).unwrap();
+        r.admit_from(None, a).unwrap();
+        assert!(r.is_address_full(a));
+        assert_eq!(r.admit_from(None, a), Err(Reason::AddressFull));
+        assert!(!r.is_address_full(b), "another address still gets in");
+        let moving = r.admit_from(None, b).unwrap();
+        // An IPv6 /64 counts as one address.
+        r.admit_from(None, v6).unwrap();
+        r.admit_from(None, v6_same_64).unwrap();
+        assert_eq!(r.admit_from(None, v6), Err(Reason::AddressFull));
+        // A session that resumes from a full address is not refused, and counts there now.
+        r.moved(moving, a);
+        assert_eq!(r.per_address.get(&AddressKey::from(a)), Some(&3));
+        assert!(!r.is_address_full(b), "it left b");
+        r.moved(moving, a);
+        assert_eq!(
+            r.per_address.get(&AddressKey::from(a)),
+            Some(&3),
+            "not twice"
+        );
+        // Ending sessions frees the address.
+        r.release(first);
+        r.release(moving);
+        assert!(!r.is_address_full(a));
+        assert!(r.admit_from(None, a).is_ok());
+        // Slots admitted without an address count against none.
+        let mut unlimited = SessionRegistry::<()>::new(10).per_address_limit(1);
+        unlimited.admit(None).unwrap();
+        unlimited.admit(None).unwrap();
+        assert!(unlimited.admit_from(None, a).is_ok());
     }
 }
