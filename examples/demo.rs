@@ -247,14 +247,12 @@ async fn showcase(
                     outage,
                     replayed,
                     lost,
-                    zero_rtt,
                     ..
                 }) => {
                     println!(
-                        "  outage: {} resumed after {:.2} s{} with the same player ID; replayed {replayed}, lost {lost}; {}/{} pings answered (slowest {slowest} ms, during the outage), {} snapshots, in order: {}",
+                        "  outage: {} resumed after {:.2} s with the same player ID; replayed {replayed}, lost {lost}; {}/{} pings answered (slowest {slowest} ms, during the outage), {} snapshots, in order: {}",
                         report.player,
                         outage.as_secs_f64(),
-                        if zero_rtt { " in 0-RTT" } else { "" },
                         report.main_received,
                         report.main_sent,
                         report.feed_received,

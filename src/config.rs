@@ -366,16 +366,19 @@ pub struct ClientConfig {
     pub frame_limits: FrameLimits,
     /// How to resume the session when its connection is lost.
     pub resume: ResumePolicy,
-    /// Send the first handshake message in 0-RTT data when the client holds a TLS session
-    /// ticket from the server: a resume then costs one round trip instead of two, and a new
-    /// connection three instead of four. The tickets are kept by this configuration and shared
-    /// by its clones, so connecting again with the same configuration (after a previous
-    /// connection to the server) uses 0-RTT. Default `true`.
+    /// Send `CONN_INIT` in 0-RTT data when the client holds a TLS session ticket from the
+    /// server: a new connection then reaches `CONN_OK` in three round trips instead of four.
+    /// The tickets are kept by this configuration and shared by its clones, so connecting
+    /// again with the same configuration (after a previous connection to the server) uses
+    /// 0-RTT. Default `true`. A resume never uses 0-RTT: its proof of the credential is bound
+    /// to the new connection's TLS keys, which exist only once its handshake has completed
+    /// (PROTOCOL.md §12.4).
     ///
-    /// A replay of the 0-RTT data is refused: the server accepts each ticket once
-    /// (PROTOCOL.md §2.1), and a resume's credential works once. Note that `credentials`
-    /// then travel in 0-RTT data, which is encrypted with keys from the earlier TLS session
-    /// rather than fresh ones (RFC 8446 §2.3); turn this off if they must not.
+    /// A replay of the 0-RTT data starts nothing that outlives its handshake: the server
+    /// accepts each ticket once (PROTOCOL.md §2.1), and a replayed connection never completes.
+    /// Note that `credentials` then travel in 0-RTT data, which is encrypted with keys from the
+    /// earlier TLS session rather than fresh ones (RFC 8446 §2.3); turn this off if they must
+    /// not.
     pub zero_rtt: bool,
     /// QUIC settings.
     pub transport: TransportConfig,

@@ -60,9 +60,6 @@ pub enum SessionEvent {
         /// How long the successful attempt took, from opening the new connection to `CONN_OK`
         /// (client; zero on a server): about one round trip with 0-RTT, two without.
         handshake: Duration,
-        /// Whether the reconnection request went in QUIC 0-RTT data (a client that held a TLS
-        /// session ticket): the resume then cost one round trip. Always `false` on a server.
-        zero_rtt: bool,
     },
     /// A client could not resume: the server refused (`reason`) or could not be reached within
     /// the resume budget. The session has ended.
@@ -87,8 +84,6 @@ pub struct SessionCounters {
     pub connections_lost: u64,
     /// Successful resumes.
     pub resumes: u64,
-    /// Successful resumes whose request went in 0-RTT (client side).
-    pub resumes_0rtt: u64,
     /// 1 when the session's first connection carried `CONN_INIT` in 0-RTT data that the server
     /// accepted (client side), else 0.
     pub connect_0rtt: u64,

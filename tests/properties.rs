@@ -106,7 +106,7 @@ fn message() -> impl Strategy<Value = Message> {
         (number(), token(), limit(), limit(), number(), number()).prop_map(
             |(id, credential, main, feed, main_next, feed_next)| Message::Resume {
                 player_id: PlayerId(id),
-                credential,
+                proof: credential,
                 max_main_frame: main,
                 max_feed_frame: feed,
                 main_next,

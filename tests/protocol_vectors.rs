@@ -128,7 +128,7 @@ fn message_for(name: &str) -> Option<Message> {
         "ack_300" => Message::Ack { next: 300 },
         "resume" => Message::Resume {
             player_id: PlayerId(1),
-            credential: CREDENTIAL,
+            proof: CREDENTIAL,
             max_main_frame: 65536,
             max_feed_frame: 65536,
             main_next: 300,
@@ -411,7 +411,7 @@ fn decoders_follow_the_varint_rules_of_section_5_1() {
         decode_body(&resume),
         Ok(Message::Resume {
             player_id: PlayerId(1),
-            credential: CREDENTIAL,
+            proof: CREDENTIAL,
             max_main_frame: 256,
             max_feed_frame: 256,
             main_next: 300,
@@ -699,5 +699,30 @@ fn typed_payload_examples_match_the_encoder() {
     assert_eq!(
         encode(Payload::encode(&Some(-3i32)).unwrap()),
         hex_decode("0105")
+    );
+}
+
+/// Proves: PROTOCOL.md §7.2's resume-proof block gives the exporter label and the context
+/// layout the code uses (the credential, then the player ID as a big-endian u64), and the
+/// proof's length.
+#[test]
+fn the_resume_proof_inputs_match_the_specification() {
+    let mut fields = std::collections::BTreeMap::new();
+    for line in fenced_block("resume-proof") {
+        let (key, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("not `key: value`: {line:?}"));
+        fields.insert(key.trim(), value.trim());
+    }
+    let label = hex_decode(fields["label"]);
+    assert_eq!(label, quicfeed::protocol::RESUME_PROOF_LABEL);
+    assert_eq!(label, b"EXPORTER-quicfeed-resume");
+    let credential: [u8; 16] = hex_decode(fields["credential"]).try_into().unwrap();
+    let player_id = PlayerId(fields["player_id"].parse().unwrap());
+    let context = quicfeed::protocol::resume_proof_context(&Token(credential), player_id);
+    assert_eq!(context.to_vec(), hex_decode(fields["context"]));
+    assert_eq!(
+        fields["length"].parse::<usize>().unwrap(),
+        quicfeed::protocol::TOKEN_LEN
     );
 }

@@ -273,7 +273,7 @@ async fn a_blackhole_shorter_than_the_dead_path_timeout_keeps_the_connection() {
 }
 
 /// Proves: a blackhole longer than the dead-path timeout makes the client resume on a new
-/// connection (in 0-RTT), with the same player ID, and every message either side sent during
+/// connection, with the same player ID, and every message either side sent during
 /// the outage arrives exactly once, in order.
 #[tokio::test]
 async fn a_longer_blackhole_resumes_the_same_session_and_loses_nothing() {
@@ -301,17 +301,10 @@ async fn a_longer_blackhole_resumes_the_same_session_and_loses_nothing() {
         "{lost:?}"
     );
     let resumed = within(client_events.next()).await.unwrap();
-    let SessionEvent::Resumed {
-        outage,
-        zero_rtt,
-        lost,
-        ..
-    } = resumed
-    else {
+    let SessionEvent::Resumed { outage, lost, .. } = resumed else {
         panic!("{resumed:?}")
     };
     assert!(outage >= Duration::from_millis(500), "{outage:?}");
-    assert!(zero_rtt, "the resume went in 0-RTT");
     assert_eq!(lost, 0);
     server_event(&mut server_events, |e| {
         matches!(e, SessionEvent::Resumed { .. }).then_some(())
@@ -319,7 +312,7 @@ async fn a_longer_blackhole_resumes_the_same_session_and_loses_nothing() {
     .await;
     assert_eq!(client.player_id(), player);
     assert_eq!(session.player_id(), player);
-    assert_eq!(client.counters().resumes_0rtt, 1);
+    assert_eq!(client.counters().resumes, 1);
     assert_eq!(server.counters().resumes, 1);
     assert_eq!(server.session_count(), 1, "still one session");
     assert!(
@@ -596,8 +589,8 @@ async fn resume_after_a_feed_reset(burst: u64) -> (u64, u64) {
         // Then the feed stream fails while the connection lives.
         feed.send.reset(0u32.into()).unwrap();
         // The client comes back on a new connection with a RESUME.
-        let (_conn2, mut main2) = server.accept().await;
-        let resume = main2.recv().await;
+        let (conn2, mut main2) = server.accept().await;
+        let resume = main2.recv().await.map(|message| (conn2, message));
         (conn, resume)
     };
     // The client reads its feed, as a game client does; that is where the failure shows.
@@ -613,16 +606,25 @@ async fn resume_after_a_feed_reset(burst: u64) -> (u64, u64) {
         (session, delivered)
     };
     let ((client, delivered), (_first, resume)) = tokio::join!(client, serving);
-    let Some(Message::Resume {
-        player_id,
-        credential: shown,
-        feed_next,
-        ..
-    }) = resume
+    let Some((
+        conn2,
+        Message::Resume {
+            player_id,
+            proof,
+            feed_next,
+            ..
+        },
+    )) = resume
     else {
         panic!("expected a RESUME, got {resume:?}")
     };
-    assert_eq!((player_id, shown), (PlayerId(9), credential));
+    assert_eq!(player_id, PlayerId(9));
+    assert_eq!(
+        proof,
+        common::resume_proof(&conn2, credential, player_id),
+        "the credential's proof on the new connection"
+    );
+    assert_ne!(proof, credential, "not the credential itself");
     drop(client);
     (delivered, feed_next)
 }
@@ -683,10 +685,10 @@ async fn a_server_that_never_answers_the_reconnection_is_given_up_within_the_bud
             let Ok(conn) = incoming.await else { continue };
             let mut main = accept_declared(&conn, ChannelKind::Main).await;
             if let Some(Message::Resume {
-                credential: shown, ..
+                player_id, proof, ..
             }) = main.recv().await
             {
-                assert_eq!(shown, credential);
+                assert_eq!(proof, common::resume_proof(&conn, credential, player_id));
                 requests += 1;
             }
             held.push((conn, main));
@@ -725,10 +727,10 @@ async fn a_server_that_never_answers_the_reconnection_is_given_up_within_the_bud
     );
 }
 
-/// Proves: a replayed 0-RTT reconnection request, sent again from another address by someone
-/// on the path, is refused and changes nothing: the session stays on the client's connection.
+/// Proves: a genuine reconnection, recorded and sent again from another address by someone on
+/// the path after it succeeded, changes nothing: the session stays on the client's connection.
 #[tokio::test]
-async fn a_replayed_0rtt_reconnection_is_refused_and_changes_nothing() {
+async fn a_replayed_reconnection_changes_nothing() {
     let Setup {
         server,
         relay,
@@ -739,15 +741,14 @@ async fn a_replayed_0rtt_reconnection_is_refused_and_changes_nothing() {
     let mut events = client.handle().events();
     relay.record(true);
     client.handle().reconnect().unwrap();
-    let resumed = within(async {
+    within(async {
         loop {
-            if let Some(SessionEvent::Resumed { zero_rtt, .. }) = events.next().await {
-                return zero_rtt;
+            if let Some(SessionEvent::Resumed { .. }) = events.next().await {
+                return;
             }
         }
     })
     .await;
-    assert!(resumed, "the genuine resume went in 0-RTT");
     relay.record(false);
     let counters = server.counters();
     let replayed = relay.replay_recorded().await.unwrap();
@@ -766,4 +767,134 @@ async fn a_replayed_0rtt_reconnection_is_refused_and_changes_nothing() {
     assert_eq!(got, "still mine");
     session.main().send("yes").await.unwrap();
     assert_eq!(within(client.main().recv::<String>()).await.unwrap(), "yes");
+}
+
+/// Proves: a `RESUME` proof is bound to the connection it was made on. The right proof
+/// resumes; the same proof copied onto another connection, and the credential itself in place
+/// of a proof, are refused with `INVALID_TOKEN`, and neither consumes the credential.
+#[tokio::test]
+async fn a_resume_proof_copied_to_another_connection_is_refused() {
+    let fixture = Fixture::start().await;
+    let mut owner = fixture.raw().await;
+    let (player_id, _, _) = owner.handshake().await;
+    let credential = owner.credential.unwrap();
+    // A proof made on one connection (as a log or a memory dump of it would show) ...
+    let mut first = fixture.raw().await;
+    let seen = common::resume_proof(&first.conn, credential, player_id);
+    assert_ne!(seen, credential);
+    // ... is useless on another one,
+    let mut thief = fixture.raw().await;
+    match thief.resume_with_proof(player_id, seen).await {
+        Some(Message::ConnFailed { reason, .. }) => assert_eq!(reason, Reason::InvalidToken),
+        other => panic!("expected CONN_FAILED(INVALID_TOKEN), got {other:?}"),
+    }
+    // and so is the credential itself in place of a proof.
+    let mut bearer = fixture.raw().await;
+    match bearer.resume_with_proof(player_id, credential).await {
+        Some(Message::ConnFailed { reason, .. }) => assert_eq!(reason, Reason::InvalidToken),
+        other => panic!("expected CONN_FAILED(INVALID_TOKEN), got {other:?}"),
+    }
+    assert!(
+        owner.conn.close_reason().is_none(),
+        "the owner was not superseded"
+    );
+    assert_eq!(fixture.server.counters().superseded, 0);
+    // On the connection it was made for, the proof resumes the session.
+    assert!(
+        matches!(
+            first.resume_with_proof(player_id, seen).await,
+            Some(Message::ConnOk { .. })
+        ),
+        "the right proof on its own connection"
+    );
+}
+
+/// Proves: a resume flight sent in 0-RTT, captured on the path and replayed from another
+/// address before anything else reaches the server, changes nothing. The server acts on a
+/// `RESUME` only once its connection's TLS handshake has completed, which a replay never
+/// does: the replayed handshake just times out, no credential is checked or consumed, the
+/// live connection is not superseded, and the genuine client then resumes.
+#[tokio::test]
+async fn a_replayed_0rtt_resume_arriving_first_changes_nothing() {
+    let fixture = Fixture::start_with(|c| c.handshake_timeout = Duration::from_millis(1500)).await;
+    // The session's owner, a client written from the specification, keeps TLS tickets.
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(common::raw_client_config_early_data(&fixture.certificate));
+    let mut owner = common::RawPeer::connect_with(endpoint.clone(), fixture.addr).await;
+    let (player_id, _, _) = owner.handshake().await;
+    let credential = owner.credential.unwrap();
+    // A second connection, in 0-RTT on the first one's ticket, through a path that an
+    // attacker records and that delivers nothing: the resume flight goes in 0-RTT (what an
+    // older client did), with the credential in place of a proof.
+    let perfect = Conditions::default();
+    let relay = Relay::start(fixture.addr, perfect.clone(), perfect)
+        .await
+        .unwrap();
+    relay.blackhole(Duration::from_secs(60));
+    relay.record(true);
+    let connecting = endpoint.connect(relay.local_addr(), "localhost").unwrap();
+    let Ok((early, _)) = connecting.into_0rtt() else {
+        panic!("no ticket for 0-RTT")
+    };
+    let resume = Message::Resume {
+        player_id,
+        proof: credential,
+        max_main_frame: 65536,
+        max_feed_frame: 65536,
+        main_next: 0,
+        feed_next: 0,
+    };
+    let (mut main, _main_recv) = early.open_bi().await.unwrap();
+    main.write_all(&[0x00]).await.unwrap();
+    main.write_all(&quicfeed::protocol::codec::encode_message(&resume).unwrap())
+        .await
+        .unwrap();
+    let (mut feed, _feed_recv) = early.open_bi().await.unwrap();
+    feed.write_all(&[0x01]).await.unwrap();
+    // Wait until the first flight (Initial and 0-RTT) has gone out into the blackhole.
+    within(async {
+        while relay.stats().to_server.blackholed < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    relay.record(false);
+    drop((main, feed, early));
+    let before = fixture.server.counters();
+    assert!(relay.replay_recorded().await.unwrap() >= 2);
+    // The server takes the replayed attempt on, then gives up on it at its deadline.
+    within(async {
+        while fixture.server.counters().handshakes_in_progress == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while fixture.server.counters().handshakes_in_progress > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let after = fixture.server.counters();
+    assert_eq!(after.resumes, before.resumes, "no resume");
+    assert_eq!(
+        after.resumes_refused, before.resumes_refused,
+        "not even checked"
+    );
+    assert_eq!(after.superseded, 0, "the live connection stays");
+    // The owner's connection still works ...
+    assert!(owner.conn.close_reason().is_none());
+    let ping = Message::Data {
+        seq: 0,
+        payload: bytes::Bytes::from_static(b"still mine"),
+    };
+    owner.send(ChannelKind::Main, &ping).await;
+    assert!(matches!(
+        owner.recv(ChannelKind::Main).await,
+        Some(Message::Data { seq: 0, .. })
+    ));
+    // ... and its genuine resume, on a new connection with the proof, succeeds.
+    let mut genuine = common::RawPeer::connect_with(endpoint, fixture.addr).await;
+    assert!(matches!(
+        genuine.resume(player_id, credential).await,
+        Some(Message::ConnOk { .. })
+    ));
+    assert_eq!(fixture.server.counters().resumes, before.resumes + 1);
 }

@@ -419,12 +419,12 @@ fuzz_target!(|input: Input| {
         Some((id, credential, main_next, feed_next)) => {
             let ticket = ResumeTicket {
                 player_id: PlayerId(id),
-                credential: Token(credential),
+                proof: Token(credential),
                 main_next: main_next.get(),
                 feed_next: feed_next.get(),
             };
             pool.id(ticket.player_id);
-            pool.token(ticket.credential);
+            pool.token(ticket.proof);
             (
                 ClientHandshake::resume(config, &ticket),
                 Model::ConnOk {
@@ -434,7 +434,7 @@ fuzz_target!(|input: Input| {
                 },
                 Message::Resume {
                     player_id: ticket.player_id,
-                    credential: ticket.credential,
+                    proof: ticket.proof,
                     max_main_frame: local.main,
                     max_feed_frame: local.feed,
                     main_next: ticket.main_next,

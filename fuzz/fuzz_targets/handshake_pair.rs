@@ -116,7 +116,7 @@ impl Pair {
                     let next = random_token(&mut self.entropy).expect("entropy");
                     let decision = self
                         .registry
-                        .resume(request.player_id, &request.credential, next)
+                        .resume(request.player_id, |c| *c == request.proof, next)
                         .copied();
                     match decision {
                         Ok(_) => {
@@ -285,7 +285,7 @@ fuzz_target!(|input: Input| {
             resume_positions = (server_main, server_feed);
             let ticket = ResumeTicket {
                 player_id: RESUMED,
-                credential: if right { CREDENTIAL } else { Token([7; 16]) },
+                proof: if right { CREDENTIAL } else { Token([7; 16]) },
                 main_next: client_main,
                 feed_next: client_feed,
             };

@@ -197,7 +197,7 @@ impl Harness {
                 Main,
                 Message::Resume {
                     player_id,
-                    credential,
+                    proof,
                     max_main_frame,
                     max_feed_frame,
                     main_next,
@@ -213,7 +213,7 @@ impl Harness {
                 }
                 let request = ResumeRequest {
                     player_id: *player_id,
-                    credential: *credential,
+                    proof: *proof,
                     main_next: *main_next,
                     feed_next: *feed_next,
                 };
@@ -419,7 +419,7 @@ impl Harness {
                     // Out of turn: nothing happens, even with a made-up request.
                     let request = ResumeRequest {
                         player_id: PlayerId(main_next),
-                        credential,
+                        proof: credential,
                         main_next,
                         feed_next,
                     };

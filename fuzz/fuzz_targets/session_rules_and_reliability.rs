@@ -519,7 +519,7 @@ impl Registry {
             Op::Resume(id, presented, next) => {
                 let id = id.get(&self.pool);
                 let (presented, next) = (presented.get(&self.pool), next.get(&self.pool));
-                let got = self.reg.resume(id, &presented, next).copied();
+                let got = self.reg.resume(id, |c| *c == presented, next).copied();
                 let want = match self.entries.get_mut(&id).and_then(Option::as_mut) {
                     None => Err(Reason::UnknownSession),
                     Some(s) => {

@@ -382,7 +382,7 @@ impl MsgSpec {
                 feed_next,
             } => Message::Resume {
                 player_id: id.get(pool),
-                credential: credential.get(pool),
+                proof: credential.get(pool),
                 max_main_frame: main.get(),
                 max_feed_frame: feed.get(),
                 main_next: main_next.get(),

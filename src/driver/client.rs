@@ -59,7 +59,6 @@ struct Resumer {
     server_name: String,
     handshake: ClientHandshakeConfig,
     policy: ResumePolicy,
-    zero_rtt: bool,
     local_limits: FrameLimits,
     priorities: (i32, i32),
     jitter: Jitter,
@@ -121,7 +120,6 @@ pub(crate) async fn connect(
         server_name: config.server_name.clone(),
         handshake,
         policy: config.resume.clone(),
-        zero_rtt: config.zero_rtt,
         local_limits: config.frame_limits,
         priorities: (
             config.transport.main_priority,
@@ -249,7 +247,6 @@ struct Resumed {
     streams: Streams<quinn::Connection>,
     replayed: u64,
     lost: u64,
-    zero_rtt: bool,
     handshake: Duration,
 }
 
@@ -286,21 +283,16 @@ impl Resumer {
                     streams,
                     replayed,
                     lost,
-                    zero_rtt,
                     handshake,
                 }) => {
                     let outage = now().saturating_duration_since(started);
                     Counters::bump(&core.counters.resumes, 1);
-                    if zero_rtt {
-                        Counters::bump(&core.counters.resumes_0rtt, 1);
-                    }
                     info!(player_id = %core.player_id, attempts, ?outage, replayed, lost, "session resumed");
                     core.emit(SessionEvent::Resumed {
                         outage,
                         replayed,
                         lost,
                         handshake,
-                        zero_rtt,
                     });
                     return Ok((generation, conn, streams));
                 }
@@ -324,8 +316,9 @@ impl Resumer {
         }
     }
 
-    /// One resume attempt: a new connection (in 0-RTT when the TLS session allows), `RESUME`
-    /// on main, and the attachment on `CONN_OK`.
+    /// One resume attempt: a new connection, `RESUME` on main once its TLS handshake has
+    /// completed (the proof of the credential is bound to the connection's keys, so it cannot
+    /// go in 0-RTT), and the attachment on `CONN_OK`.
     async fn attempt(
         &self,
         core: &Arc<SessionCore>,
@@ -339,16 +332,18 @@ impl Resumer {
             .endpoint
             .connect(self.server, &self.server_name)
             .map_err(|e| AttemptError::Retry(e.to_string()))?;
-        let (conn, accepted) = match open(connecting, self.zero_rtt, deadline).await {
+        let (conn, _) = match open(connecting, false, deadline).await {
             Ok(opened) => opened,
             Err(Some(e)) => return Err(AttemptError::Retry(e.to_string())),
             Err(None) => return Err(AttemptError::Retry("QUIC handshake timed out".into())),
         };
+        let proof = super::resume_proof(&conn, &credential, core.player_id)
+            .ok_or_else(|| AttemptError::Retry("the TLS exporter gave no resume proof".into()))?;
         // The positions are read as late as possible: whatever arrives on the old connection
         // after this is a duplicate the receivers drop.
         let ticket = || ResumeTicket {
             player_id: core.player_id,
-            credential,
+            proof,
             main_next: core.inbound_next(ChannelKind::Main),
             feed_next: core.inbound_next(ChannelKind::Feed),
         };
@@ -356,7 +351,7 @@ impl Resumer {
         config.deadline = deadline;
         let result = handshake_once_more_in_1rtt(
             &conn,
-            accepted.is_some(),
+            false,
             || ClientHandshake::resume(config.clone(), &ticket()),
             deadline,
             true,
@@ -389,7 +384,6 @@ impl Resumer {
                 return Err(AttemptError::Retry("0-RTT rejected".into()));
             }
         };
-        let zero_rtt = was_accepted(accepted).await;
         core.set_credential(done.established.credential);
         let (attach, streams) = attachment(&conn, done, self.local_limits);
         // Attaching also queues an acknowledgement on main: it confirms to the server that
@@ -404,7 +398,6 @@ impl Resumer {
             streams,
             replayed: attached.replayed,
             lost: attached.lost,
-            zero_rtt,
             handshake: now().saturating_duration_since(started),
         })
     }

@@ -26,3 +26,19 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = now();
     now.checked_add(timeout.min(YEAR)).unwrap_or(now)
 }
+
+/// The proof of `credential` for a `RESUME` of `player_id`'s session on `conn` (PROTOCOL.md
+/// §7.2): the first 16 bytes of the connection's TLS exporter for the resume label and
+/// context. `None` before the connection's TLS handshake has completed (there is no exporter
+/// secret yet), which is why a `RESUME` never goes in 0-RTT.
+pub(crate) fn resume_proof(
+    conn: &quinn::Connection,
+    credential: &crate::protocol::Token,
+    player_id: crate::protocol::PlayerId,
+) -> Option<crate::protocol::Token> {
+    let mut proof = [0u8; crate::protocol::TOKEN_LEN];
+    let context = crate::protocol::resume_proof_context(credential, player_id);
+    conn.export_keying_material(&mut proof, crate::protocol::RESUME_PROOF_LABEL, &context)
+        .ok()?;
+    Some(crate::protocol::Token(proof))
+}

@@ -34,7 +34,7 @@ use crate::protocol::{
     Admission, AdmissionLimits, Admit, AttachLink, ChannelKind, HANDSHAKE_FRAME_LIMIT, LinkEnd,
     Message, Place, PlayerId, Reason, ResumeRequest, ServerEstablished, ServerHandshake,
     ServerHandshakeConfig, ServerOutput, SessionConfig, SessionRegistry, Side, SystemEntropy,
-    random_token,
+    Token, random_token, tokens_equal,
 };
 
 /// Longest wait for the client to acknowledge a `CONN_FAILED` before closing anyway.
@@ -364,7 +364,7 @@ async fn serve(
     // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip. (quinn
     // always allows this on a server.) The handshake deadline below also bounds the QUIC
     // handshake: a client that never completes it sends nothing the handshake can read.
-    let Ok((conn, _)) = connecting.into_0rtt() else {
+    let Ok((conn, tls_complete)) = connecting.into_0rtt() else {
         return debug!(%remote, "0.5-RTT refused");
     };
     // Boxed: the handshake's state is large and needed only until it ends, while this task
@@ -373,6 +373,7 @@ async fn serve(
         deadline,
         shutdown: &mut shutdown,
         evicted: Some(evicted),
+        tls_complete: Some(tls_complete),
     };
     let outcome = Box::pin(handshake(&conn, &shared, remote, ends)).await;
     // The handshake is over, whichever way: its place among those in progress is free.
@@ -440,7 +441,6 @@ async fn serve(
                 replayed: attached.replayed,
                 lost: attached.lost,
                 handshake: Duration::ZERO,
-                zero_rtt: false,
             });
             (core, attached.generation, streams)
         }
@@ -567,6 +567,10 @@ struct HandshakeEnds<'a> {
     shutdown: &'a mut watch::Receiver<Option<Shutdown>>,
     /// Resolves if the handshake is evicted; `None` once it has resolved.
     evicted: Option<oneshot::Receiver<()>>,
+    /// Resolves when the connection's TLS handshake has completed (the client's Finished
+    /// arrived); `None` once it has. Until then what the client sent came in 0-RTT and may be a
+    /// replay.
+    tls_complete: Option<quinn::ZeroRttAccepted>,
 }
 
 /// Runs the token handshake, or a resume, on an established QUIC connection. On failure the
@@ -581,6 +585,7 @@ async fn handshake(
         deadline,
         shutdown,
         mut evicted,
+        mut tls_complete,
     } = ends;
     let config = &shared.config;
     let mut core = ServerHandshake::new(ServerHandshakeConfig {
@@ -594,6 +599,9 @@ async fn handshake(
     let mut slot: Option<Slot> = None;
     let mut resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)> = None;
     let mut failed_on: Option<ChannelKind> = None;
+    // A RESUME read before the TLS handshake completed waits here for it (PROTOCOL.md §12.4):
+    // its proof needs the connection's exporter, and a replayed 0-RTT flight never completes.
+    let mut waiting_resume: Option<ResumeRequest> = None;
     // What a failure after this point leaves behind: a resumed session that superseded a live
     // connection has none left.
     let failed = |resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)>| match resumed {
@@ -648,7 +656,12 @@ async fn handshake(
                     }
                 }
                 ServerOutput::Resume(request) => {
-                    resumed = decide_resume(shared, &mut core, &request, remote, &mut entropy);
+                    if tls_complete.is_some() {
+                        waiting_resume = Some(request);
+                    } else {
+                        resumed =
+                            decide_resume(shared, &mut core, &request, conn, remote, &mut entropy);
+                    }
                 }
                 ServerOutput::Established(established) => {
                     if established.resumed.is_some()
@@ -727,6 +740,17 @@ async fn handshake(
                     debug!(%remote, "handshake evicted to make room for a newer attempt");
                     close(conn, Reason::ServerBusy, "too many handshakes in progress; try again");
                     return failed(resumed);
+                }
+            }
+            _ = async {
+                match tls_complete.as_mut() {
+                    Some(complete) => complete.await,
+                    None => pending().await,
+                }
+            }, if tls_complete.is_some() => {
+                tls_complete = None;
+                if let Some(request) = waiting_resume.take() {
+                    resumed = decide_resume(shared, &mut core, &request, conn, remote, &mut entropy);
                 }
             }
             decision = async {
@@ -808,6 +832,7 @@ fn decide_resume(
     shared: &ServerShared,
     handshake: &mut ServerHandshake,
     request: &ResumeRequest,
+    conn: &quinn::Connection,
     remote: SocketAddr,
     entropy: &mut SystemEntropy,
 ) -> Option<(Arc<SessionCore>, Option<Instant>, bool)> {
@@ -820,8 +845,14 @@ fn decide_resume(
     };
     let found = {
         let mut registry = shared.registry();
+        // The request proves a credential if its proof is the one this connection's exporter
+        // gives for that credential (compared in constant time).
+        let proves = |credential: &Token| {
+            super::resume_proof(conn, credential, request.player_id)
+                .is_some_and(|expected| tokens_equal(&expected, &request.proof))
+        };
         let found = registry
-            .resume(request.player_id, &request.credential, next)
+            .resume(request.player_id, proves, next)
             .map(Arc::clone);
         if found.is_ok() {
             registry.moved(request.player_id, remote.ip());

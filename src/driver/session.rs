@@ -128,7 +128,6 @@ pub(crate) trait InlineWrite: Send + Sync {
 pub(crate) struct Counters {
     pub(crate) migrations: AtomicU64,
     pub(crate) resumes: AtomicU64,
-    pub(crate) resumes_0rtt: AtomicU64,
     pub(crate) connect_0rtt: AtomicU64,
     pub(crate) resume_failures: AtomicU64,
     pub(crate) superseded: AtomicU64,
@@ -407,7 +406,6 @@ impl SessionCore {
             migrations: get(&c.migrations),
             connections_lost: counts.connections_lost,
             resumes: get(&c.resumes),
-            resumes_0rtt: get(&c.resumes_0rtt),
             connect_0rtt: get(&c.connect_0rtt),
             resume_failures: get(&c.resume_failures),
             superseded: get(&c.superseded),

@@ -121,8 +121,9 @@ pub enum ClientOutput {
 pub struct ResumeTicket {
     /// The session's player ID.
     pub player_id: PlayerId,
-    /// The credential from the last `CONN_OK`.
-    pub credential: Token,
+    /// The proof of the credential from the last `CONN_OK`, computed on the new connection
+    /// ([`resume_proof_context`](crate::protocol::resume_proof_context)).
+    pub proof: Token,
     /// The next main message the client expects from the server.
     pub main_next: u64,
     /// The next feed message the client expects from the server.
@@ -206,7 +207,7 @@ impl ClientHandshake {
         config.feed_init_attempts = config.feed_init_attempts.clamp(1, MAX_FEED_INITS);
         let resume = Message::Resume {
             player_id: ticket.player_id,
-            credential: ticket.credential,
+            proof: ticket.proof,
             max_main_frame: config.local_limits.main,
             max_feed_frame: config.local_limits.feed,
             main_next: ticket.main_next,

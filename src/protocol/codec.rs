@@ -508,7 +508,7 @@ mod tests {
             Message::Ack { next: 251 },
             Message::Resume {
                 player_id: PlayerId(7),
-                credential: Token([3; 16]),
+                proof: Token([3; 16]),
                 max_main_frame: 65536,
                 max_feed_frame: 1024,
                 main_next: 12,

@@ -591,7 +591,7 @@ fn a_decision_nobody_asked_for_changes_nothing() {
     let (mut s, mut e) = (server(t0), CountingEntropy::default());
     let resume = ResumeRequest {
         player_id: PlayerId(7),
-        credential: Token([9; TOKEN_LEN]),
+        proof: Token([9; TOKEN_LEN]),
         main_next: 0,
         feed_next: 0,
     };
@@ -774,7 +774,7 @@ fn a_resume_is_answered_with_conn_ok_and_the_servers_positions() {
     let t0 = Instant::now();
     let ticket = ResumeTicket {
         player_id: PlayerId(8),
-        credential: Token([5; 16]),
+        proof: Token([5; 16]),
         main_next: 10,
         feed_next: 20,
     };
@@ -802,7 +802,7 @@ fn a_resume_is_answered_with_conn_ok_and_the_servers_positions() {
     assert_eq!(
         (
             request.player_id,
-            request.credential,
+            request.proof,
             request.main_next,
             request.feed_next
         ),
@@ -843,7 +843,7 @@ fn a_refused_resume_fails_the_client_with_the_reason() {
     let mut e = CountingEntropy::default();
     let resume = Message::Resume {
         player_id: PlayerId(1),
-        credential: Token([1; 16]),
+        proof: Token([1; 16]),
         max_main_frame: 65536,
         max_feed_frame: 65536,
         main_next: 0,

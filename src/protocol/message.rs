@@ -411,8 +411,10 @@ pub enum Message {
     Resume {
         /// The session's player ID.
         player_id: PlayerId,
-        /// The credential from the last `CONN_OK`.
-        credential: Token,
+        /// Proof that the client holds the credential from the last `CONN_OK`, bound to this
+        /// connection's TLS keys ([`resume_proof_context`](crate::protocol::resume_proof_context)):
+        /// the credential itself never goes on the wire.
+        proof: Token,
         /// The largest frame body the client accepts on main.
         max_main_frame: u32,
         /// The largest frame body the client accepts on feed.

@@ -29,6 +29,7 @@ pub use codec::{
 };
 pub use message::{ChannelKind, Message, PerChannel, PlayerId, Reason, TOKEN_LEN, Token};
 pub use registry::SessionRegistry;
+pub(crate) use rules::tokens_equal;
 pub use rules::{FrameLimits, Inbound, InboundRules};
 pub use server::{
     MAX_FEED_INITS, ResumeRequest, ServerEstablished, ServerHandshake, ServerHandshakeConfig,
@@ -38,7 +39,10 @@ pub use session::{
     AttachLink, Attached, Counts, Disconnect, Event, LinkClosed, LinkEnd, Received, Refused,
     SessionConfig, SessionMachine, Side, StreamEnd, Transmit, Wakes,
 };
-pub use token::{Entropy, EntropyError, IssuedToken, SystemEntropy, TokenError, random_token};
+pub use token::{
+    Entropy, EntropyError, IssuedToken, RESUME_PROOF_CONTEXT_LEN, RESUME_PROOF_LABEL,
+    SystemEntropy, TokenError, random_token, resume_proof_context,
+};
 
 /// The ALPN protocol identifier of this protocol version.
 pub const ALPN: &[u8] = b"quicfeed/1";

@@ -21,7 +21,6 @@ use std::net::IpAddr;
 
 use super::admission::AddressKey;
 use super::message::{PlayerId, Reason, Token};
-use super::rules::tokens_equal;
 
 /// Live sessions of one server, each with a value `T` the caller attaches (the driver's
 /// per-session state).
@@ -196,23 +195,29 @@ impl<T> SessionRegistry<T> {
     }
 
     /// Checks a reconnection request and, if it is valid, replaces the credential with `next`
-    /// and returns the session's value.
+    /// and returns the session's value. `proves(credential)` says whether the request proves
+    /// possession of `credential` (the driver compares the presented proof, in constant time,
+    /// with the one it computes for `credential` on the request's connection); it is asked
+    /// for the current credential and for the previous one, always both.
     ///
     /// Valid: the current credential, or the one it replaced while the client has not confirmed
     /// the current one ([`confirm`](Self::confirm)). Fails with [`Reason::UnknownSession`] when
     /// `id` has no established session, [`Reason::TokenReused`] for a replaced, confirmed
-    /// credential, and [`Reason::InvalidToken`] otherwise. Comparisons are constant time.
-    pub fn resume(&mut self, id: PlayerId, presented: &Token, next: Token) -> Result<&T, Reason> {
+    /// credential, and [`Reason::InvalidToken`] otherwise.
+    pub fn resume(
+        &mut self,
+        id: PlayerId,
+        proves: impl Fn(&Token) -> bool,
+        next: Token,
+    ) -> Result<&T, Reason> {
         let session = self
             .entries
             .get_mut(&id)
             .and_then(|e| e.established.as_mut())
             .ok_or(Reason::UnknownSession)?;
-        let previous = session
-            .previous
-            .as_ref()
-            .is_some_and(|p| tokens_equal(p, presented));
-        if tokens_equal(&session.credential, presented) {
+        let current = proves(&session.credential);
+        let previous = session.previous.as_ref().is_some_and(&proves);
+        if current {
             session.previous = Some(std::mem::replace(&mut session.credential, next));
         } else if previous && !session.confirmed {
             // A retry: the client never got the credential the last resume issued.
@@ -270,7 +275,13 @@ impl<T> SessionRegistry<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rules::tokens_equal;
     use super::*;
+
+    /// A request that presents `credential` itself (what the proof of it stands for here).
+    fn shown(credential: &Token) -> impl Fn(&Token) -> bool + '_ {
+        move |c| tokens_equal(c, credential)
+    }
 
     #[test]
     fn ids_are_sequential_unique_and_skip_chosen_ones() {
@@ -300,26 +311,29 @@ mod tests {
         let id = r.admit(None).unwrap();
         let (first, second, third) = (Token([1; 16]), Token([2; 16]), Token([3; 16]));
         assert_eq!(
-            r.resume(id, &first, second),
+            r.resume(id, shown(&first), second),
             Err(Reason::UnknownSession),
             "not established yet"
         );
         assert!(r.establish(id, first, "state"));
         assert_eq!(
-            r.resume(id, &Token([9; 16]), second),
+            r.resume(id, shown(&Token([9; 16])), second),
             Err(Reason::InvalidToken)
         );
-        assert_eq!(r.resume(id, &first, second), Ok(&"state"));
+        assert_eq!(r.resume(id, shown(&first), second), Ok(&"state"));
         r.confirm(id);
-        assert_eq!(r.resume(id, &first, third), Err(Reason::TokenReused));
-        assert_eq!(r.resume(id, &second, third), Ok(&"state"));
+        assert_eq!(r.resume(id, shown(&first), third), Err(Reason::TokenReused));
+        assert_eq!(r.resume(id, shown(&second), third), Ok(&"state"));
         r.confirm(id);
         assert_eq!(
-            r.resume(PlayerId(99), &third, first),
+            r.resume(PlayerId(99), shown(&third), first),
             Err(Reason::UnknownSession)
         );
         assert_eq!(r.release(id), Some("state"));
-        assert_eq!(r.resume(id, &third, first), Err(Reason::UnknownSession));
+        assert_eq!(
+            r.resume(id, shown(&third), first),
+            Err(Reason::UnknownSession)
+        );
     }
 
     #[test]
@@ -329,21 +343,21 @@ mod tests {
         let [c0, c1, c2, c3] = [0u8, 1, 2, 3].map(|b| Token([b; 16]));
         r.establish(id, c0, ());
         // A resume with c0 issues c1, but CONN_OK is lost: c0 is tried again, twice.
-        assert!(r.resume(id, &c0, c1).is_ok());
+        assert!(r.resume(id, shown(&c0), c1).is_ok());
         assert!(
-            r.resume(id, &c0, c2).is_ok(),
+            r.resume(id, shown(&c0), c2).is_ok(),
             "unconfirmed: the old one still works"
         );
         assert_eq!(
-            r.resume(id, &c1, c3),
+            r.resume(id, shown(&c1), c3),
             Err(Reason::InvalidToken),
             "c1 never reached it"
         );
-        assert!(r.resume(id, &c0, c3).is_ok());
+        assert!(r.resume(id, shown(&c0), c3).is_ok());
         // The client confirms c3: c0 is now refused as reused.
         r.confirm(id);
-        assert_eq!(r.resume(id, &c0, c1), Err(Reason::TokenReused));
-        assert!(r.resume(id, &c3, c1).is_ok());
+        assert_eq!(r.resume(id, shown(&c0), c1), Err(Reason::TokenReused));
+        assert!(r.resume(id, shown(&c3), c1).is_ok());
     }
 
     #[test]

@@ -72,8 +72,9 @@ pub enum ServerOutput {
 pub struct ResumeRequest {
     /// The session's player ID.
     pub player_id: PlayerId,
-    /// The presented credential.
-    pub credential: Token,
+    /// The presented proof of the session's credential, bound to this connection's keys: the
+    /// driver checks it against the proof of each credential the session accepts.
+    pub proof: Token,
     /// The next main message the client expects: the server replays from there.
     pub main_next: u64,
     /// The next feed message the client expects.
@@ -352,7 +353,7 @@ impl ServerHandshake {
                 ChannelKind::Main,
                 Message::Resume {
                     player_id,
-                    credential,
+                    proof,
                     max_main_frame,
                     max_feed_frame,
                     main_next,
@@ -363,7 +364,7 @@ impl ServerHandshake {
                     .map_err(|e| Failure::new(ChannelKind::Main, Reason::MalformedMessage, e))?;
                 self.outputs.push_back(ServerOutput::Resume(ResumeRequest {
                     player_id,
-                    credential,
+                    proof,
                     main_next,
                     feed_next,
                 }));

@@ -43,6 +43,29 @@ impl Entropy for SystemEntropy {
     }
 }
 
+/// The TLS exporter label of a resume proof (PROTOCOL.md §7.2; RFC 8446 §7.5).
+pub const RESUME_PROOF_LABEL: &[u8] = b"EXPORTER-quicfeed-resume";
+
+/// Length of the exporter context of a resume proof: the credential, then the player ID.
+pub const RESUME_PROOF_CONTEXT_LEN: usize = TOKEN_LEN + 8;
+
+/// The exporter context of a resume proof: the session's credential (16 bytes), then its player
+/// ID (u64, big-endian). The proof is the first 16 bytes the connection's TLS exporter gives
+/// for [`RESUME_PROOF_LABEL`] and this context: a value only the holder of the credential can
+/// compute, and only for that connection (its exporter secret is the connection's own), so a
+/// proof seen in a log or a memory dump is useless on any other connection and reveals nothing
+/// of the credential. Both sides compute it; the server for each credential it accepts.
+pub fn resume_proof_context(
+    credential: &Token,
+    player_id: PlayerId,
+) -> [u8; RESUME_PROOF_CONTEXT_LEN] {
+    let mut context = [0u8; RESUME_PROOF_CONTEXT_LEN];
+    let (head, tail) = context.split_at_mut(TOKEN_LEN);
+    head.copy_from_slice(&credential.0);
+    tail.copy_from_slice(&player_id.0.to_be_bytes());
+    context
+}
+
 /// A fresh random token (for example, a resume credential).
 pub fn random_token(entropy: &mut dyn Entropy) -> Result<Token, EntropyError> {
     let mut bytes = [0u8; TOKEN_LEN];

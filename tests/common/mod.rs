@@ -163,12 +163,38 @@ pub async fn assert_echoes(session: &mut Session, n: u32) {
     }
 }
 
+/// The proof of `credential` for a `RESUME` of `player_id` on `conn` (PROTOCOL.md §7.2), as a
+/// client written from the specification computes it.
+pub fn resume_proof(conn: &quinn::Connection, credential: Token, player_id: PlayerId) -> Token {
+    let mut proof = [0u8; 16];
+    conn.export_keying_material(
+        &mut proof,
+        quicfeed::protocol::RESUME_PROOF_LABEL,
+        &quicfeed::protocol::resume_proof_context(&credential, player_id),
+    )
+    .unwrap();
+    Token(proof)
+}
+
 /// A quinn client configuration that trusts `certificate` and speaks quicfeed's ALPN.
 pub fn raw_client_config(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
     rustls_client(certificate)
 }
 
+/// As [`raw_client_config`], with 0-RTT enabled: a second connection with the same
+/// configuration can send early data on the ticket of the first.
+pub fn raw_client_config_early_data(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
+    rustls_client_with(certificate, true)
+}
+
 fn rustls_client(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
+    rustls_client_with(certificate, false)
+}
+
+fn rustls_client_with(
+    certificate: &CertificateDer<'static>,
+    early_data: bool,
+) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate.clone()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -179,6 +205,7 @@ fn rustls_client(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
     .with_root_certificates(roots)
     .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = early_data;
     quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
     ))
@@ -244,6 +271,21 @@ impl RawPeer {
     ) -> RawPeer {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0)).unwrap();
         endpoint.set_default_client_config(rustls_client(certificate));
+        let conn = within(endpoint.connect(addr, "localhost").unwrap())
+            .await
+            .unwrap();
+        RawPeer {
+            conn,
+            _endpoint: endpoint,
+            main: None,
+            feed: None,
+            credential: None,
+        }
+    }
+
+    /// Connects to `addr` with `endpoint`'s default configuration (one that keeps TLS tickets,
+    /// say, shared with later connections).
+    pub async fn connect_with(endpoint: quinn::Endpoint, addr: SocketAddr) -> RawPeer {
         let conn = within(endpoint.connect(addr, "localhost").unwrap())
             .await
             .unwrap();
@@ -334,12 +376,22 @@ impl RawPeer {
         }
     }
 
-    /// Sends the resume flight (RESUME on main, then the feed declaration) and returns the
-    /// server's answer on main.
+    /// Sends the resume flight (RESUME on main with the proof of `credential` on this
+    /// connection, then the feed declaration) and returns the server's answer on main.
     pub async fn resume(&mut self, player_id: PlayerId, credential: Token) -> Option<Message> {
+        let proof = resume_proof(&self.conn, credential, player_id);
+        self.resume_with_proof(player_id, proof).await
+    }
+
+    /// Sends a resume flight whose `RESUME` presents `proof` as it is (a copied one, say).
+    pub async fn resume_with_proof(
+        &mut self,
+        player_id: PlayerId,
+        proof: Token,
+    ) -> Option<Message> {
         let resume = Message::Resume {
             player_id,
-            credential,
+            proof,
             max_main_frame: 65536,
             max_feed_frame: 65536,
             main_next: 0,
