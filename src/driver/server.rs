@@ -725,12 +725,7 @@ async fn handshake(
             s = shutdown_signal(shutdown) => {
                 core.handle_violation(ChannelKind::Main, s.reason, s.message);
             }
-            fired = async {
-                match evicted.as_mut() {
-                    Some(evicted) => evicted.await,
-                    None => pending().await,
-                }
-            }, if evicted.is_some() => {
+            fired = optional(evicted.as_mut()), if evicted.is_some() => {
                 evicted = None;
                 // An error means the sender is gone without firing: nothing to do. An evicted
                 // handshake gets no more of the server's time: closed at once, without the
@@ -742,23 +737,13 @@ async fn handshake(
                     return failed(resumed);
                 }
             }
-            _ = async {
-                match tls_complete.as_mut() {
-                    Some(complete) => complete.await,
-                    None => pending().await,
-                }
-            }, if tls_complete.is_some() => {
+            _ = optional(tls_complete.as_mut()), if tls_complete.is_some() => {
                 tls_complete = None;
                 if let Some(request) = waiting_resume.take() {
                     resumed = decide_resume(shared, &mut core, &request, conn, remote, &mut entropy);
                 }
             }
-            decision = async {
-                match auth.as_mut() {
-                    Some(decision) => decision.await,
-                    None => pending().await,
-                }
-            }, if auth.is_some() => {
+            decision = optional(auth.as_mut()), if auth.is_some() => {
                 auth = None;
                 let requested = match decision {
                     AuthDecision::Accept => Ok(None),
@@ -814,6 +799,14 @@ async fn handshake(
             }
             _ = tokio::time::sleep_until(timer.into()) => core.handle_timeout(now()),
         }
+    }
+}
+
+/// Waits for `future` if there is one, else forever (a `select!` branch that is off).
+async fn optional<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => pending().await,
     }
 }
 

@@ -271,16 +271,7 @@ impl RawPeer {
     ) -> RawPeer {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0)).unwrap();
         endpoint.set_default_client_config(rustls_client(certificate));
-        let conn = within(endpoint.connect(addr, "localhost").unwrap())
-            .await
-            .unwrap();
-        RawPeer {
-            conn,
-            _endpoint: endpoint,
-            main: None,
-            feed: None,
-            credential: None,
-        }
+        Self::connect_with(endpoint, addr).await
     }
 
     /// Connects to `addr` with `endpoint`'s default configuration (one that keeps TLS tickets,
