@@ -50,8 +50,10 @@ const DEFAULT_SEEDS: u64 = 200;
 /// finished datagram read polled again), 392 and 419 (a lost graceful close ended as a
 /// violation), 90866 (a failed first handshake held its player ID while its refusal lingered),
 /// 54317, 80431 and 37511 (two-way overload on a lossy link: slow, not stuck), 17722 (a NAT
-/// rebinding that ends a resume's handshake between two outages).
-const REGRESSION_SEEDS: [u64; 9] = [5, 31, 392, 419, 90866, 54317, 80431, 37511, 17722];
+/// rebinding that ends a resume's handshake between two outages), 92911 (a reconnect inside an
+/// outage starts the resume budget early, and a lost client Finished costs a whole attempt on
+/// a lossy link).
+const REGRESSION_SEEDS: [u64; 10] = [5, 31, 392, 419, 90866, 54317, 80431, 37511, 17722, 92911];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

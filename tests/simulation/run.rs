@@ -678,18 +678,20 @@ fn check(scenario: &Scenario, log: &Shared, start: Instant) {
     let dead_path = TransportConfig::default().dead_path_timeout;
     for plan in &scenario.clients {
         let ending = plan.ending();
-        // An outage the resume budget cannot be sure to cover: the client notices it after the
-        // dead-path timeout and has the budget from then; once the path is back, an attempt in
-        // flight may still time out, and the next one waits a backoff (at most 1.5 x the
-        // largest) and takes two round trips.
-        let coverable = (dead_path + policy.budget)
-            .saturating_sub(policy.attempt_timeout + policy.max_backoff.mul_f64(1.5))
-            .saturating_sub(dead_path)
-            .saturating_sub((plan.link.latency + plan.link.jitter) * 4);
-        // A gap between outages shorter than an attempt and its backoff may not let a resume
-        // through: the outages count as one.
+        // An outage the resume budget cannot be sure to cover. The client starts resuming at a
+        // reconnect, or once it notices the dead path: nothing received for the dead-path
+        // timeout, and the last packet may have come up to a keep-alive interval before the
+        // outage. Once the path is back, an attempt in flight may still time out, and the next
+        // waits a backoff (at most 1.5 x the largest) and takes two round trips after QUIC's
+        // handshake; on a lossy link that next attempt may fail whole too (see
+        // `ClientPlan::lossy`), so the budget must leave room for two.
+        let transport = TransportConfig::default();
+        let noticed = dead_path.saturating_sub(transport.keep_alive_interval);
         let merge = policy.attempt_timeout + policy.max_backoff.mul_f64(1.5);
-        let too_long = plan.longest_outage(merge) > coverable;
+        let attempts = if plan.lossy() { 2 } else { 1 };
+        let needed = merge * attempts + (plan.link.latency + plan.link.jitter) * 4;
+        let tightest = plan.tightest_outage(merge, noticed, policy.budget);
+        let too_long = tightest.is_some_and(|o| o.budget_left < needed);
         for end in [End::Client, End::Server] {
             // Session ends: only those the scenario explains.
             let got = log.ends.get(&(plan.id, end)).cloned();
@@ -752,11 +754,18 @@ fn check(scenario: &Scenario, log: &Shared, start: Instant) {
                         plan.id,
                         end.name(),
                         ending.map_or_else(
-                            || format!(
-                                "no close or vanish; longest outage {:.3} s, the budget covers {:.3} s",
-                                plan.longest_outage(merge).as_secs_f64(),
-                                coverable.as_secs_f64()
-                            ),
+                            || match tightest {
+                                Some(o) => format!(
+                                    "no close or vanish; the tightest outage, {:.3} s at {:.3} s, \
+                                     leaves {:.3} s of the resume budget and a resume needs at \
+                                     most {:.3} s",
+                                    o.length.as_secs_f64(),
+                                    o.at.as_secs_f64(),
+                                    o.budget_left.as_secs_f64(),
+                                    needed.as_secs_f64()
+                                ),
+                                None => "no close, vanish or outage".to_owned(),
+                            },
                             |f| f.to_string()
                         )
                     ),

@@ -65,41 +65,76 @@ pub struct ClientPlan {
     pub faults: Vec<(Duration, Fault)>,
 }
 
+/// One outage of a client's path, as a resume sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// When it starts.
+    pub at: Duration,
+    /// How long the path is dead (or a resume cut off), from its start to its end.
+    pub length: Duration,
+    /// How much of the resume budget is left when it ends.
+    pub budget_left: Duration,
+}
+
 impl ClientPlan {
-    /// The longest time the client's path is dead in one go: overlapping blackholes, and
-    /// blackholes less than `merge` apart (too short a gap for a resume to be sure to
-    /// complete in), count as one outage; so do a NAT rebinding, a migration or a reconnect
-    /// less than `merge` from one.
-    pub fn longest_outage(&self, merge: Duration) -> Duration {
-        let mut spans: Vec<(Duration, Duration)> = self
+    /// The tightest outage for a resume: of each outage (overlapping blackholes, and blackholes
+    /// less than `merge` apart, too short a gap for a resume to be sure to complete in, count as
+    /// one; so does a NAT rebinding, a migration or a reconnect less than `merge` from one), how
+    /// much of the resume budget is left once the path is back. The budget starts when the
+    /// client starts resuming: at a reconnect, or when it notices the dead path (`noticed`
+    /// after the outage starts), whichever comes first. Returns the outage's length and the
+    /// budget left, for the outage that leaves the least.
+    pub fn tightest_outage(
+        &self,
+        merge: Duration,
+        noticed: Duration,
+        budget: Duration,
+    ) -> Option<Outage> {
+        // (start, end, a reconnect's time if one is in the span)
+        let mut spans: Vec<(Duration, Duration, Option<Duration>)> = self
             .faults
             .iter()
             .filter_map(|(at, f)| match f {
-                Fault::Blackhole(d) => Some((*at, *at + *d)),
+                Fault::Blackhole(d) => Some((*at, *at + *d, None)),
                 // A new address or a new connection is no outage for a live connection, but it
                 // ends a resume's QUIC handshake under way (QUIC does not migrate during a
                 // handshake): next to an outage, it counts as part of it.
-                Fault::NatRebinding | Fault::Migration | Fault::Reconnect => Some((*at, *at)),
+                Fault::NatRebinding | Fault::Migration => Some((*at, *at, None)),
+                // A reconnect starts a resume at once.
+                Fault::Reconnect => Some((*at, *at, Some(*at))),
                 Fault::Close | Fault::Vanish => None,
             })
             .collect();
         spans.sort();
-        let mut longest = Duration::ZERO;
-        let mut current: Option<(Duration, Duration)> = None;
-        for (start, end) in spans {
-            current = match current {
-                Some((s, e)) if start <= e + merge => Some((s, e.max(end))),
-                Some((s, e)) => {
-                    longest = longest.max(e - s);
-                    Some((start, end))
+        let mut merged: Vec<(Duration, Duration, Option<Duration>)> = Vec::new();
+        for (start, end, reconnect) in spans {
+            match merged.last_mut() {
+                Some((_, e, r)) if start <= *e + merge => {
+                    *e = (*e).max(end);
+                    *r = r.or(reconnect);
                 }
-                None => Some((start, end)),
-            };
+                _ => merged.push((start, end, reconnect)),
+            }
         }
-        if let Some((s, e)) = current {
-            longest = longest.max(e - s);
-        }
-        longest
+        merged
+            .into_iter()
+            .map(|(start, end, reconnect)| {
+                let resuming = reconnect.map_or(start + noticed, |r| r.min(start + noticed));
+                Outage {
+                    at: start,
+                    length: end - start,
+                    budget_left: (resuming + budget).saturating_sub(end),
+                }
+            })
+            .min_by_key(|o| o.budget_left)
+    }
+
+    /// Whether the link loses packets often enough that a resume attempt may fail whole: a lost
+    /// handshake packet inflates QUIC's first round-trip sample (an acknowledgement delayed by
+    /// the peer's own retransmission timer counts in full during the handshake), so the probe
+    /// that would resend a lost client Finished can come after the attempt's timeout.
+    pub fn lossy(&self) -> bool {
+        self.link.loss >= 0.02 || self.link.burst.is_some()
     }
 
     /// How long one message may take to arrive whole on this link, beyond the dead-path
@@ -109,8 +144,7 @@ impl ClientPlan {
     /// that; 32 KB/s on a clean one).
     pub fn largest_message_time(&self) -> Duration {
         let largest = self.client.max_size.max(self.server.max_size) as f64;
-        let lossy = self.link.loss >= 0.02 || self.link.burst.is_some();
-        let floor = if lossy { 8_000.0 } else { 32_000.0 };
+        let floor = if self.lossy() { 8_000.0 } else { 32_000.0 };
         Duration::from_secs_f64(2.0 * largest / floor)
     }
 
