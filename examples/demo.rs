@@ -30,7 +30,8 @@ use common::{Request, Response, Snapshot, now_us};
 use quicfeed::certs::DEV_CERT_NAMES;
 use quicfeed::conditioner::{Conditions, Relay};
 use quicfeed::{
-    Client, ClientConfig, Identity, PlayerId, Reason, Server, ServerConfig, Session, Trust,
+    Client, ClientConfig, Identity, PlayerId, Reason, Server, ServerConfig, ServerSecret, Session,
+    Trust,
 };
 
 #[derive(Parser, Clone)]
@@ -91,7 +92,10 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         println!("generated a development certificate in {}", certs.display());
     }
     let trust = Trust::Certificate(identity.certificate().clone());
+    // Kept beside the certificate: a restarted server resets its old clients' connections.
+    let (secret, _) = ServerSecret::load_or_generate(&certs.join("secret.key"))?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, identity);
+    config.secret = Some(secret);
     config.max_sessions = args.clients.max(1).saturating_add(2);
     // Every client connects from loopback at once, like players behind one NAT.
     config.max_pending_per_address = config.max_sessions;

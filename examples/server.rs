@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use quicfeed::certs::DEV_CERT_NAMES;
-use quicfeed::{Identity, Reason, Server, ServerConfig};
+use quicfeed::{Identity, Reason, Server, ServerConfig, ServerSecret};
 
 #[derive(Parser)]
 #[command(about = "quicfeed example game server")]
@@ -31,6 +31,10 @@ struct Args {
     /// Private key (PEM).
     #[arg(long, default_value = "certs/key.pem")]
     key: PathBuf,
+    /// The server secret (generated when missing): kept across restarts, it lets the clients
+    /// of a restarted server learn of the restart within a round trip.
+    #[arg(long, default_value = "certs/secret.key")]
+    secret: PathBuf,
     /// Feed snapshots per second.
     #[arg(long, default_value_t = 60)]
     tick_hz: u32,
@@ -50,7 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.cert.display()
         );
     }
+    let (secret, _) = ServerSecret::load_or_generate(&args.secret)?;
     let mut config = ServerConfig::new(args.listen, identity);
+    config.secret = Some(secret);
     config.max_sessions = args.max_sessions;
     let server = std::sync::Arc::new(Server::bind(config).await?);
     eprintln!("listening on {}", server.local_addr());

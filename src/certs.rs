@@ -198,7 +198,7 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn write_private(path: &Path, contents: String) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: String) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -20,6 +20,7 @@ use crate::auth::{AcceptAll, Authenticator, DynAuthenticator};
 use crate::certs::{Identity, Trust};
 use crate::error::ConfigError;
 use crate::protocol::{FrameLimits, MAX_FEED_INITS, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT};
+use crate::secret::ServerSecret;
 
 /// Default frame limit on each channel: 64 KiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
@@ -208,6 +209,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The certificate chain and key presented to clients.
     pub identity: Identity,
+    /// The secret the keys of stateless resets and connection IDs derive from. Keep one beside
+    /// the certificate ([`ServerSecret::load_or_generate`]) and a restarted server answers its
+    /// old clients' next packets with a stateless reset: they learn of the restart within a
+    /// round trip and resume (the restarted server refuses with `UNKNOWN_SESSION`, so they
+    /// connect again). Default `None`: random keys for each [`Server`](crate::Server), and old
+    /// clients notice a restart only after their dead-path timeout.
+    pub secret: Option<ServerSecret>,
     /// Time from a connection attempt's first packet to `CONN_OK`, covering the QUIC handshake
     /// and the three token steps; a connection that has not finished by then gets
     /// `CONN_FAILED(HANDSHAKE_TIMEOUT)` and is closed. Default 5 s: four round trips take well
@@ -291,6 +299,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             identity,
+            secret: None,
             handshake_timeout: Duration::from_secs(5),
             token_lifetime: Duration::from_secs(5),
             grace_period: Duration::from_secs(15),

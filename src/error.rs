@@ -54,6 +54,18 @@ pub enum CertError {
     /// rcgen failed to generate a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(String),
+    /// A server secret file is not one line of 64 hexadecimal digits.
+    #[error(
+        "{}: {detail} (restore the file, or delete it to generate a new secret: clients \
+         connected before then learn of the next restart only by their dead-path timeout)",
+        path.display()
+    )]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
     /// A `known_hosts` file has a line that is not `host:port fingerprint`.
     #[error("{}: {detail}", path.display())]
     KnownHosts {

@@ -25,8 +25,8 @@
 //!
 //! A session outlives its connections. A client whose address changes keeps its connection by
 //! QUIC migration; one whose connection is lost (nothing heard for the dead-path timeout) resumes
-//! the session on a new connection with `RESUME`, a single-use credential from the last
-//! `CONN_OK`, in 0-RTT when it can. Messages are numbered per channel and kept until the peer
+//! the session on a new connection with `RESUME`, which proves it holds the single-use
+//! credential of the last `CONN_OK` with a value bound to the new connection's TLS keys. Messages are numbered per channel and kept until the peer
 //! acknowledges them, so after a resume each side replays what the other missed: every message
 //! arrives exactly once, in order, or a gap is reported.
 //!
@@ -62,7 +62,8 @@
 //! - Leaves: [`events`] (session and server events, [`SessionEvent`], and counters),
 //!   [`stats`] (connection quality, [`SessionStats`], [`ServerStats`], and what a session
 //!   buffers, [`SessionBuffers`]), [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]
-//!   (configuration with documented defaults tuned for games), [`Identity`], [`Trust`],
+//!   (configuration with documented defaults tuned for games), [`Identity`], [`ServerSecret`]
+//!   (the server's long-lived secret its reset and connection-ID keys derive from), [`Trust`],
 //!   [`Fingerprint`], [`KnownHosts`] (certificates, pinning, trust on first use), the
 //!   [`Authenticator`] hook, and the errors [`ServerError`], [`ConnectError`], [`SendError`],
 //!   [`RecvError`], [`Disconnect`].
@@ -132,6 +133,7 @@ mod known_hosts;
 mod lane;
 mod prepared;
 pub mod protocol;
+mod secret;
 mod server;
 mod session;
 pub mod stats;
@@ -149,6 +151,7 @@ pub use known_hosts::KnownHosts;
 pub use lane::Lane;
 pub use prepared::Prepared;
 pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
+pub use secret::{SERVER_SECRET_LEN, ServerSecret};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
 pub use stats::{ChannelBuffers, ServerStats, SessionBuffers, SessionStats};

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use quicfeed::certs::DEV_CERT_NAMES;
 use quicfeed::{
     Client, ClientConfig, Fingerprint, Identity, KnownHosts, Prepared, Reason, Server,
-    ServerConfig, Session, SessionEvent, Trust,
+    ServerConfig, ServerSecret, Session, SessionEvent, Trust,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -55,6 +55,10 @@ enum Command {
         /// Private key (PEM).
         #[arg(long, default_value = "certs/key.pem")]
         key: PathBuf,
+        /// The server secret (generated when missing): kept across restarts, it lets the
+        /// clients of a restarted server learn of the restart within a round trip.
+        #[arg(long, default_value = "certs/secret.key")]
+        secret: PathBuf,
         /// Feed ticks per second (0: none; at most 1000).
         #[arg(long, default_value_t = 1.0)]
         tick_hz: f64,
@@ -110,8 +114,9 @@ async fn main() {
             listen,
             cert,
             key,
+            secret,
             tick_hz,
-        } => server(listen, &cert, &key, tick_hz).await,
+        } => server(listen, &cert, &key, &secret, tick_hz).await,
         Command::Client {
             server,
             name,
@@ -182,7 +187,13 @@ fn gen_cert(out: &Path, names: &[String], force: bool) -> Result {
     Ok(())
 }
 
-async fn server(listen: SocketAddr, cert: &Path, key: &Path, tick_hz: f64) -> Result {
+async fn server(
+    listen: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    secret_path: &Path,
+    tick_hz: f64,
+) -> Result {
     if !(0.0..=1000.0).contains(&tick_hz) {
         return Err(format!("--tick-hz must be within 0..=1000, not {tick_hz}").into());
     }
@@ -190,7 +201,16 @@ async fn server(listen: SocketAddr, cert: &Path, key: &Path, tick_hz: f64) -> Re
     if generated {
         say(format!("generated a certificate in {}", cert.display()));
     }
-    let server = Arc::new(Server::bind(ServerConfig::new(listen, identity)).await?);
+    let (secret, generated) = ServerSecret::load_or_generate(secret_path)?;
+    if generated {
+        say(format!(
+            "generated a server secret in {}",
+            secret_path.display()
+        ));
+    }
+    let mut config = ServerConfig::new(listen, identity);
+    config.secret = Some(secret);
+    let server = Arc::new(Server::bind(config).await?);
     say(format!("listening on {}", server.local_addr()));
     say(format!("fingerprint {}", server.fingerprint()));
 

@@ -29,7 +29,7 @@ pub(crate) fn server(
             .wrap_udp_socket(udp_socket(config.listen, config.transport.udp_buffer_size)?)?,
     };
     Ok(quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config(&config.transport),
+        server_endpoint_config(config)?,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -41,6 +41,26 @@ fn endpoint_config(transport: &TransportConfig) -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config.rng_seed(transport.rng_seed);
     config
+}
+
+/// A server's endpoint settings: with a configured secret, the stateless reset key and the
+/// connection ID generator's key derive from it, so the same server restarted recognises the
+/// connection IDs it issued before and resets their connections. Every such packet gets its
+/// reset (no minimum interval between resets): a reset is always smaller than the packet that
+/// caused it, so it amplifies nothing, and when a thousand clients come back at once each
+/// learns of the restart from its first packet instead of one every 20 ms (quinn's default).
+fn server_endpoint_config(config: &ServerConfig) -> Result<quinn::EndpointConfig, ServerError> {
+    let mut endpoint = endpoint_config(&config.transport);
+    endpoint.min_reset_interval(std::time::Duration::ZERO);
+    if let Some(secret) = &config.secret {
+        endpoint.reset_key(Arc::new(secret.reset_key()?));
+        let key = secret.connection_id_key()?;
+        endpoint.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key))
+                as Box<dyn quinn::ConnectionIdGenerator>
+        });
+    }
+    Ok(endpoint)
 }
 
 /// The key that protects a server's Retry tokens: kept for the server's life, so that tokens

@@ -873,7 +873,14 @@ fn decide_resume(
         Err(reason) => {
             bump(&shared.counters.resumes_refused);
             debug!(player_id = %request.player_id, %reason, "resume refused");
-            handshake.refuse(reason, reason.describe(), None);
+            let message = match reason {
+                Reason::UnknownSession => {
+                    "no such session here (it expired, or the server restarted): connect again as a \
+                     new session"
+                }
+                other => other.describe(),
+            };
+            handshake.refuse(reason, message, None);
             None
         }
     }

@@ -66,8 +66,9 @@ pub enum Disconnect {
     /// Nothing was heard from the peer for the idle timeout: the path or the peer died.
     #[error("timed out")]
     TimedOut,
-    /// The peer no longer knows the connection (typically a server restart).
-    #[error("reset by peer")]
+    /// The peer no longer knows the connection (typically a server restart): a QUIC stateless
+    /// reset.
+    #[error("reset by the peer: it no longer knows this connection (a restart, typically)")]
     Reset,
     /// A QUIC-level error.
     #[error("transport error: {0}")]

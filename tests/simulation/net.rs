@@ -143,7 +143,8 @@ impl Net {
         net
     }
 
-    /// The server's socket.
+    /// A socket at the server's address. A later call replaces it: the earlier socket then
+    /// neither receives nor sends (a server killed, and started again at the same address).
     pub fn server_socket(self: &Arc<Self>) -> Arc<dyn AsyncUdpSocket> {
         self.socket(SERVER)
     }
@@ -348,6 +349,13 @@ impl AsyncUdpSocket for SimSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let replaced = lock(&self.net.inner)
+            .inboxes
+            .get(&self.addr)
+            .is_none_or(|current| !Arc::ptr_eq(current, &self.inbox));
+        if replaced {
+            return Ok(()); // a killed server's socket
+        }
         match transmit.segment_size {
             Some(size) if size > 0 => {
                 for segment in transmit.contents.chunks(size) {
