@@ -176,51 +176,90 @@ async fn start_target() -> Result<Target, Box<dyn std::error::Error>> {
     })
 }
 
-/// Honest clients, one every 20 ms, each exchanging three messages on main.
+/// Honest clients, one every 20 ms, each from its own address (players are not all behind one
+/// NAT), each exchanging three messages on main.
 struct Honest {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(u32, u32, Vec<Duration>)>,
+    task: tokio::task::JoinHandle<HonestTally>,
+}
+
+/// What the honest clients saw: how many got through, their connect times, and why the others
+/// failed (each distinct reason, with its count).
+#[derive(Default)]
+struct HonestTally {
+    ok: u32,
+    failed: u32,
+    times: Vec<Duration>,
+    failures: std::collections::BTreeMap<String, u32>,
 }
 
 fn honest_clients(target: &Target) -> Honest {
     let stop = Arc::new(AtomicBool::new(false));
-    let config = ClientConfig::new(target.addr, target.trust.clone());
+    let (addr, trust) = (target.addr, target.trust.clone());
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(20));
             let mut runs = Vec::new();
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 ticker.tick().await;
-                let config = config.clone();
+                let mut config = ClientConfig::new(addr, trust.clone());
+                config.bind = Some(SocketAddr::new(honest_ip(n), 0));
+                n += 1;
                 runs.push(tokio::spawn(async move {
                     let started = Instant::now();
-                    let mut session = Client::connect(&config).await.ok()?;
+                    let mut session = Client::connect(&config)
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
                     let connected = started.elapsed();
                     for i in 0..3u32 {
-                        session.main().send(&i).await.ok()?;
-                        let echo: u32 = session.main().recv().await.ok()?;
-                        (echo == i).then_some(())?;
+                        session
+                            .main()
+                            .send(&i)
+                            .await
+                            .map_err(|e| format!("send: {e}"))?;
+                        let echo: u32 = session
+                            .main()
+                            .recv()
+                            .await
+                            .map_err(|e| format!("receive: {e}"))?;
+                        if echo != i {
+                            return Err(format!("echo {echo} for {i}"));
+                        }
                     }
                     session.close_gracefully(quicfeed::Reason::Normal, "").await;
-                    Some(connected)
+                    Ok::<_, String>(connected)
                 }));
             }
-            let (mut ok, mut failed, mut times) = (0, 0, Vec::new());
+            let mut tally = HonestTally::default();
             for run in runs {
-                match run.await.ok().flatten() {
-                    Some(t) => {
-                        ok += 1;
-                        times.push(t);
+                match run.await {
+                    Ok(Ok(t)) => {
+                        tally.ok += 1;
+                        tally.times.push(t);
                     }
-                    None => failed += 1,
+                    Ok(Err(why)) => {
+                        tally.failed += 1;
+                        *tally.failures.entry(why).or_default() += 1;
+                    }
+                    Err(e) => {
+                        tally.failed += 1;
+                        *tally.failures.entry(format!("task: {e}")).or_default() += 1;
+                    }
                 }
             }
-            times.sort();
-            (ok, failed, times)
+            tally.times.sort();
+            tally
         }
     });
     Honest { stop, task }
+}
+
+/// The honest clients' addresses: loopback, apart from the attackers'.
+fn honest_ip(n: u64) -> IpAddr {
+    let n = n % 60_000;
+    IpAddr::V4(Ipv4Addr::new(127, 3, (n / 250) as u8, (n % 250 + 2) as u8))
 }
 
 /// What one attack cost.
@@ -261,7 +300,12 @@ where
     let honest = honest_clients(target);
     let note = attack().await;
     honest.stop.store(true, Ordering::Relaxed);
-    let (honest_ok, honest_failed, times) = honest.task.await.unwrap_or_default();
+    let tally = honest.task.await.unwrap_or_default();
+    let (honest_ok, honest_failed, times) = (tally.ok, tally.failed, tally.times);
+    let mut note = note;
+    for (why, count) in &tally.failures {
+        note.push_str(&format!("; honest client failed ({count}x): {why}"));
+    }
     sampling.store(false, Ordering::Relaxed);
     let peak = sampler.await.unwrap_or(baseline);
     let cpu = probe.cpu_seconds() - cpu_before;
