@@ -690,8 +690,15 @@ fn check(scenario: &Scenario, log: &Shared, start: Instant) {
         let merge = policy.attempt_timeout + policy.max_backoff.mul_f64(1.5);
         let attempts = if plan.lossy() { 2 } else { 1 };
         let needed = merge * attempts + (plan.link.latency + plan.link.jitter) * 4;
-        let tightest = plan.tightest_outage(merge, noticed, policy.budget);
-        let too_long = tightest.is_some_and(|o| o.budget_left < needed);
+        let outages = plan.outages(merge, noticed, policy.attempt_timeout, policy.budget);
+        let tightest = outages.iter().copied().min_by_key(|o| o.budget_left);
+        // An end is excused by an outage too long for the budget only if it came after that
+        // outage began.
+        let too_long_since = outages
+            .iter()
+            .filter(|o| o.budget_left < needed)
+            .map(|o| o.at)
+            .min();
         for end in [End::Client, End::Server] {
             // Session ends: only those the scenario explains.
             let got = log.ends.get(&(plan.id, end)).cloned();
@@ -729,20 +736,28 @@ fn check(scenario: &Scenario, log: &Shared, start: Instant) {
                     }
                 ),
                 // An outage longer than the resume budget covers may end the session.
-                (Some((_, why)), _, End::Client) if too_long => matches!(
-                    why,
-                    Disconnect::ResumeFailed {
-                        reason: Reason::HandshakeTimeout,
-                        ..
-                    }
-                ),
-                (Some((_, why)), _, End::Server) if too_long => matches!(
-                    why,
-                    Disconnect::Locally {
-                        reason: Reason::SessionExpired,
-                        ..
-                    }
-                ),
+                (Some((when, why)), _, End::Client)
+                    if too_long_since.is_some_and(|t| *when >= t) =>
+                {
+                    matches!(
+                        why,
+                        Disconnect::ResumeFailed {
+                            reason: Reason::HandshakeTimeout,
+                            ..
+                        }
+                    )
+                }
+                (Some((when, why)), _, End::Server)
+                    if too_long_since.is_some_and(|t| *when >= t) =>
+                {
+                    matches!(
+                        why,
+                        Disconnect::Locally {
+                            reason: Reason::SessionExpired,
+                            ..
+                        }
+                    )
+                }
                 (Some(_), _, _) => false,
             };
             if !explained {

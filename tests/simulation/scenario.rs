@@ -77,64 +77,75 @@ pub struct Outage {
 }
 
 impl ClientPlan {
-    /// The tightest outage for a resume: of each outage (overlapping blackholes, and blackholes
-    /// less than `merge` apart, too short a gap for a resume to be sure to complete in, count as
-    /// one; so does a NAT rebinding, a migration or a reconnect less than `merge` from one), how
-    /// much of the resume budget is left once the path is back. The budget starts when the
-    /// client starts resuming: at a reconnect, or when it notices the dead path (`noticed`
-    /// after the outage starts), whichever comes first. Returns the outage's length and the
-    /// budget left, for the outage that leaves the least.
-    pub fn tightest_outage(
+    /// The outages a resume must cover, each with how much of the resume budget is left once
+    /// the path is back. Overlapping blackholes, and blackholes less than `merge` apart (too
+    /// short a gap for a resume to be sure to complete in), count as one; so does a NAT
+    /// rebinding, a migration or a reconnect less than `merge` from one. The budget starts when
+    /// the client starts resuming: when it notices the dead path (`noticed` after the first
+    /// blackhole starts), or at a reconnect if that comes first, provided the reconnect's own
+    /// resume may still be under way when the path dies (it is at most `attempt` before it).
+    pub fn outages(
         &self,
         merge: Duration,
         noticed: Duration,
+        attempt: Duration,
         budget: Duration,
-    ) -> Option<Outage> {
-        // (start, end, a reconnect's time if one is in the span)
-        let mut spans: Vec<(Duration, Duration, Option<Duration>)> = self
+    ) -> Vec<Outage> {
+        // (start, end, the first blackhole's start, reconnect times)
+        let mut spans: Vec<(Duration, Duration, Option<Duration>, Vec<Duration>)> = self
             .faults
             .iter()
             .filter_map(|(at, f)| match f {
-                Fault::Blackhole(d) => Some((*at, *at + *d, None)),
+                Fault::Blackhole(d) => Some((*at, *at + *d, Some(*at), Vec::new())),
                 // A new address or a new connection is no outage for a live connection, but it
                 // ends a resume's QUIC handshake under way (QUIC does not migrate during a
                 // handshake): next to an outage, it counts as part of it.
-                Fault::NatRebinding | Fault::Migration => Some((*at, *at, None)),
+                Fault::NatRebinding | Fault::Migration => Some((*at, *at, None, Vec::new())),
                 // A reconnect starts a resume at once.
-                Fault::Reconnect => Some((*at, *at, Some(*at))),
+                Fault::Reconnect => Some((*at, *at, None, vec![*at])),
                 Fault::Close | Fault::Vanish => None,
             })
             .collect();
-        spans.sort();
-        let mut merged: Vec<(Duration, Duration, Option<Duration>)> = Vec::new();
-        for (start, end, reconnect) in spans {
+        spans.sort_by_key(|span| (span.0, span.1));
+        let mut merged: Vec<(Duration, Duration, Option<Duration>, Vec<Duration>)> = Vec::new();
+        for (start, end, blackhole, reconnects) in spans {
             match merged.last_mut() {
-                Some((_, e, r)) if start <= *e + merge => {
+                Some((_, e, b, r)) if start <= *e + merge => {
                     *e = (*e).max(end);
-                    *r = r.or(reconnect);
+                    *b = b.or(blackhole);
+                    r.extend(reconnects);
                 }
-                _ => merged.push((start, end, reconnect)),
+                _ => merged.push((start, end, blackhole, reconnects)),
             }
         }
         merged
             .into_iter()
-            .map(|(start, end, reconnect)| {
-                let resuming = reconnect.map_or(start + noticed, |r| r.min(start + noticed));
-                Outage {
-                    at: start,
-                    length: end - start,
+            .filter_map(|(_, end, blackhole, reconnects)| {
+                let dead = blackhole?;
+                let resuming = reconnects
+                    .into_iter()
+                    .filter(|r| *r + attempt >= dead)
+                    .fold(dead + noticed, Duration::min);
+                Some(Outage {
+                    at: dead,
+                    length: end - dead,
                     budget_left: (resuming + budget).saturating_sub(end),
-                }
+                })
             })
-            .min_by_key(|o| o.budget_left)
+            .collect()
     }
 
     /// Whether the link loses packets often enough that a resume attempt may fail whole: a lost
     /// handshake packet inflates QUIC's first round-trip sample (an acknowledgement delayed by
     /// the peer's own retransmission timer counts in full during the handshake), so the probe
     /// that would resend a lost client Finished can come after the attempt's timeout.
+    /// (Bursts count when they would lose 2 % or more of 100 packets a second.)
     pub fn lossy(&self) -> bool {
-        self.link.loss >= 0.02 || self.link.burst.is_some()
+        let bursts = self
+            .link
+            .burst
+            .map_or(0.0, |(p, mean)| p * 100.0 * mean.as_secs_f64());
+        self.link.loss >= 0.02 || bursts >= 0.02
     }
 
     /// How long one message may take to arrive whole on this link, beyond the dead-path
