@@ -50,7 +50,18 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    // Errors are for people: their message, never a Debug dump.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(cert) = args.serve {
         return serve(cert).await;
@@ -688,7 +699,8 @@ async fn attack(quick: bool) -> Result<(), Box<dyn std::error::Error>> {
     let second = connect_idle(i, i).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let at_2n = target.probe.rss_kb();
-    let idle_kb = at_2n.saturating_sub(at_n) / i.max(1);
+    // Per session actually added (a failed connect adds none).
+    let idle_kb = at_2n.saturating_sub(at_n) / (second.len() as u64).max(1);
     let held = first.len() + second.len();
     drop((first, second));
 

@@ -247,49 +247,48 @@ impl Trust {
     }
 
     /// The rustls configuration for connecting to `host` (`server_name@address:port`, the key
-    /// of a `known_hosts` file).
+    /// of a `known_hosts` file), and where its certificate verifier records why it refused a
+    /// certificate.
     pub(crate) fn rustls_client_config(
         &self,
         zero_rtt: bool,
         host: &str,
-    ) -> Result<rustls::ClientConfig, ConfigError> {
+    ) -> Result<(rustls::ClientConfig, Refusals), ConfigError> {
         let provider = provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
-        let pinned = |pin: Pin| {
+        let pinned = |pin: Pin| -> Arc<dyn ServerCertVerifier> {
             Arc::new(PinnedVerifier {
                 pin,
                 provider: provider.clone(),
             })
         };
-        let mut config = match self {
-            Trust::Certificate(der) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(pinned(Pin::Fingerprint(Fingerprint::of(der)))),
-            Trust::Fingerprint(fp) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(pinned(Pin::Fingerprint(*fp))),
+        let authorities =
+            |roots: rustls::RootCertStore| -> Result<Arc<dyn ServerCertVerifier>, ConfigError> {
+                let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| ConfigError::Invalid(format!("certificate authorities: {e}")))?;
+                Ok(verifier)
+            };
+        let verifier = match self {
+            Trust::Certificate(der) => pinned(Pin::Fingerprint(Fingerprint::of(der))),
+            Trust::Fingerprint(fp) => pinned(Pin::Fingerprint(*fp)),
             Trust::Fingerprints(set) => {
                 if set.is_empty() {
                     return Err(ConfigError::Invalid(
                         "Trust::Fingerprints holds no fingerprint".into(),
                     ));
                 }
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(pinned(Pin::AnyOf(set.clone())))
+                pinned(Pin::AnyOf(set.clone()))
             }
-            Trust::KnownHosts(known) => {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(pinned(Pin::FirstUse {
-                        known: known.clone(),
-                        host: host.to_owned(),
-                    }))
-            }
-            Trust::DangerousAcceptAnyCertificate => builder
-                .dangerous()
-                .with_custom_certificate_verifier(pinned(Pin::Any)),
+            Trust::KnownHosts(known) => pinned(Pin::FirstUse {
+                known: known.clone(),
+                host: host.to_owned(),
+            }),
+            Trust::DangerousAcceptAnyCertificate => pinned(Pin::Any),
             Trust::CaCertificates(cas) => {
                 let mut roots = rustls::RootCertStore::empty();
                 let (added, _) = roots.add_parsable_certificates(cas.iter().cloned());
@@ -298,7 +297,7 @@ impl Trust {
                         "Trust::CaCertificates holds no usable CA certificate".into(),
                     ));
                 }
-                builder.with_root_certificates(roots)
+                authorities(roots)?
             }
             Trust::SystemRoots => {
                 let native = rustls_native_certs::load_native_certs();
@@ -312,15 +311,134 @@ impl Trust {
                         "no system root certificates found".into(),
                     ));
                 }
-                builder.with_root_certificates(roots)
+                authorities(roots)?
             }
-        }
-        .with_no_client_auth();
+        };
+        let refusals = Refusals::default();
+        let mut config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Recording {
+                inner: verifier,
+                refusals: refusals.clone(),
+            }))
+            .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
         // Resumes, and new connections made with the same `ClientConfig`, go in 0-RTT when the
         // server gave this client a ticket.
         config.enable_early_data = zero_rtt;
-        Ok(config)
+        Ok((config, refusals))
+    }
+}
+
+/// Why the certificate verifier behind one rustls configuration last refused a certificate, in
+/// words: rustls hands quinn only a TLS alert, so without it a failed connect could not say what
+/// was wrong or what to do.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Refusals(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Refusals {
+    fn record(&self, why: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+    }
+
+    /// The last refusal, if one was recorded since the last call.
+    pub(crate) fn take(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// A verifier that records, in words, why the one it wraps refused.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn ServerCertVerifier>,
+    refusals: Refusals,
+}
+
+/// What a person needs to know of a certificate refusal, and what to do about it.
+fn describe_refusal(error: &rustls::Error, server_name: &ServerName<'_>) -> String {
+    match error {
+        // quicfeed's own verifiers: their messages say what to do.
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other.0.to_string(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "it is not signed by a certificate authority this client trusts (a self-signed \
+             development certificate must be pinned: Trust::Certificate, Trust::Fingerprint or \
+             Trust::KnownHosts)"
+            .to_owned(),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => format!(
+            "it is not valid for the name {} (set ClientConfig::server_name to a name the \
+             certificate holds)",
+            server_name.to_str()
+        ),
+        rustls::Error::InvalidCertificate(
+            context @ CertificateError::NotValidForNameContext { .. },
+        ) => format!("{context} (set ClientConfig::server_name to a name the certificate holds)"),
+        rustls::Error::InvalidCertificate(
+            expired @ (CertificateError::Expired | CertificateError::ExpiredContext { .. }),
+        ) => format!("{expired}: the server needs a new certificate"),
+        rustls::Error::InvalidCertificate(
+            early @ (CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }),
+        ) => format!("{early} (is this machine's clock right?)"),
+        rustls::Error::InvalidCertificate(other) => other.to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .inspect_err(|e| self.refusals.record(describe_refusal(e, server_name)))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|e| {
+                self.refusals.record(format!(
+                    "the server's handshake signature does not verify ({e}): it does not hold \
+                     the certificate's key"
+                ))
+            })
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.inner.root_hint_subjects()
     }
 }
 
@@ -331,27 +449,31 @@ impl Trust {
 /// ticket store and its verifier, is kept; it is built again when the trust or the server
 /// changes.
 #[derive(Clone, Default)]
-pub(crate) struct TlsSessions(Arc<std::sync::Mutex<Option<(String, rustls::ClientConfig)>>>);
+#[allow(clippy::type_complexity)]
+pub(crate) struct TlsSessions(
+    Arc<std::sync::Mutex<Option<(String, rustls::ClientConfig, Refusals)>>>,
+);
 
 impl TlsSessions {
-    /// The configuration for `key` (what it was built from), built by `build` the first time.
+    /// The configuration for `key` (what it was built from), built by `build` the first time,
+    /// with its verifier's refusals.
     pub(crate) fn get_or_build(
         &self,
         key: String,
-        build: impl FnOnce() -> Result<rustls::ClientConfig, ConfigError>,
-    ) -> Result<rustls::ClientConfig, ConfigError> {
+        build: impl FnOnce() -> Result<(rustls::ClientConfig, Refusals), ConfigError>,
+    ) -> Result<(rustls::ClientConfig, Refusals), ConfigError> {
         let mut kept = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((built_for, config)) = kept.as_ref() {
+        if let Some((built_for, config, refusals)) = kept.as_ref() {
             if *built_for == key {
-                return Ok(config.clone());
+                return Ok((config.clone(), refusals.clone()));
             }
         }
-        let config = build()?;
-        *kept = Some((key, config.clone()));
-        Ok(config)
+        let (config, refusals) = build()?;
+        *kept = Some((key, config.clone(), refusals.clone()));
+        Ok((config, refusals))
     }
 }
 

@@ -2,6 +2,7 @@
 //! network, the peer (a refusal or a violation), or the application (a value that does not fit).
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,13 +52,17 @@ pub enum CertError {
         /// The file that is missing.
         missing: PathBuf,
     },
+    /// The operating system's random number generator failed while generating this.
+    #[error("cannot generate {0}: the system's random number generator failed")]
+    Randomness(String),
     /// rcgen failed to generate a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(String),
     /// A server secret file is not one line of 64 hexadecimal digits.
     #[error(
-        "{}: {detail} (restore the file, or delete it to generate a new secret: clients \
-         connected before then learn of the next restart only by their dead-path timeout)",
+        "{}: {detail} (restore the file, or delete it to generate a new secret; clients \
+         connected under the old secret then notice the restart only at their dead-path \
+         timeout)",
         path.display()
     )]
     Secret {
@@ -83,8 +88,19 @@ pub enum ServerError {
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Binding the UDP socket failed.
-    #[error("cannot bind: {0}")]
+    /// The UDP socket could not be bound to the address to listen on.
+    #[error(
+        "cannot listen on {addr}: {source} (another program may hold that port: stop it, or \
+         choose another address or port)"
+    )]
+    Bind {
+        /// The address to listen on.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Setting up the socket or the QUIC endpoint failed.
+    #[error("cannot start the server's socket: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -95,14 +111,43 @@ pub enum ConnectError {
     /// The configuration cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Binding the local UDP socket failed.
-    #[error("cannot bind: {0}")]
+    /// The client's UDP socket could not be bound to its local address
+    /// ([`ClientConfig::bind`](crate::ClientConfig::bind), or any port).
+    #[error("cannot bind the client's socket to {addr}: {source}")]
+    Bind {
+        /// The local address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// Setting up the socket or the QUIC endpoint failed.
+    #[error("cannot start the client's socket: {0}")]
     Io(#[from] io::Error),
     /// quinn refused to start the connection (for example, an invalid server name).
     #[error("cannot start connection: {0}")]
     Start(#[from] quinn::ConnectError),
-    /// The QUIC connection failed or was lost: unreachable server, certificate not trusted,
-    /// protocol (ALPN) mismatch, idle timeout.
+    /// No QUIC handshake with the server completed in time: nothing answered at that address
+    /// and port, or every answer was lost.
+    #[error(
+        "nothing answered from {server} within {:.1} s (is the server running, at that address \
+         and port? is UDP blocked on the way?)",
+        waited.as_secs_f64()
+    )]
+    NoAnswer {
+        /// The server's address.
+        server: SocketAddr,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// The server's certificate is not trusted: `problem` says why and what to do (a changed
+    /// certificate under trust on first use names both fingerprints and the file to edit).
+    #[error("the server's certificate was refused: {problem}")]
+    Certificate {
+        /// What was wrong, and what to do.
+        problem: String,
+    },
+    /// The QUIC connection failed or was lost: protocol (ALPN) mismatch, a transport error,
+    /// an idle timeout.
     #[error("connection failed: {0}")]
     Transport(quinn::ConnectionError),
     /// The server refused the handshake with `CONN_FAILED` (or closed with a reason).

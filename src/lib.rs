@@ -26,9 +26,10 @@
 //! A session outlives its connections. A client whose address changes keeps its connection by
 //! QUIC migration; one whose connection is lost (nothing heard for the dead-path timeout) resumes
 //! the session on a new connection with `RESUME`, which proves it holds the single-use
-//! credential of the last `CONN_OK` with a value bound to the new connection's TLS keys. Messages are numbered per channel and kept until the peer
-//! acknowledges them, so after a resume each side replays what the other missed: every message
-//! arrives exactly once, in order, or a gap is reported.
+//! credential of the last `CONN_OK` with a value bound to the new connection's TLS keys.
+//! Messages are numbered per channel and kept until the peer acknowledges them, so after a
+//! resume each side replays what the other missed: every message arrives exactly once, in
+//! order, or a gap is reported.
 //!
 //! ## Layout
 //!

@@ -9,6 +9,7 @@
 //! survives the restart, an old client's next packet brings a reset back within a round trip.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use ring::hkdf;
@@ -24,11 +25,16 @@ pub const SERVER_SECRET_LEN: usize = 32;
 /// the packets of its old clients with a stateless reset, and they learn of the restart within
 /// a round trip instead of after their dead-path timeout.
 ///
+/// The keys also depend on the address the server is bound to, so two servers sharing one
+/// secret file on different ports still have keys of their own: a secret shared by servers
+/// with the *same* keys would let a packet of one server's connection, sent to the other, come
+/// back as that connection's reset token (RFC 9000 §21.11). Do not share a secret between
+/// instances behind one address (a load balancer), since their keys would then be the same.
+///
 /// Keep it beside the certificate ([`ServerSecret::load_or_generate`]), as private as the
 /// certificate's key: whoever holds it can forge resets that close this server's connections.
-/// Servers behind one address (a load balancer) must share it. Set it in
-/// [`ServerConfig::secret`](crate::ServerConfig::secret); without one, the server draws random
-/// keys when it starts.
+/// Set it in [`ServerConfig::secret`](crate::ServerConfig::secret); without one, the server
+/// draws random keys when it starts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerSecret([u8; SERVER_SECRET_LEN]);
 
@@ -43,7 +49,7 @@ impl ServerSecret {
     pub fn generate() -> Result<Self, CertError> {
         let mut bytes = [0u8; SERVER_SECRET_LEN];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-            .map_err(|_| CertError::Generate("the system has no randomness for a secret".into()))?;
+            .map_err(|_| CertError::Randomness("a server secret".into()))?;
         Ok(ServerSecret(bytes))
     }
 
@@ -66,18 +72,51 @@ impl ServerSecret {
 
     /// Loads the secret from `path`, or, when the file does not exist, generates one and
     /// writes it there (readable by its owner only). Returns the secret and whether it was
-    /// generated.
+    /// generated. Two servers starting at once end up with the same secret: the file appears
+    /// whole or not at all (written beside it, then linked into place only if still absent).
     pub fn load_or_generate(path: &Path) -> Result<(Self, bool), CertError> {
-        if path.exists() {
-            return Ok((Self::load(path)?, false));
+        match std::fs::metadata(path) {
+            Ok(_) => return Ok((Self::load(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CertError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         }
         let secret = Self::generate()?;
-        secret.write(path)?;
-        tracing::info!(path = %path.display(), "generated a server secret");
-        Ok((secret, true))
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CertError::Io { path, source }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(format!(".{}.new", std::process::id()));
+        let staged = std::path::PathBuf::from(staged);
+        secret.write(&staged)?;
+        let linked = std::fs::hard_link(&staged, path);
+        let _ = std::fs::remove_file(&staged);
+        match linked {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "generated a server secret");
+                Ok((secret, true))
+            }
+            // Another process wrote it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((Self::load(path)?, false))
+            }
+            Err(source) => Err(CertError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
     }
 
-    /// Writes the secret to `path` as one line of hexadecimal, with mode 0600 on Unix.
+    /// Writes the secret to `path` as one line of hexadecimal. On Unix a new file gets mode
+    /// 0600; an existing file keeps its mode (and is overwritten).
     pub fn write(&self, path: &Path) -> Result<(), CertError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -117,23 +156,25 @@ impl ServerSecret {
         Ok(ServerSecret(bytes))
     }
 
-    /// The key of the server's stateless reset tokens.
-    pub(crate) fn reset_key(&self) -> Result<ring::hmac::Key, ConfigError> {
+    /// The key of the stateless reset tokens of a server bound to `bound`.
+    pub(crate) fn reset_key(&self, bound: SocketAddr) -> Result<ring::hmac::Key, ConfigError> {
         let mut key = [0u8; 32];
-        self.derive(b"quicfeed stateless reset", &mut key)?;
+        self.derive(b"quicfeed stateless reset", bound, &mut key)?;
         Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key))
     }
 
-    /// The key of the server's connection IDs (quinn's hashed connection ID generator).
-    pub(crate) fn connection_id_key(&self) -> Result<u64, ConfigError> {
+    /// The key of the connection IDs (quinn's hashed connection ID generator) of a server bound
+    /// to `bound`.
+    pub(crate) fn connection_id_key(&self, bound: SocketAddr) -> Result<u64, ConfigError> {
         let mut key = [0u8; 8];
-        self.derive(b"quicfeed connection ids", &mut key)?;
+        self.derive(b"quicfeed connection ids", bound, &mut key)?;
         Ok(u64::from_be_bytes(key))
     }
 
-    /// Fills `out` with the HKDF-SHA256 expansion of the secret for `label` (HKDF fails only
-    /// for more than 255 hash lengths; the keys are 8 and 32 bytes).
-    fn derive(&self, label: &[u8], out: &mut [u8]) -> Result<(), ConfigError> {
+    /// Fills `out` with the HKDF-SHA256 expansion of the secret for `label` and the address
+    /// `bound` (info: the label, a space, the address as text). HKDF fails only for more than
+    /// 255 hash lengths; the keys are 8 and 32 bytes.
+    fn derive(&self, label: &[u8], bound: SocketAddr, out: &mut [u8]) -> Result<(), ConfigError> {
         struct Len(usize);
         impl hkdf::KeyType for Len {
             fn len(&self) -> usize {
@@ -141,7 +182,8 @@ impl ServerSecret {
             }
         }
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"quicfeed/1 server secret").extract(&self.0);
-        let info = [label];
+        let address = bound.to_string();
+        let info = [label, b" ", address.as_bytes()];
         prk.expand(&info, Len(out.len()))
             .and_then(|okm| okm.fill(out))
             .map_err(|_| ConfigError::Invalid("cannot derive keys from the server secret".into()))
@@ -161,15 +203,15 @@ mod tests {
         let (again, generated) = ServerSecret::load_or_generate(&path).unwrap();
         assert!(!generated);
         assert_eq!(first, again);
-        assert_eq!(
-            first.connection_id_key().unwrap(),
-            again.connection_id_key().unwrap()
-        );
+        let bound: SocketAddr = "127.0.0.1:4433".parse().unwrap();
         let other = ServerSecret::generate().unwrap();
         assert_ne!(
-            first.connection_id_key().unwrap(),
-            other.connection_id_key().unwrap()
+            first.connection_id_key(bound).unwrap(),
+            other.connection_id_key(bound).unwrap()
         );
+        // No staged file is left behind.
+        let left = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(left, 1);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -180,17 +222,35 @@ mod tests {
 
     #[test]
     fn the_derived_keys_match_their_definition() {
-        // HKDF-SHA256, salt "quicfeed/1 server secret", info the label; checked against an
-        // independent computation of the same expansion.
+        // HKDF-SHA256, salt "quicfeed/1 server secret", info the label, a space and the bound
+        // address; checked against an independent computation of the same expansion.
         let secret = ServerSecret::from_bytes([7u8; SERVER_SECRET_LEN]);
+        let bound: SocketAddr = "127.0.0.1:4433".parse().unwrap();
         let prk = ring::hmac::sign(
             &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"quicfeed/1 server secret"),
             &[7u8; SERVER_SECRET_LEN],
         );
         let prk = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, prk.as_ref());
-        let block = ring::hmac::sign(&prk, b"quicfeed connection ids\x01");
-        let expected = u64::from_be_bytes(block.as_ref()[..8].try_into().unwrap());
-        assert_eq!(secret.connection_id_key().unwrap(), expected);
+        let block =
+            |label: &str| ring::hmac::sign(&prk, format!("{label} 127.0.0.1:4433\x01").as_bytes());
+        let ids = block("quicfeed connection ids");
+        let expected = u64::from_be_bytes(ids.as_ref()[..8].try_into().unwrap());
+        assert_eq!(secret.connection_id_key(bound).unwrap(), expected);
+        // The reset key: the same expansion for its label, used as an HMAC-SHA256 key.
+        let reset = block("quicfeed stateless reset");
+        let expected = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+        let id = b"a connection id";
+        assert_eq!(
+            ring::hmac::sign(&secret.reset_key(bound).unwrap(), id).as_ref(),
+            ring::hmac::sign(&expected, id).as_ref()
+        );
+        // The labels and the address separate the keys.
+        assert_ne!(reset.as_ref()[..8], ids.as_ref()[..8]);
+        let elsewhere: SocketAddr = "127.0.0.1:4434".parse().unwrap();
+        assert_ne!(
+            secret.connection_id_key(bound).unwrap(),
+            secret.connection_id_key(elsewhere).unwrap()
+        );
     }
 
     #[test]

@@ -33,10 +33,15 @@ async fn trust_on_first_use_records_accepts_then_refuses_a_changed_certificate()
     fixture.server.rotate_identity(replacement).unwrap();
     let err = within(Client::connect(&config)).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, ConnectError::Transport(_)), "{text}");
+    // Its own variant, in words a person can act on: both fingerprints, the file and what to
+    // do, and no rustls Debug dump.
+    assert!(matches!(err, ConnectError::Certificate { .. }), "{text}");
     assert!(text.contains(&original.to_string()), "{text}");
     assert!(text.contains(&changed.to_string()), "{text}");
     assert!(text.contains(&host), "{text}");
+    assert!(text.contains(&known.path().display().to_string()), "{text}");
+    assert!(text.contains("remove the line"), "{text}");
+    assert!(!text.contains("OtherError"), "{text}");
     assert_eq!(known.get(&host).unwrap(), Some(original), "not overwritten");
 
     assert!(known.remove(&host).unwrap());

@@ -218,13 +218,59 @@ async fn a_certificate_that_does_not_match_the_trust_is_refused() {
             .await
             .unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, ConnectError::Transport(_)), "{text}");
+        assert!(matches!(err, ConnectError::Certificate { .. }), "{text}");
         assert!(text.contains(&presented.to_string()), "{text}");
         assert!(text.contains(&other.fingerprint().to_string()), "{text}");
+        assert!(!text.contains("OtherError"), "{text}");
     }
+    // A self-signed certificate under CA trust: the error says how to pin it instead.
     let trust = Trust::CaCertificates(vec![other.certificate().clone()]);
     let err = within(Client::connect(&ClientConfig::new(fixture.addr, trust)))
         .await
         .unwrap_err();
-    assert!(matches!(err, ConnectError::Transport(_)), "{err}");
+    let text = err.to_string();
+    assert!(matches!(err, ConnectError::Certificate { .. }), "{text}");
+    assert!(text.contains("certificate authority"), "{text}");
+    assert!(text.contains("Trust::Certificate"), "{text}");
+}
+
+/// Proves: a client pointed at a port where nothing answers says so, naming the address and
+/// what to check, instead of a bare timeout.
+#[tokio::test]
+async fn a_port_where_nothing_answers_is_reported_as_such() {
+    // A socket that never answers (no ICMP either, so the wait is the whole timeout).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (identity, _) = common::identity();
+    let mut config = ClientConfig::new(addr, Trust::Certificate(identity.certificate().clone()));
+    config.handshake_timeout = Duration::from_millis(500);
+    let err = within(Client::connect(&config)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConnectError::NoAnswer { server, .. } if server == addr),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("nothing answered from {addr}")),
+        "{text}"
+    );
+    assert!(text.contains("is the server running"), "{text}");
+}
+
+/// Proves: a server that cannot listen names the address and what to do.
+#[tokio::test]
+async fn a_taken_port_is_reported_with_its_address() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (identity, _) = common::identity();
+    let Err(err) = quicfeed::Server::bind(quicfeed::ServerConfig::new(addr, identity)).await else {
+        panic!("bound to a taken port");
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, quicfeed::ServerError::Bind { addr: a, .. } if a == addr),
+        "{text}"
+    );
+    assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
+    assert!(text.contains("choose another address or port"), "{text}");
 }

@@ -15,6 +15,7 @@ use super::link::{Link, StreamError, close, drain};
 use super::now;
 use super::session::{AppRef, Counters, SessionCore, SideHandle, session_config};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
+use crate::certs::Refusals;
 use crate::config::{ClientConfig, ResumePolicy};
 use crate::error::{ConnectError, Disconnect};
 use crate::events::SessionEvent;
@@ -73,16 +74,20 @@ pub(crate) async fn connect(
 ) -> Result<AppRef, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
-    let endpoint = endpoint::client(config, socket)?;
+    let started = now();
+    let (endpoint, refusals) = endpoint::client(config, socket)?;
     let connecting = endpoint.connect(config.server, &config.server_name)?;
     let (conn, accepted) = match open(connecting, config.zero_rtt, deadline).await {
         Ok(opened) => opened,
         Err(None | Some(quinn::ConnectionError::TimedOut)) => {
-            return Err(ConnectError::TimedOut {
-                step: HandshakeStep::Quic,
+            return Err(ConnectError::NoAnswer {
+                server: config.server,
+                waited: now().saturating_duration_since(started),
             });
         }
-        Err(Some(e)) => return Err(ConnectError::Transport(e)),
+        Err(Some(e)) => {
+            return Err(certificate_refusal(&e, &refusals).unwrap_or(ConnectError::Transport(e)));
+        }
     };
     let handshake = ClientHandshakeConfig {
         deadline,
@@ -103,6 +108,10 @@ pub(crate) async fn connect(
         Ok(done) => done,
         Err(error) => {
             let error = match error {
+                // A connection that went ahead in 0-RTT learns of a refused certificate here.
+                HandshakeError::Failed(ConnectError::Transport(e)) => {
+                    certificate_refusal(&e, &refusals).unwrap_or(ConnectError::Transport(e))
+                }
                 HandshakeError::Failed(e) => e,
                 HandshakeError::ZeroRttRejected => ConnectError::TimedOut {
                     step: HandshakeStep::Quic,
@@ -424,6 +433,24 @@ async fn open(
         Ok(Ok(conn)) => Ok((conn, None)),
         Ok(Err(e)) => Err(Some(e)),
         Err(_) => Err(None),
+    }
+}
+
+/// The certificate error behind a QUIC handshake that this side ended with a TLS alert (a
+/// `CRYPTO_ERROR`, 0x100 to 0x1ff), in the words of the verifier that refused.
+fn certificate_refusal(
+    error: &quinn::ConnectionError,
+    refusals: &Refusals,
+) -> Option<ConnectError> {
+    match error {
+        quinn::ConnectionError::TransportError(e)
+            if (0x100..0x200).contains(&u64::from(e.code)) =>
+        {
+            refusals
+                .take()
+                .map(|problem| ConnectError::Certificate { problem })
+        }
+        _ => None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, Runtime, VarInt};
 
-use crate::certs::Identity;
+use crate::certs::{Identity, Refusals};
 use crate::config::{ClientConfig, ServerConfig, TransportConfig};
 use crate::error::{ConfigError, ConnectError, ServerError};
 
@@ -25,11 +25,20 @@ pub(crate) fn server(
     let server = server_config(config, &config.identity, token_key)?;
     let socket = match socket {
         Some(socket) => socket,
-        None => quinn::TokioRuntime
-            .wrap_udp_socket(udp_socket(config.listen, config.transport.udp_buffer_size)?)?,
+        None => {
+            let socket =
+                udp_socket(config.listen, config.transport.udp_buffer_size).map_err(|source| {
+                    ServerError::Bind {
+                        addr: config.listen,
+                        source,
+                    }
+                })?;
+            quinn::TokioRuntime.wrap_udp_socket(socket)?
+        }
     };
+    let bound = socket.local_addr()?;
     Ok(quinn::Endpoint::new_with_abstract_socket(
-        server_endpoint_config(config)?,
+        server_endpoint_config(config, bound)?,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -43,18 +52,23 @@ fn endpoint_config(transport: &TransportConfig) -> quinn::EndpointConfig {
     config
 }
 
-/// A server's endpoint settings: with a configured secret, the stateless reset key and the
-/// connection ID generator's key derive from it, so the same server restarted recognises the
-/// connection IDs it issued before and resets their connections. Every such packet gets its
-/// reset (no minimum interval between resets): a reset is always smaller than the packet that
-/// caused it, so it amplifies nothing, and when a thousand clients come back at once each
-/// learns of the restart from its first packet instead of one every 20 ms (quinn's default).
-fn server_endpoint_config(config: &ServerConfig) -> Result<quinn::EndpointConfig, ServerError> {
+/// A server's endpoint settings. With a configured secret, the stateless reset key and the
+/// connection ID generator's key derive from it and from the address the server is bound to,
+/// so the same server restarted at the same address recognises the connection IDs it issued
+/// before and resets their connections; and every such packet gets its reset (no minimum
+/// interval), so when a thousand clients come back at once each learns of the restart from its
+/// first packet instead of one every 20 ms (quinn's default). The cost, weighed in SECURITY.md
+/// (row 17): a peer holding one of this server's connection IDs can make it answer each packet
+/// with a reset, always smaller than that packet. Without a secret, quinn's defaults stand.
+fn server_endpoint_config(
+    config: &ServerConfig,
+    bound: SocketAddr,
+) -> Result<quinn::EndpointConfig, ServerError> {
     let mut endpoint = endpoint_config(&config.transport);
-    endpoint.min_reset_interval(std::time::Duration::ZERO);
     if let Some(secret) = &config.secret {
-        endpoint.reset_key(Arc::new(secret.reset_key()?));
-        let key = secret.connection_id_key()?;
+        endpoint.min_reset_interval(std::time::Duration::ZERO);
+        endpoint.reset_key(Arc::new(secret.reset_key(bound)?));
+        let key = secret.connection_id_key(bound)?;
         endpoint.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key))
                 as Box<dyn quinn::ConnectionIdGenerator>
@@ -113,17 +127,18 @@ pub(crate) fn udp_socket(
 }
 
 /// A client endpoint, on `socket` or on a newly bound UDP socket, whose default client
-/// configuration is `config`'s.
+/// configuration is `config`'s; and where its certificate verifier records why it refused a
+/// certificate.
 pub(crate) fn client(
     config: &ClientConfig,
     socket: Option<AbstractSocket>,
-) -> Result<quinn::Endpoint, ConnectError> {
+) -> Result<(quinn::Endpoint, Refusals), ConnectError> {
     // The name and the address: servers at different addresses that share a name (the default
     // `localhost` of development certificates) are different servers.
     let host = format!("{}@{}", config.server_name, config.server);
     // Kept across connections made with this configuration (and its clones), for 0-RTT.
     let key = format!("{host} {} {:?}", config.zero_rtt, config.trust);
-    let tls = config.tls_sessions.get_or_build(key, || {
+    let (tls, refusals) = config.tls_sessions.get_or_build(key, || {
         config.trust.rustls_client_config(config.zero_rtt, &host)
     })?;
     let crypto =
@@ -138,8 +153,9 @@ pub(crate) fn client(
                 SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
                 SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
             });
-            quinn::TokioRuntime
-                .wrap_udp_socket(udp_socket(bind, config.transport.udp_buffer_size)?)?
+            let socket = udp_socket(bind, config.transport.udp_buffer_size)
+                .map_err(|source| ConnectError::Bind { addr: bind, source })?;
+            quinn::TokioRuntime.wrap_udp_socket(socket)?
         }
     };
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -149,7 +165,7 @@ pub(crate) fn client(
         Arc::new(quinn::TokioRuntime),
     )?;
     endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    Ok((endpoint, refusals))
 }
 
 fn transport(
