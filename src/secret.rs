@@ -86,13 +86,7 @@ impl ServerSecret {
             }
         }
         let secret = Self::generate()?;
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| CertError::Io { path, source }
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-        }
+        // Staged beside the file (`write` creates the directory), then linked into place.
         let mut staged = path.as_os_str().to_owned();
         staged.push(format!(".{}.new", std::process::id()));
         let staged = std::path::PathBuf::from(staged);

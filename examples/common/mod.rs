@@ -111,3 +111,15 @@ pub(crate) async fn serve_session(session: Session, tick_hz: u32) -> Disconnect 
     feed_task.abort();
     handle.closed().await
 }
+
+/// The exit of an example's `main`: errors are for people, so their message, never a `Debug`
+/// dump.
+pub(crate) fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
