@@ -82,7 +82,7 @@ async fn serve(cert_path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     while let Some(session) = server.accept().await {
         tokio::spawn(async move {
             let (handle, main, feed) = session.into_parts();
-            let (mut tx, mut rx) = main.split();
+            let (tx, rx) = main.split();
             while let Ok(bytes) = rx.recv_bytes().await {
                 if tx.send_bytes(&bytes).await.is_err() {
                     break;
@@ -220,7 +220,7 @@ fn honest_clients(target: &Target) -> Honest {
                 n += 1;
                 runs.push(tokio::spawn(async move {
                     let started = Instant::now();
-                    let mut session = Client::connect(&config)
+                    let session = Client::connect(&config)
                         .await
                         .map_err(|e| format!("connect: {e}"))?;
                     let connected = started.elapsed();
@@ -633,7 +633,7 @@ async fn attack(quick: bool) -> Result<(), Box<dyn std::error::Error>> {
         }
         let pushers: Vec<_> = sessions
             .into_iter()
-            .map(|mut session: Session| {
+            .map(|session: Session| {
                 tokio::spawn(async move {
                     let chunk = vec![0xab_u8; 60_000];
                     // Datagrams on the lane too, as fast as they go: the server keeps what it

@@ -60,13 +60,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         session.player_id(),
         started.elapsed().as_secs_f64() * 1e3
     );
-    let (handle, mut main, feed) = session.into_parts();
+    let (handle, main, feed) = session.into_parts();
 
     let feed_reader = tokio::spawn(async move {
-        let (_, mut feed) = feed.split();
+        let (_, feed) = feed.split();
         let mut received = 0u64;
         while let Ok(snapshot) = feed.recv::<Snapshot>().await {
-            if received % 60 == 0 {
+            if received.is_multiple_of(60) {
                 println!(
                     "feed: tick {} with {} entities",
                     snapshot.tick,

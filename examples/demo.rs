@@ -293,11 +293,11 @@ async fn play(
     args: Args,
 ) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
     let player = session.player_id();
-    let (handle, mut main, feed) = session.into_parts();
+    let (handle, main, feed) = session.into_parts();
     // Snapshots queued while other clients were still connecting say nothing about latency.
     let playing_since_us = now_us();
     let feed_task = tokio::spawn(async move {
-        let (_, mut feed) = feed.split();
+        let (_, feed) = feed.split();
         let (mut received, mut in_order, mut ages) = (0u64, true, Vec::new());
         let mut next_tick = None;
         while let Ok(snapshot) = feed.recv::<Snapshot>().await {

@@ -14,10 +14,32 @@
 //! # fn takes(_: impl quicfeed::Authenticator) {}
 //! # takes(hook);
 //! ```
+//!
+//! What the authenticator learns about a player (its account, team, the matchmaker's ticket)
+//! can travel with the session: attach it with [`AuthDecision::with_data`] and read it on the
+//! server with [`Session::user_data`](crate::Session::user_data).
+//!
+//! ```
+//! use quicfeed::{AuthDecision, AuthRequest};
+//!
+//! struct Account { name: String, team: u8 }
+//!
+//! let hook = |request: AuthRequest| async move {
+//!     match std::str::from_utf8(&request.credentials) {
+//!         Ok(name) if !name.is_empty() => AuthDecision::Accept
+//!             .with_data(Account { name: name.to_owned(), team: (name.len() % 2) as u8 }),
+//!         _ => AuthDecision::reject("sign in first"),
+//!     }
+//! };
+//! # fn takes(_: impl quicfeed::Authenticator) {}
+//! # takes(hook);
+//! ```
 
+use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +65,15 @@ pub enum AuthDecision {
     /// Admit the client as this player. If the ID has a live session the client is refused
     /// with [`Reason::PlayerIdInUse`].
     AcceptAs(PlayerId),
+    /// Admit the client (as `player`, or with the next free sequential ID when `None`) and keep
+    /// `data` with its session, for the server to read with
+    /// [`Session::user_data`](crate::Session::user_data). Made by [`with_data`](Self::with_data).
+    AcceptWith {
+        /// The player ID asked for, as in [`AcceptAs`](Self::AcceptAs).
+        player: Option<PlayerId>,
+        /// What the authenticator decided about the player.
+        data: UserData,
+    },
     /// Refuse: the client gets `CONN_FAILED` with this reason and message.
     Reject {
         /// Usually [`Reason::AuthRefused`], or an application code
@@ -66,6 +97,23 @@ impl AuthDecision {
         }
     }
 
+    /// Keeps `data` with the session this decision admits (see [`UserData`]): turns
+    /// [`Accept`](Self::Accept) and [`AcceptAs`](Self::AcceptAs) into
+    /// [`AcceptWith`](Self::AcceptWith), replaces the data of an `AcceptWith`, and leaves a
+    /// refusal as it is.
+    pub fn with_data<T: Any + Send + Sync>(self, data: T) -> Self {
+        let player = match self {
+            AuthDecision::Accept => None,
+            AuthDecision::AcceptAs(player) => Some(player),
+            AuthDecision::AcceptWith { player, .. } => player,
+            refusal @ AuthDecision::Reject { .. } => return refusal,
+        };
+        AuthDecision::AcceptWith {
+            player,
+            data: UserData::new(data),
+        }
+    }
+
     /// Adds a hint of when the client may try again to a refusal (no effect on an
     /// acceptance).
     pub fn retry_after(self, after: Duration) -> Self {
@@ -81,6 +129,41 @@ impl AuthDecision {
         }
     }
 }
+
+/// A typed value an [`Authenticator`] attaches to the session it admits (an account, a team,
+/// a matchmaker's ticket), shared, never copied: read it with
+/// [`Session::user_data`](crate::Session::user_data) or
+/// [`SessionHandle::user_data`](crate::SessionHandle::user_data). It stays with the session
+/// across migrations and resumes, and never goes to the client. Two `UserData` are equal when
+/// they are the same value (not merely equal values).
+#[derive(Clone)]
+pub struct UserData(Arc<dyn Any + Send + Sync>);
+
+impl UserData {
+    /// Wraps `value`.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        UserData(Arc::new(value))
+    }
+
+    /// The value, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for UserData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserData(..)")
+    }
+}
+
+impl PartialEq for UserData {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for UserData {}
 
 /// Decides whether a client may open a session, and as which player.
 ///

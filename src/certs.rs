@@ -466,10 +466,10 @@ impl TlsSessions {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((built_for, config, refusals)) = kept.as_ref() {
-            if *built_for == key {
-                return Ok((config.clone(), refusals.clone()));
-            }
+        if let Some((built_for, config, refusals)) = kept.as_ref()
+            && *built_for == key
+        {
+            return Ok((config.clone(), refusals.clone()));
         }
         let (config, refusals) = build()?;
         *kept = Some((key, config.clone(), refusals.clone()));

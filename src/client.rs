@@ -12,7 +12,7 @@ use crate::session::Session;
 /// use quicfeed::{Client, ClientConfig, Trust};
 ///
 /// let trust = Trust::certificate_pem_file("certs/cert.pem".as_ref())?;
-/// let mut session = Client::connect(&ClientConfig::new("127.0.0.1:4433".parse()?, trust)).await?;
+/// let session = Client::connect(&ClientConfig::new("127.0.0.1:4433".parse()?, trust)).await?;
 /// session.main().send("hello").await?;
 /// let reply: String = session.main().recv().await?;
 /// # Ok(()) }

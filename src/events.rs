@@ -116,6 +116,19 @@ pub struct Events {
 }
 
 impl Events {
+    /// The next event if one has happened, without waiting: `None` when there is none yet or
+    /// the session has ended (see [`SessionHandle::ended`](crate::SessionHandle::ended)). Works
+    /// from any thread; a game loop drains them once a tick.
+    pub fn try_next(&mut self) -> Option<SessionEvent> {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The next event, or `None` once the session has ended and every event before the end has
     /// been returned. Events are kept for a subscriber that falls behind, up to 16; older ones
     /// are skipped.

@@ -33,7 +33,8 @@ const MAX_SKIP: usize = 1024;
 ///   a larger one is refused with [`SendError::TooLarge`], never fragmented.
 /// - QUIC sends datagrams ahead of stream data, within the same congestion control.
 ///
-/// A lane handle sends and receives; clones share the session. Several clones may send; if
+/// A lane handle sends and receives, from any thread (nothing here but the `async` receives
+/// needs the tokio runtime); clones share the session. Several clones may send; if
 /// several receive, each message goes to one of them. Sending while the session is between
 /// connections drops the message (counted in
 /// [`SessionCounters::datagrams_unsent`](crate::SessionCounters::datagrams_unsent)).
@@ -89,7 +90,7 @@ impl Lane {
     ///
     /// A message that does not decode as `T` is reported as [`RecvError::Decode`]; the
     /// session continues. Cancel-safe.
-    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+    pub async fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
         let payload = self.recv_bytes().await?;
         codec::decode_data_value(&payload).map_err(RecvError::Decode)
     }
@@ -98,18 +99,49 @@ impl Lane {
     /// delivered so far. Waits across migrations and resumes; returns [`RecvError::Closed`]
     /// when the session ends. A malformed datagram breaks the protocol: the session is closed
     /// with the reason and [`RecvError::Violation`] returned. Cancel-safe.
-    pub async fn recv_bytes(&mut self) -> Result<Bytes, RecvError> {
+    pub async fn recv_bytes(&self) -> Result<Bytes, RecvError> {
         self.core().recv_lane().await
     }
 
-    /// The next lane message if one has arrived, without waiting.
-    pub fn try_recv_bytes(&mut self) -> Option<Result<Bytes, RecvError>> {
+    /// The next lane message if one has arrived, without waiting: `None` when there is none
+    /// yet. Works from any thread.
+    pub fn try_recv_bytes(&self) -> Option<Result<Bytes, RecvError>> {
         self.core().try_recv_lane()
+    }
+
+    /// [`try_recv_bytes`](Self::try_recv_bytes), decoded as `T`.
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Option<Result<T, RecvError>> {
+        let payload = self.try_recv_bytes()?;
+        Some(payload.and_then(|p| codec::decode_data_value(&p).map_err(RecvError::Decode)))
+    }
+
+    /// The newest lane message that has arrived since the last read, without waiting, skipping
+    /// the older ones: what a game loop wants once a tick. `None` when nothing new has arrived.
+    /// An error (the session ended, a malformed datagram) is returned as soon as it is seen.
+    pub fn try_recv_latest_bytes(&self) -> Option<Result<Bytes, RecvError>> {
+        let mut latest = match self.try_recv_bytes()? {
+            Ok(first) => first,
+            Err(e) => return Some(Err(e)),
+        };
+        // Bounded: a peer sending as fast as this reads must not keep it here.
+        for _ in 0..MAX_SKIP {
+            match self.core().take_lane() {
+                Some(newer) => latest = newer,
+                None => break,
+            }
+        }
+        Some(Ok(latest))
+    }
+
+    /// [`try_recv_latest_bytes`](Self::try_recv_latest_bytes), decoded as `T`.
+    pub fn try_recv_latest<T: DeserializeOwned>(&self) -> Option<Result<T, RecvError>> {
+        let payload = self.try_recv_latest_bytes()?;
+        Some(payload.and_then(|p| codec::decode_data_value(&p).map_err(RecvError::Decode)))
     }
 
     /// Like [`recv_bytes`](Self::recv_bytes), but if several messages have already arrived,
     /// skips to the newest of them: for a consumer that only wants the latest state.
-    pub async fn recv_latest_bytes(&mut self) -> Result<Bytes, RecvError> {
+    pub async fn recv_latest_bytes(&self) -> Result<Bytes, RecvError> {
         let mut latest = self.recv_bytes().await?;
         // Bounded: a peer sending as fast as this reads must not keep it here.
         for _ in 0..MAX_SKIP {
@@ -122,7 +154,7 @@ impl Lane {
     }
 
     /// [`recv_latest_bytes`](Self::recv_latest_bytes), decoded as `T`.
-    pub async fn recv_latest<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+    pub async fn recv_latest<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
         let payload = self.recv_latest_bytes().await?;
         codec::decode_data_value(&payload).map_err(RecvError::Decode)
     }

@@ -87,13 +87,13 @@
 //! let addr = server.local_addr();
 //!
 //! let client = tokio::spawn(async move {
-//!     let mut session = Client::connect(&ClientConfig::new(addr, trust)).await?;
+//!     let session = Client::connect(&ClientConfig::new(addr, trust)).await?;
 //!     session.main().send("ready").await?;
 //!     let tick: u64 = session.feed().recv().await?;
 //!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tick)
 //! });
 //!
-//! let mut session = server.accept().await.expect("server running");
+//! let session = server.accept().await.expect("server running");
 //! let hello: String = session.main().recv().await?;
 //! session.feed().send(&42u64).await?;
 //! # Ok(()) }
@@ -139,7 +139,7 @@ mod server;
 mod session;
 pub mod stats;
 
-pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator};
+pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator, UserData};
 pub use broadcast::{Broadcast, Group};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;

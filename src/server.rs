@@ -1,6 +1,7 @@
 //! [`Server`]: bind, accept sessions, shut down.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use crate::driver::{endpoint, server as driver};
 use crate::error::ServerError;
 use crate::events::{ServerCounters, ServerEvent};
 use crate::prepared::Prepared;
-use crate::protocol::Reason;
-use crate::session::Session;
+use crate::protocol::{PlayerId, Reason};
+use crate::session::{Session, SessionHandle};
 use crate::stats::ServerStats;
 
 /// How long [`Server::shutdown`] waits for close frames to be acknowledged.
@@ -31,7 +32,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 ///
 /// let identity = Identity::generate_self_signed(&["localhost"])?;
 /// let server = Server::bind(ServerConfig::new("0.0.0.0:4433".parse()?, identity)).await?;
-/// while let Some(mut session) = server.accept().await {
+/// while let Some(session) = server.accept().await {
 ///     tokio::spawn(async move {
 ///         while let Ok(text) = session.main().recv::<String>().await {
 ///             let _ = session.main().send(&format!("echo: {text}")).await;
@@ -40,10 +41,24 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// A `Server` is a handle: clones share the server, so any task or thread can accept, look up
+/// a session ([`session`](Self::session)) or broadcast. It is `Send + Sync`, and everything
+/// but [`bind`](Self::bind), [`accept`](Self::accept) and [`shutdown`](Self::shutdown) works
+/// without `.await`, from any thread, inside the tokio runtime or not: a fixed-step game loop
+/// polls [`try_accept`](Self::try_accept) and [`ServerEvents::try_next`] each tick. The server
+/// shuts down when [`shutdown`](Self::shutdown) is called or its last clone is dropped.
+#[derive(Clone)]
 pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     endpoint: quinn::Endpoint,
     shared: Arc<driver::ServerShared>,
-    sessions: tokio::sync::Mutex<mpsc::Receiver<AppRef>>,
+    /// Sessions whose handshake completed, waiting for the application. The lock is held only
+    /// to take one, never across an `.await`: waiting is on `shared.session_queued`.
+    sessions: Mutex<mpsc::Receiver<AppRef>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
     local_addr: SocketAddr,
     /// The certificate presented now; its lock also orders rotations.
@@ -54,7 +69,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("local_addr", &self.inner.local_addr)
             .field("fingerprint", &self.fingerprint())
             .finish_non_exhaustive()
     }
@@ -95,25 +110,28 @@ impl Server {
         }
         tracing::info!(address = %local_addr, %fingerprint, "quicfeed server listening");
         Ok(Server {
-            endpoint,
-            shared,
-            sessions: tokio::sync::Mutex::new(rx),
-            accept_task: Mutex::new(Some(accept_task)),
-            local_addr,
-            fingerprint: Mutex::new(fingerprint),
-            token_key,
+            inner: Arc::new(Inner {
+                endpoint,
+                shared,
+                sessions: Mutex::new(rx),
+                accept_task: Mutex::new(Some(accept_task)),
+                local_addr,
+                fingerprint: Mutex::new(fingerprint),
+                token_key,
+            }),
         })
     }
 
     /// The address the server listens on (with the actual port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.inner.local_addr
     }
 
     /// The SHA-256 fingerprint of the certificate the server presents (the newest, after a
     /// [`rotate_identity`](Self::rotate_identity)).
     pub fn fingerprint(&self) -> Fingerprint {
         *self
+            .inner
             .fingerprint
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -127,15 +145,17 @@ impl Server {
     /// key). Resumes after the rotation cannot use 0-RTT (their tickets came from the old
     /// configuration) and take one more round trip.
     pub fn rotate_identity(&self, identity: Identity) -> Result<(), ServerError> {
-        let config = endpoint::server_config(&self.shared.config, &identity, &self.token_key)?;
+        let config =
+            endpoint::server_config(&self.inner.shared.config, &identity, &self.inner.token_key)?;
         let fingerprint = identity.fingerprint();
         // Held across the switch, so concurrent rotations leave the reported fingerprint that
         // of the certificate actually presented.
         let mut current = self
+            .inner
             .fingerprint
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.endpoint.set_server_config(Some(config));
+        self.inner.endpoint.set_server_config(Some(config));
         *current = fingerprint;
         drop(current);
         tracing::info!(%fingerprint, "server certificate rotated");
@@ -144,33 +164,83 @@ impl Server {
 
     /// The next session whose handshake completed, or `None` once the server has shut down.
     ///
-    /// Cancel-safe. Sessions queue (up to 64) until accepted; handshakes wait beyond that.
+    /// Cancel-safe, and several tasks may accept at once (each session goes to one of them).
+    /// Sessions queue (up to 64) until accepted; handshakes wait beyond that.
     pub async fn accept(&self) -> Option<Session> {
-        let session = self.sessions.lock().await.recv().await?;
-        // A session still queued when shutdown began has been closed by it.
-        self.shared
-            .shutdown
-            .borrow()
-            .is_none()
-            .then(|| Session::new(session))
+        let mut shutdown = self.inner.shared.shutdown.subscribe();
+        loop {
+            // Registered before looking, so a session queued in between is not missed.
+            let mut queued = pin!(self.inner.shared.session_queued.notified());
+            queued.as_mut().enable();
+            match self.poll_queue() {
+                Queue::Session(session) => return Some(session),
+                Queue::Closed => return None,
+                Queue::Empty => {}
+            }
+            // Neither wait lasts: a session queued wakes the first, a shutdown the second
+            // (after which the queue reports closed).
+            tokio::select! {
+                () = &mut queued => {}
+                changed = shutdown.changed() => if changed.is_err() { return None },
+            }
+        }
+    }
+
+    /// The next session whose handshake completed, if one is waiting, without waiting: `None`
+    /// when there is none yet, or once the server has shut down. For a game loop that takes in
+    /// new players once a tick; works from any thread.
+    pub fn try_accept(&self) -> Option<Session> {
+        match self.poll_queue() {
+            Queue::Session(session) => Some(session),
+            Queue::Empty | Queue::Closed => None,
+        }
+    }
+
+    /// Takes a queued session, under the queue's lock (held for this call only).
+    fn poll_queue(&self) -> Queue {
+        if self.inner.shared.shutdown.borrow().is_some() {
+            // A session still queued when shutdown began has been closed by it.
+            return Queue::Closed;
+        }
+        let taken = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_recv();
+        match taken {
+            Ok(session) => Queue::Session(Session::new(session)),
+            Err(mpsc::error::TryRecvError::Empty) => Queue::Empty,
+            Err(mpsc::error::TryRecvError::Disconnected) => Queue::Closed,
+        }
+    }
+
+    /// A handle on the established session of `player`, if there is one and the application
+    /// has accepted it (and not closed it or dropped every part of it): for reaching a player
+    /// from anywhere in the game without passing its session around. Sessions waiting for
+    /// their client to resume are found too. The handle keeps the session open while it is
+    /// held, as every [`SessionHandle`] does.
+    pub fn session(&self, player: PlayerId) -> Option<SessionHandle> {
+        let core = self.inner.shared.established_session(player)?;
+        core.app().map(SessionHandle::new)
     }
 
     /// Events of every session (migrations, lost connections, resumes), from now on. A
     /// subscriber that falls more than 1024 events behind skips the oldest.
     pub fn events(&self) -> ServerEvents {
         ServerEvents {
-            events: self.shared.subscribe_events(),
+            events: self.inner.shared.subscribe_events(),
         }
     }
 
     /// Counts over every session since the server started.
     pub fn counters(&self) -> ServerCounters {
-        self.shared.counters()
+        self.inner.shared.counters()
     }
 
     /// Connection quality over the established sessions (see [`crate::stats`]).
     pub fn stats(&self) -> ServerStats {
-        self.shared.stats()
+        self.inner.shared.stats()
     }
 
     /// Queues `message` on the reliable feed channel of every established session, without
@@ -179,21 +249,21 @@ impl Server {
     /// [`SendError::Blocked`](crate::error::SendError::Blocked) and the others get the message
     /// at once); encoded once by [`Prepared`].
     pub fn broadcast_feed(&self, message: &Prepared) -> Broadcast {
-        let sessions = self.shared.established_sessions();
+        let sessions = self.inner.shared.established_sessions();
         crate::broadcast::send_feed_to(sessions.iter(), message)
     }
 
     /// Sends `message` on the datagram lane of every established session, without waiting
     /// (see [`Lane`](crate::lane::Lane)).
     pub fn broadcast_lane(&self, message: &Prepared) -> Broadcast {
-        let sessions = self.shared.established_sessions();
+        let sessions = self.inner.shared.established_sessions();
         crate::broadcast::send_lane_to(sessions.iter(), message)
     }
 
     /// Number of live sessions, counting handshakes from the admission of their `CONN_INIT`
     /// and sessions waiting for their client to resume.
     pub fn session_count(&self) -> usize {
-        self.shared.registry().len()
+        self.inner.shared.registry().len()
     }
 
     /// Shuts the server down: stops accepting connections, refuses handshakes in progress with
@@ -206,8 +276,9 @@ impl Server {
     /// close. To be sure a final message arrives, close those sessions with
     /// [`Session::close_gracefully`] first.
     pub async fn shutdown(&self, reason: Reason, message: &str) {
-        self.request_shutdown(reason, message);
+        request_shutdown(&self.inner.shared, reason, message);
         let task = self
+            .inner
             .accept_task
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -217,34 +288,41 @@ impl Server {
             // on an unresponsive client is cut short by closing the endpoint here.
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
         }
-        self.endpoint.close(
+        self.inner.endpoint.close(
             reason.code().into(),
             crate::driver::link::truncate(message).as_bytes(),
         );
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle()).await;
-        tracing::info!(address = %self.local_addr, %reason, "quicfeed server shut down");
-    }
-
-    /// Tells every connection task to close with `reason`; the first request wins.
-    fn request_shutdown(&self, reason: Reason, message: &str) {
-        self.shared.shutdown.send_if_modified(|current| {
-            current.is_none() && {
-                *current = Some(driver::Shutdown {
-                    reason,
-                    message: message.to_owned(),
-                });
-                true
-            }
-        });
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.inner.endpoint.wait_idle()).await;
+        tracing::info!(address = %self.inner.local_addr, %reason, "quicfeed server shut down");
     }
 }
 
-impl Drop for Server {
-    /// Dropping a server without [`shutdown`](Server::shutdown) starts the same shutdown with
-    /// [`Reason::ServerShutdown`] in the background (in the tokio runtime, which must still be
-    /// running), without waiting for it.
+/// Tells every connection task to close with `reason`; the first request wins.
+fn request_shutdown(shared: &driver::ServerShared, reason: Reason, message: &str) {
+    shared.shutdown.send_if_modified(|current| {
+        current.is_none() && {
+            *current = Some(driver::Shutdown {
+                reason,
+                message: message.to_owned(),
+            });
+            true
+        }
+    });
+}
+
+/// What the accept queue had.
+enum Queue {
+    Session(Session),
+    Empty,
+    Closed,
+}
+
+impl Drop for Inner {
+    /// Dropping the last clone of a server without [`shutdown`](Server::shutdown) starts the
+    /// same shutdown with [`Reason::ServerShutdown`] in the background (in the tokio runtime,
+    /// which must still be running), without waiting for it.
     fn drop(&mut self) {
-        self.request_shutdown(Reason::ServerShutdown, "server dropped");
+        request_shutdown(&self.shared, Reason::ServerShutdown, "server dropped");
     }
 }
 
@@ -255,6 +333,18 @@ pub struct ServerEvents {
 }
 
 impl ServerEvents {
+    /// The next event if one has happened, without waiting: `None` when there is none yet or
+    /// the server is gone. Works from any thread; a game loop drains them once a tick.
+    pub fn try_next(&mut self) -> Option<ServerEvent> {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => return Some(event),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// The next event, or `None` once the server is gone.
     pub async fn next(&mut self) -> Option<ServerEvent> {
         loop {

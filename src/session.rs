@@ -26,9 +26,12 @@ use crate::stats::SessionStats;
 
 /// One player's session: the player ID and the `main` and `feed` channels.
 ///
-/// Use [`main`](Session::main) and [`feed`](Session::feed) from one task, or
-/// [`into_parts`](Session::into_parts) to move each channel (or each direction, with
-/// [`Channel::split`]) to its own task.
+/// Every method takes `&self`: use [`main`](Session::main) and [`feed`](Session::feed) from
+/// one task or, with the session in an `Arc` or split by [`into_parts`](Session::into_parts),
+/// from several (each direction of a channel too, with [`Channel::split`]; a [`Sender`] is
+/// cheap to clone). Nothing but the `async` methods needs the tokio runtime: a fixed-step game
+/// loop on its own thread sends with [`Channel::try_send`], takes what arrived this tick with
+/// [`Channel::drain`], and reads the lane with [`Lane::try_recv_latest`].
 ///
 /// Ending a session:
 /// - [`close_gracefully`](SessionHandle::close_gracefully) delivers everything already sent,
@@ -46,6 +49,7 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(app: AppRef) -> Self {
         let app = Arc::new(app);
+        app.core.set_app(&app);
         let channel = |kind: ChannelKind| Channel {
             sender: Sender {
                 app: app.clone(),
@@ -58,7 +62,7 @@ impl Session {
         };
         let (main, feed) = (channel(ChannelKind::Main), channel(ChannelKind::Feed));
         Session {
-            handle: SessionHandle { app },
+            handle: SessionHandle::new(app),
             main,
             feed,
         }
@@ -75,14 +79,21 @@ impl Session {
         self.handle.player_id()
     }
 
-    /// The `main` channel.
-    pub fn main(&mut self) -> &mut Channel {
-        &mut self.main
+    /// The `main` channel. Borrows the session shared, so
+    /// `session.main().send(&session.player_id())` compiles.
+    pub fn main(&self) -> &Channel {
+        &self.main
     }
 
     /// The `feed` channel.
-    pub fn feed(&mut self) -> &mut Channel {
-        &mut self.feed
+    pub fn feed(&self) -> &Channel {
+        &self.feed
+    }
+
+    /// What the server's authenticator attached to this session, if it is a `T` (see
+    /// [`AuthDecision::with_data`](crate::AuthDecision::with_data)); `None` on a client.
+    pub fn user_data<T: std::any::Any>(&self) -> Option<&T> {
+        self.handle.user_data()
     }
 
     /// A cloneable handle for closing the session, reading its state and its events.
@@ -130,6 +141,16 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    pub(crate) fn new(app: Arc<AppRef>) -> Self {
+        SessionHandle { app }
+    }
+
+    /// What the server's authenticator attached to this session, if it is a `T` (see
+    /// [`AuthDecision::with_data`](crate::AuthDecision::with_data)); `None` on a client.
+    pub fn user_data<T: std::any::Any>(&self) -> Option<&T> {
+        self.core().user_data.as_ref()?.get()
+    }
+
     pub(crate) fn core(&self) -> &Arc<SessionCore> {
         &self.app.core
     }
@@ -311,48 +332,68 @@ impl Channel {
     }
 
     /// Sends `value`, encoded with bincode; see [`Sender::send`].
-    pub async fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
+    pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         self.sender.send(value).await
     }
 
     /// Sends a message encoded once for many sessions; see [`Sender::send_prepared`].
-    pub async fn send_prepared(&mut self, message: &Prepared) -> Result<(), SendError> {
+    pub async fn send_prepared(&self, message: &Prepared) -> Result<(), SendError> {
         self.sender.send_prepared(message).await
     }
 
     /// Sends raw bytes; see [`Sender::send_bytes`].
-    pub async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
+    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         self.sender.send_bytes(payload).await
     }
 
     /// Sends `value` if the channel's send buffer has room now; see [`Sender::try_send`].
-    pub fn try_send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
+    pub fn try_send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         self.sender.try_send(value)
     }
 
     /// Sends raw bytes if the channel's send buffer has room now; see
     /// [`Sender::try_send_bytes`].
-    pub fn try_send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
+    pub fn try_send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         self.sender.try_send_bytes(payload)
     }
 
     /// The next message as `T` if one has arrived; see [`Receiver::try_recv`].
-    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Option<Result<T, RecvError>> {
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Option<Result<T, RecvError>> {
         self.receiver.try_recv()
     }
 
     /// The next message as raw bytes if one has arrived; see [`Receiver::try_recv_bytes`].
-    pub fn try_recv_bytes(&mut self) -> Option<Result<Bytes, RecvError>> {
+    pub fn try_recv_bytes(&self) -> Option<Result<Bytes, RecvError>> {
         self.receiver.try_recv_bytes()
     }
 
+    /// Every message that has arrived, without waiting; see [`Receiver::drain`].
+    pub fn drain<T: DeserializeOwned>(&self) -> Drain<T> {
+        self.receiver.drain()
+    }
+
+    /// Every message that has arrived, as raw bytes; see [`Receiver::drain_bytes`].
+    pub fn drain_bytes(&self) -> Drain<Bytes> {
+        self.receiver.drain_bytes()
+    }
+
+    /// The sending half, to clone and hand to another task or thread.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// The largest payload the peer accepts in one message; see [`Sender::max_payload_size`].
+    pub fn max_payload_size(&self) -> usize {
+        self.sender.max_payload_size()
+    }
+
     /// Receives the next message as `T`; see [`Receiver::recv`].
-    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+    pub async fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
         self.receiver.recv().await
     }
 
     /// Receives the next message as raw bytes; see [`Receiver::recv_bytes`].
-    pub async fn recv_bytes(&mut self) -> Result<Bytes, RecvError> {
+    pub async fn recv_bytes(&self) -> Result<Bytes, RecvError> {
         self.receiver.recv_bytes().await
     }
 
@@ -362,8 +403,9 @@ impl Channel {
     }
 }
 
-/// The sending half of a channel.
-#[derive(Debug)]
+/// The sending half of a channel. Clones send on the same channel, in the order their sends
+/// return; it is `Send + Sync`, and its `try_` methods work from any thread.
+#[derive(Debug, Clone)]
 pub struct Sender {
     app: Arc<AppRef>,
     kind: ChannelKind,
@@ -382,7 +424,7 @@ impl Sender {
     /// The largest payload, in bytes, the peer accepts in one message on this channel: for
     /// [`send_bytes`](Self::send_bytes) the slice length, for [`send`](Self::send) the value's
     /// bincode encoding. Larger messages fail with [`SendError::TooLarge`]. Returns at once.
-    pub async fn max_payload_size(&self) -> usize {
+    pub fn max_payload_size(&self) -> usize {
         self.core().max_payload(self.kind)
     }
 
@@ -401,19 +443,19 @@ impl Sender {
     ///
     /// Cancel-safe: a send cancelled while it waits queued nothing; one that returned queued
     /// its message whole.
-    pub async fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
+    pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         let payload = Payload::encode(value)?;
         self.core().send(self.kind, payload.into_bytes()).await
     }
 
     /// Sends a message encoded once for many sessions (see [`Prepared`]): no serialisation and
     /// no copy here. Same guarantees as [`send`](Self::send).
-    pub async fn send_prepared(&mut self, message: &Prepared) -> Result<(), SendError> {
+    pub async fn send_prepared(&self, message: &Prepared) -> Result<(), SendError> {
         self.core().send(self.kind, message.payload()).await
     }
 
     /// Sends raw bytes. Same guarantees as [`send`](Self::send).
-    pub async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
+    pub async fn send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         self.core()
             .send(self.kind, Bytes::copy_from_slice(payload))
             .await
@@ -422,20 +464,21 @@ impl Sender {
     /// Sends raw bytes if the channel's send buffer has room now, without waiting: for a game
     /// loop that must not stall. Fails with [`SendError::Blocked`] when it is full (nothing
     /// was sent), otherwise as [`send`](Self::send).
-    pub fn try_send_bytes(&mut self, payload: &[u8]) -> Result<(), SendError> {
+    pub fn try_send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         self.core()
             .try_send(self.kind, Bytes::copy_from_slice(payload))
     }
 
     /// Encodes `value` and sends it if the channel's send buffer has room now; see
     /// [`try_send_bytes`](Self::try_send_bytes).
-    pub fn try_send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
+    pub fn try_send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         let payload = Payload::encode(value)?;
         self.core().try_send(self.kind, payload.into_bytes())
     }
 }
 
-/// The receiving half of a channel.
+/// The receiving half of a channel. Its methods take `&self`; if several tasks receive at
+/// once, each message goes to one of them.
 ///
 /// Messages are taken in (and acknowledged to the peer) as they arrive, whether or not the
 /// application is reading; up to [`TransportConfig::receive_buffer`] bytes wait here, and the
@@ -470,7 +513,7 @@ impl Receiver {
     ///
     /// A message that does not decode as `T` is consumed and reported as
     /// [`RecvError::Decode`]; the session continues. Cancel-safe.
-    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+    pub async fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
         let payload = self.recv_bytes().await?;
         codec::decode_data_value(&payload).map_err(RecvError::Decode)
     }
@@ -484,19 +527,63 @@ impl Receiver {
     /// after `CONN_OK`, a sequence number out of order) closes the session with the matching
     /// [`Reason`], and the channel where it happened returns [`RecvError::Violation`] (once,
     /// after the messages before it). Cancel-safe: a message is never half-consumed.
-    pub async fn recv_bytes(&mut self) -> Result<Bytes, RecvError> {
+    pub async fn recv_bytes(&self) -> Result<Bytes, RecvError> {
         self.core().recv(self.kind).await
     }
 
     /// The next message if one has arrived, without waiting: `None` when there is none yet.
     /// Same results as [`recv_bytes`](Self::recv_bytes) otherwise.
-    pub fn try_recv_bytes(&mut self) -> Option<Result<Bytes, RecvError>> {
+    pub fn try_recv_bytes(&self) -> Option<Result<Bytes, RecvError>> {
         self.core().try_recv(self.kind)
     }
 
     /// [`try_recv_bytes`](Self::try_recv_bytes), decoded as `T`.
-    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Option<Result<T, RecvError>> {
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Option<Result<T, RecvError>> {
         let payload = self.try_recv_bytes()?;
         Some(payload.and_then(|p| codec::decode_data_value(&p).map_err(RecvError::Decode)))
     }
+
+    /// Takes every message that has arrived, without waiting, for a game loop's tick: what
+    /// [`try_recv_bytes`](Self::try_recv_bytes) would return call after call, taken under one
+    /// lock. The results end after the first error ([`RecvError::Gap`] is followed by the
+    /// messages after the gap on the next call; [`RecvError::Closed`] and
+    /// [`RecvError::Violation`] come once all messages before them have been taken). Messages
+    /// arriving meanwhile wait for the next call, so a busy peer cannot keep a tick here.
+    pub fn drain_bytes(&self) -> Drain<Bytes> {
+        Drain {
+            taken: self.core().drain(self.kind).into_iter(),
+            decode: Ok,
+        }
+    }
+
+    /// [`drain_bytes`](Self::drain_bytes), each message decoded as `T` (one that does not
+    /// decode is a [`RecvError::Decode`] in its place; the others still arrive).
+    pub fn drain<T: DeserializeOwned>(&self) -> Drain<T> {
+        Drain {
+            taken: self.core().drain(self.kind).into_iter(),
+            decode: |payload| codec::decode_data_value(&payload).map_err(RecvError::Decode),
+        }
+    }
 }
+
+/// The messages a [`Receiver::drain`] took, in order, as `T`.
+#[derive(Debug)]
+pub struct Drain<T> {
+    taken: std::vec::IntoIter<Result<Bytes, RecvError>>,
+    decode: fn(Bytes) -> Result<T, RecvError>,
+}
+
+impl<T> Iterator for Drain<T> {
+    type Item = Result<T, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let taken = self.taken.next()?;
+        Some(taken.and_then(self.decode))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.taken.size_hint()
+    }
+}
+
+impl<T> ExactSizeIterator for Drain<T> {}

@@ -124,7 +124,7 @@ async fn a_group_reaches_its_members_and_reports_the_rest() {
 /// a plain send.
 #[tokio::test]
 async fn a_prepared_message_sends_like_a_plain_one() {
-    let (_server, mut clients, mut server_sides) = server_with_clients(1).await;
+    let (_server, clients, server_sides) = server_with_clients(1).await;
     let message = Prepared::new(&(7u32, "seven")).unwrap();
     server_sides[0]
         .feed()
@@ -133,7 +133,7 @@ async fn a_prepared_message_sends_like_a_plain_one() {
         .unwrap();
     let got: (u32, String) = within(clients[0].feed().recv()).await.unwrap();
     assert_eq!(got, (7, "seven".to_owned()));
-    let mut lane = clients[0].lane();
+    let lane = clients[0].lane();
     server_sides[0].lane().send_prepared(&message).unwrap();
     let got: (u32, String) = within(lane.recv()).await.unwrap();
     assert_eq!(got, (7, "seven".to_owned()));
@@ -163,7 +163,7 @@ async fn a_stalled_member_does_not_hold_up_a_60_hz_broadcast_to_the_others() {
     let mut readers = Vec::new();
     let mut server_sides = vec![stalled_side];
     for _ in 0..READERS {
-        let mut client = within(Client::connect(&config)).await.unwrap();
+        let client = within(Client::connect(&config)).await.unwrap();
         server_sides.push(within(server.accept()).await.unwrap());
         readers.push(tokio::spawn(async move {
             for tick in 0..TICKS {

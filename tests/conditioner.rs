@@ -73,10 +73,10 @@ async fn loss_duplication_and_reordering_do_not_break_reliable_channels() {
         loss: Loss::bursty(0.05, 3.0),
         ..rough.clone()
     };
-    let (relay, client, mut server) = pair(rough, bursty).await;
+    let (relay, client, server) = pair(rough, bursty).await;
     // About one packet per message, so every impairment gets a fair sample.
     let filler = vec![7u8; 1000];
-    let (mut client_feed_tx, mut client_feed_rx) = {
+    let (client_feed_tx, client_feed_rx) = {
         let (_, _, feed) = client.into_parts();
         feed.split()
     };

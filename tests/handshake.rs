@@ -26,7 +26,7 @@ struct Snapshot {
 async fn the_handshake_completes_and_both_channels_carry_messages_both_ways() {
     let (server, config) = common::server_and_config().await;
     let client = tokio::spawn(async move {
-        let mut session = Client::connect(&config).await.unwrap();
+        let session = Client::connect(&config).await.unwrap();
         session.main().send("join").await.unwrap();
         session.feed().send_bytes(b"client feed").await.unwrap();
         let reply: String = within(session.main().recv()).await.unwrap();
@@ -34,7 +34,7 @@ async fn the_handshake_completes_and_both_channels_carry_messages_both_ways() {
         let raw = within(session.main().recv_bytes()).await.unwrap();
         (session.player_id(), reply, snapshot, raw)
     });
-    let mut session = within(server.accept()).await.unwrap();
+    let session = within(server.accept()).await.unwrap();
     let join: String = within(session.main().recv()).await.unwrap();
     let feed = within(session.feed().recv_bytes()).await.unwrap();
     assert_eq!((join.as_str(), &feed[..]), ("join", &b"client feed"[..]));
@@ -66,7 +66,7 @@ async fn two_hundred_clients_handshake_concurrently_with_distinct_ids() {
         .map(|_| {
             let config = fixture.client_config();
             tokio::spawn(async move {
-                let mut session = Client::connect(&config).await.unwrap();
+                let session = Client::connect(&config).await.unwrap();
                 session.main().send(&1u8).await.unwrap();
                 let echo: u8 = within(session.main().recv()).await.unwrap();
                 assert_eq!(echo, 1);
@@ -91,7 +91,7 @@ async fn two_hundred_clients_handshake_concurrently_with_distinct_ids() {
 async fn feed_messages_sent_right_after_accept_arrive_in_order() {
     let (server, config) = common::server_and_config().await;
     let sender = tokio::spawn(async move {
-        let mut session = within(server.accept()).await.unwrap();
+        let session = within(server.accept()).await.unwrap();
         for tick in 0..500u64 {
             session.feed().send(&tick).await.unwrap();
         }
@@ -99,7 +99,7 @@ async fn feed_messages_sent_right_after_accept_arrive_in_order() {
         let done: String = within(session.main().recv()).await.unwrap();
         assert_eq!(done, "done");
     });
-    let mut session = Client::connect(&config).await.unwrap();
+    let session = Client::connect(&config).await.unwrap();
     for expected in 0..500u64 {
         let tick: u64 = within(session.feed().recv()).await.unwrap();
         assert_eq!(tick, expected);
@@ -213,7 +213,7 @@ async fn the_session_limit_refuses_with_server_full_until_a_slot_frees() {
 async fn closing_a_session_reaches_the_peer_with_the_reason() {
     let (server, config) = common::server_and_config().await;
     let client = within(Client::connect(&config)).await.unwrap();
-    let mut session = within(server.accept()).await.unwrap();
+    let session = within(server.accept()).await.unwrap();
     client.close(Reason::Application(0x2000), "rage quit");
     let err = within(session.main().recv_bytes()).await.unwrap_err();
     let expected = Disconnect::ByPeer {
@@ -264,7 +264,7 @@ async fn shutdown_reaches_every_client_with_the_reason() {
 #[tokio::test]
 async fn a_message_over_the_peer_limit_is_refused_before_sending() {
     let fixture = Fixture::start_with(|config| config.frame_limits.main = 1024).await;
-    let mut session = fixture.connect().await;
+    let session = fixture.connect().await;
     let err = session.main().send_bytes(&[7; 2000]).await.unwrap_err();
     assert!(
         matches!(err, SendError::TooLarge { max: 1024, .. }),
@@ -313,7 +313,7 @@ async fn messages_sent_before_a_graceful_close_or_a_drop_all_arrive() {
     let (server, config) = common::server_and_config().await;
     for graceful in [false, true] {
         let client = within(Client::connect(&config)).await.unwrap();
-        let mut session = within(server.accept()).await.unwrap();
+        let session = within(server.accept()).await.unwrap();
         for tick in 0..1000u64 {
             session.feed().send(&tick).await.unwrap();
         }
@@ -325,7 +325,7 @@ async fn messages_sent_before_a_graceful_close_or_a_drop_all_arrive() {
         } else {
             drop(session);
         }
-        let (_, mut main, mut feed) = client.into_parts();
+        let (_, main, feed) = client.into_parts();
         for tick in 0..1000u64 {
             assert_eq!(within(feed.recv::<u64>()).await.unwrap(), tick);
         }
@@ -378,7 +378,7 @@ async fn shutdown_is_reported_on_both_sides_of_a_session() {
 async fn dropping_one_half_of_a_channel_keeps_the_session() {
     let fixture = Fixture::start().await;
     let session = fixture.connect().await;
-    let (handle, mut main, feed) = session.into_parts();
+    let (handle, main, feed) = session.into_parts();
     let (feed_sender, _feed_receiver) = feed.split();
     drop(feed_sender);
     for i in 0..20u32 {
@@ -399,9 +399,9 @@ async fn dropping_one_half_of_a_channel_keeps_the_session() {
 #[tokio::test]
 async fn a_session_dropped_while_the_peer_streams_ends_normally_on_the_peer() {
     let (server, config) = common::server_and_config().await;
-    let mut client = within(Client::connect(&config)).await.unwrap();
+    let client = within(Client::connect(&config)).await.unwrap();
     let session = within(server.accept()).await.unwrap();
-    let (handle, mut main, mut feed) = session.into_parts();
+    let (handle, main, feed) = session.into_parts();
     let streamer = tokio::spawn(async move {
         let mut tick = 0u64;
         loop {
@@ -438,7 +438,7 @@ async fn a_second_connect_with_the_same_configuration_goes_in_0rtt() {
     let server = std::sync::Arc::new(server);
     let accepting = server.clone();
     tokio::spawn(async move {
-        while let Some(mut session) = accepting.accept().await {
+        while let Some(session) = accepting.accept().await {
             tokio::spawn(async move {
                 while let Ok(bytes) = session.main().recv_bytes().await {
                     let _ = session.main().send_bytes(&bytes).await;

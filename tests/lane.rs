@@ -42,7 +42,7 @@ async fn send_and_collect(
     every: Duration,
 ) -> Vec<u64> {
     let sender = client.lane();
-    let mut receiver = server_side.lane();
+    let receiver = server_side.lane();
     let collect = tokio::spawn(async move {
         let mut got = Vec::new();
         loop {
@@ -147,7 +147,7 @@ async fn messages_older_than_the_maximum_age_are_dropped() {
     })
     .await;
     let sender = client.lane();
-    let mut receiver = server_side.lane();
+    let receiver = server_side.lane();
     // A baseline of fast deliveries.
     for n in 0..20u64 {
         sender.send(&n).unwrap();
@@ -178,7 +178,7 @@ async fn messages_older_than_the_maximum_age_are_dropped() {
 async fn the_lane_carries_on_after_a_resume() {
     let (_server, _relay, client, server_side) = through_relay(Conditions::default(), |_| {}).await;
     let sender = client.lane();
-    let mut receiver = server_side.lane();
+    let receiver = server_side.lane();
     for n in 0..5u64 {
         sender.send(&n).unwrap();
         assert_eq!(within(receiver.recv::<u64>()).await.unwrap(), n);
@@ -217,7 +217,7 @@ async fn a_datagram_on_an_unknown_lane_closes_the_session() {
     let mut peer = RawPeer::connect(server.local_addr(), &certificate).await;
     peer.handshake().await;
     let session = within(server.accept()).await.unwrap();
-    let mut lane = session.lane();
+    let lane = session.lane();
     peer.conn
         .send_datagram(bytes::Bytes::from_static(&[0x07, 0x00, 0x00]))
         .unwrap();

@@ -48,7 +48,7 @@ async fn through_relay(
 /// (after a gap, the next one after the messages it reports lost). Returns (messages received,
 /// messages reported lost).
 fn expect_in_order(
-    mut rx: quicfeed::Receiver,
+    rx: quicfeed::Receiver,
     per_message: Duration,
 ) -> tokio::task::JoinHandle<(u32, u64)> {
     tokio::spawn(async move {
@@ -93,7 +93,7 @@ async fn two_way_saturation_through_a_lossy_link_delivers_everything() {
     for (ours, theirs) in [(client_main, server_main), (client_feed, server_feed)] {
         let (our_tx, our_rx) = ours.split();
         let (their_tx, their_rx) = theirs.split();
-        for mut tx in [our_tx, their_tx] {
+        for tx in [our_tx, their_tx] {
             senders.push(tokio::spawn(async move {
                 let body = vec![0x5a; 32 * 1024];
                 for i in 0..N {
@@ -140,7 +140,7 @@ async fn a_channel_nobody_reads_is_still_acknowledged_and_the_session_stays_aliv
         t.send_buffer = 8 * 1024;
         t.replay_buffer = 512 * 1024;
     };
-    let (relay, mut client, mut session, _server) =
+    let (relay, client, session, _server) =
         through_relay(Conditions::default(), Conditions::default(), shape).await;
     let mut accepted = 0u32;
     let body = vec![1u8; 1000];
@@ -201,11 +201,11 @@ async fn an_ignored_direction_holds_back_only_itself() {
         t.send_buffer = 8 * 1024;
         t.replay_buffer = 512 * 1024;
     };
-    let (_relay, client, mut session, _server) =
+    let (_relay, client, session, _server) =
         through_relay(Conditions::default(), Conditions::default(), shape).await;
     // The client's application never reads feed; it only sends on it.
     let (client_handle, _client_main, client_feed) = client.into_parts();
-    let (mut client_tx, _ignored) = client_feed.split();
+    let (client_tx, _ignored) = client_feed.split();
     let client_sends = tokio::spawn(async move {
         let body = vec![2u8; 1000];
         for i in 0..1000u32 {
@@ -269,8 +269,8 @@ async fn a_resume_with_replays_larger_than_the_window_completes() {
         through_relay(Conditions::default(), Conditions::default(), shape).await;
     let (client_handle, _cm, client_feed) = client.into_parts();
     let (server_handle, _sm, server_feed) = session.into_parts();
-    let (mut client_tx, client_rx) = client_feed.split();
-    let (mut server_tx, server_rx) = server_feed.split();
+    let (client_tx, client_rx) = client_feed.split();
+    let (server_tx, server_rx) = server_feed.split();
     let mut events = client_handle.events();
     relay.blackhole(Duration::from_millis(1500));
     // 150 KiB each way while the path is dead: about ten windows.
@@ -308,7 +308,7 @@ async fn close_gracefully_returns_within_the_linger_while_a_send_is_blocked() {
     let (_relay, client, session, _server) =
         through_relay(Conditions::default(), Conditions::default(), shape).await;
     let (handle, _main, feed) = session.into_parts();
-    let (mut tx, _rx) = feed.split();
+    let (tx, _rx) = feed.split();
     // The client never reads: the sender soon waits for room.
     let sender = tokio::spawn(async move {
         let body = vec![5u8; 1000];
@@ -355,9 +355,9 @@ async fn a_graceful_close_delivers_all_2000_messages_before_the_close() {
             (client, session)
         };
         let (closer_handle, _closer_main, closer_feed) = closer.into_parts();
-        let (mut tx, _closer_rx) = closer_feed.split();
+        let (tx, _closer_rx) = closer_feed.split();
         let (_reader_handle, _reader_main, reader_feed) = reader.into_parts();
-        let (_reader_tx, mut rx) = reader_feed.split();
+        let (_reader_tx, rx) = reader_feed.split();
         // The reader reads as messages come; the close may reach its connection before the
         // reader has read them all.
         let reading = tokio::spawn(async move {
@@ -403,7 +403,7 @@ async fn a_long_blackhole_under_two_way_load_resumes_with_exact_gaps() {
     let (client_tx, client_rx) = client_feed.split();
     let (server_tx, server_rx) = server_feed.split();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let stream = |mut tx: quicfeed::Sender, stop: tokio::sync::watch::Receiver<bool>| {
+    let stream = |tx: quicfeed::Sender, stop: tokio::sync::watch::Receiver<bool>| {
         tokio::spawn(async move {
             let body = vec![7u8; 1000];
             let mut ticker = tokio::time::interval(Duration::from_millis(2));
@@ -462,9 +462,9 @@ async fn a_bulk_transfer_at_full_speed_completes() {
     const COUNT: u32 = 1024;
     let (server, config) = common::server_and_config().await;
     let client = within(Client::connect(&config)).await.unwrap();
-    let mut side = within(server.accept()).await.unwrap();
+    let side = within(server.accept()).await.unwrap();
     let (_handle, _main, feed) = client.into_parts();
-    let (_tx, mut rx) = feed.split();
+    let (_tx, rx) = feed.split();
     let reader = tokio::spawn(async move {
         for i in 0..COUNT {
             let payload = within(rx.recv_bytes()).await.unwrap();

@@ -46,7 +46,7 @@ async fn saturate(transport: TransportConfig) -> Measured {
 
     // Server: echo main, read feed and record each message's one-way delay.
     let (_server_handle, server_main, server_feed) = server_side.into_parts();
-    let (mut echo_tx, mut echo_rx) = server_main.split();
+    let (echo_tx, echo_rx) = server_main.split();
     tokio::spawn(async move {
         while let Ok(ping) = echo_rx.recv_bytes().await {
             if echo_tx.send_bytes(&ping).await.is_err() {
@@ -54,7 +54,7 @@ async fn saturate(transport: TransportConfig) -> Measured {
             }
         }
     });
-    let (_, mut feed_rx) = server_feed.split();
+    let (_, feed_rx) = server_feed.split();
     let delays = Arc::new(Mutex::new(Vec::new()));
     let reader = tokio::spawn({
         let delays = delays.clone();
@@ -68,8 +68,8 @@ async fn saturate(transport: TransportConfig) -> Measured {
     });
 
     // Client: saturate the feed ...
-    let (client_handle, mut client_main, client_feed) = client.into_parts();
-    let (mut feed_tx, _feed_rx) = client_feed.split();
+    let (client_handle, client_main, client_feed) = client.into_parts();
+    let (feed_tx, _feed_rx) = client_feed.split();
     let flood = tokio::spawn(async move {
         let padding = vec![0x5a_u8; 1024];
         loop {

@@ -219,7 +219,7 @@ fn entries(info: &str) -> Vec<(&'static str, &'static str)> {
 /// Lowercase hex, no separators.
 fn hex_decode(hex: &str) -> Vec<u8> {
     assert!(
-        hex.len() % 2 == 0 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        hex.len().is_multiple_of(2) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
         "not lowercase hex with an even number of digits: {hex:?}"
     );
     (0..hex.len())

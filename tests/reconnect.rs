@@ -72,7 +72,7 @@ async fn setup(
 
 /// Sends `0..` at a steady pace until told to stop, then a final `u32::MAX`; returns the count.
 fn stream_numbers(
-    mut channel: quicfeed::Sender,
+    channel: quicfeed::Sender,
     every: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<u32> {
@@ -91,7 +91,7 @@ fn stream_numbers(
 
 /// Receives numbers until `u32::MAX`, asserting each is the next one: nothing lost, nothing
 /// duplicated, nothing reordered. Returns the count.
-fn expect_numbers(mut channel: quicfeed::Receiver) -> tokio::task::JoinHandle<u32> {
+fn expect_numbers(channel: quicfeed::Receiver) -> tokio::task::JoinHandle<u32> {
     tokio::spawn(async move {
         let mut next = 0u32;
         loop {
@@ -218,9 +218,9 @@ async fn a_nat_rebinding_mid_feed_keeps_a_receive_only_client_flowing() {
     let relay = relay.unwrap();
     let mut events = server.events();
     let (_server_handle, _server_main, server_feed) = session.into_parts();
-    let (mut feed_tx, _feed_rx) = server_feed.split();
+    let (feed_tx, _feed_rx) = server_feed.split();
     let (client_handle, _client_main, client_feed) = client.into_parts();
-    let (_client_feed_tx, mut client_feed_rx) = client_feed.split();
+    let (_client_feed_tx, client_feed_rx) = client_feed.split();
     let ticks = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_millis(10));
         for tick in 0..300u32 {
@@ -330,8 +330,8 @@ async fn an_overflowing_replay_buffer_is_reported_as_a_gap() {
     let Setup {
         server: _server,
         relay,
-        mut client,
-        mut session,
+        client,
+        session,
     } = setup(true, |s| s.transport.replay_buffer = 4096, |_| {}).await;
     let relay = relay.unwrap();
     relay.blackhole(Duration::from_millis(1500));
@@ -432,7 +432,7 @@ async fn an_unreachable_server_ends_the_session_after_the_resume_budget() {
     let Setup {
         server: _server,
         relay,
-        mut client,
+        client,
         ..
     } = setup(
         true,
@@ -595,7 +595,7 @@ async fn resume_after_a_feed_reset(burst: u64) -> (u64, u64) {
     };
     // The client reads its feed, as a game client does; that is where the failure shows.
     let client = async {
-        let mut session = within(Client::connect(&config)).await.unwrap();
+        let session = within(Client::connect(&config)).await.unwrap();
         let mut delivered = 0u64;
         while let Ok(Ok(bytes)) =
             tokio::time::timeout(Duration::from_secs(5), session.feed().recv_bytes()).await
@@ -696,7 +696,7 @@ async fn a_server_that_never_answers_the_reconnection_is_given_up_within_the_bud
         requests
     };
     let client = async {
-        let mut session = within(Client::connect(&config)).await.unwrap();
+        let session = within(Client::connect(&config)).await.unwrap();
         connected.notify_one();
         let started = Instant::now();
         let err = tokio::time::timeout(Duration::from_secs(10), session.main().recv_bytes())
@@ -705,7 +705,7 @@ async fn a_server_that_never_answers_the_reconnection_is_given_up_within_the_bud
             .unwrap_err();
         (err, started.elapsed(), session)
     };
-    let ((err, took, mut session), requests) = tokio::join!(client, serving);
+    let ((err, took, session), requests) = tokio::join!(client, serving);
     assert!(
         matches!(
             err,
@@ -734,8 +734,8 @@ async fn a_replayed_reconnection_changes_nothing() {
     let Setup {
         server,
         relay,
-        mut client,
-        mut session,
+        client,
+        session,
     } = setup(true, |_| {}, |_| {}).await;
     let relay = relay.unwrap();
     let mut events = client.handle().events();

@@ -91,7 +91,7 @@ struct Learned {
 /// waits for its connection to be reported lost and for its session to end, until `until`.
 async fn after_the_restart(sessions: Vec<Session>, since: Instant, until: Instant) -> Vec<Learned> {
     let mut watching = Vec::new();
-    for mut session in sessions {
+    for session in sessions {
         let mut events = session.handle().events();
         session.main().send(&"after the restart").await.unwrap();
         watching.push(tokio::spawn(async move {

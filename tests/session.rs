@@ -24,7 +24,7 @@ async fn connected() -> (Server, Session, Session) {
 /// channel keeps working.
 #[tokio::test]
 async fn a_cancelled_send_never_corrupts_the_channel() {
-    let (_server, mut client, mut session) = connected().await;
+    let (_server, client, session) = connected().await;
     let mut attempted = 0u32;
     // The client is not reading yet, so flow control soon blocks and the timeout cancels sends.
     let mut cancelled = 0;
@@ -67,9 +67,9 @@ async fn a_cancelled_send_never_corrupts_the_channel() {
 /// splits one.
 #[tokio::test]
 async fn recv_is_cancel_safe_inside_select() {
-    let (_server, mut client, session) = connected().await;
+    let (_server, client, session) = connected().await;
     let (_handle, _main, feed) = session.into_parts();
-    let (mut tx, _rx) = feed.split();
+    let (tx, _rx) = feed.split();
     let sender = tokio::spawn(async move {
         for i in 0..2000u32 {
             tx.send(&(i, vec![1u8; 2000])).await.unwrap();
@@ -182,7 +182,7 @@ async fn a_finished_stream_without_a_close_is_closed_normally_after_the_grace() 
 /// Proves: dropping the server object closes its sessions with SERVER_SHUTDOWN.
 #[tokio::test]
 async fn dropping_the_server_closes_sessions_with_server_shutdown() {
-    let (server, mut client, server_side) = connected().await;
+    let (server, client, server_side) = connected().await;
     drop(server);
     assert_eq!(
         within(client.main().recv_bytes()).await.unwrap_err(),

@@ -21,10 +21,10 @@ async fn quicfeed(total: usize, wide: bool) -> f64 {
         config.transport.receive_window = u32::MAX;
     }
     let client = Client::connect(&config).await.expect("connect");
-    let mut side = server.accept().await.expect("session");
+    let side = server.accept().await.expect("session");
     let chunks = total / CHUNK;
     let (_handle, _main, feed) = client.into_parts();
-    let (_, mut receiver) = feed.split();
+    let (_, receiver) = feed.split();
     let reader = tokio::spawn(async move {
         let mut received = 0;
         while received < chunks * CHUNK {

@@ -18,7 +18,7 @@ use crate::report::{Section, ms};
 /// Accepts every session and echoes its main channel.
 fn serve(server: quicfeed::Server) {
     tokio::spawn(async move {
-        while let Some(mut session) = server.accept().await {
+        while let Some(session) = server.accept().await {
             tokio::spawn(async move {
                 while let Ok(bytes) = session.main().recv_bytes().await {
                     if session.main().send_bytes(&bytes).await.is_err() {

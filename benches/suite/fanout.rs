@@ -129,7 +129,7 @@ fn quicfeed_run(clients: usize, plan: &Plan) -> Outcome {
         handles.push((handle, main));
         let samples = samples.clone();
         client_rt.spawn(async move {
-            let (_, mut feed) = feed.split();
+            let (_, feed) = feed.split();
             while let Ok(message) = feed.recv_bytes().await {
                 record(&samples, &message, window);
             }

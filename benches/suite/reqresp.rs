@@ -72,7 +72,7 @@ async fn quicfeed_pair() -> (Contestant, quicfeed::Server) {
     let client = Client::connect(&ClientConfig::new(server.local_addr(), trust))
         .await
         .expect("connect");
-    let mut side = server.accept().await.expect("session");
+    let side = server.accept().await.expect("session");
     tokio::spawn(async move {
         while let Ok(bytes) = side.main().recv_bytes().await {
             if side.main().send_bytes(&bytes).await.is_err() {

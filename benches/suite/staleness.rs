@@ -103,7 +103,7 @@ async fn measure(loss: Loss, seconds: u64, seed: u64) -> (Figures, Figures) {
     let now_us = move || epoch.elapsed().as_micros() as u64;
 
     let (stream_arrivals, lane_arrivals): (Arrivals, Arrivals) = Default::default();
-    let mut client_lane = client.lane();
+    let client_lane = client.lane();
     let lane_reader = tokio::spawn({
         let arrivals = lane_arrivals.clone();
         async move {
@@ -119,7 +119,7 @@ async fn measure(loss: Loss, seconds: u64, seed: u64) -> (Figures, Figures) {
     let stream_reader = tokio::spawn({
         let arrivals = stream_arrivals.clone();
         async move {
-            let (_, mut feed) = feed.split();
+            let (_, feed) = feed.split();
             while let Ok(s) = feed.recv::<Snapshot>().await {
                 arrivals
                     .lock()
@@ -130,7 +130,7 @@ async fn measure(loss: Loss, seconds: u64, seed: u64) -> (Figures, Figures) {
     });
 
     let (handle, _main, feed) = server_side.into_parts();
-    let (mut feed_tx, _) = feed.split();
+    let (feed_tx, _) = feed.split();
     let lane = handle.lane();
     let mut ticker = tokio::time::interval(TICK);
     let start_us = now_us();

@@ -78,7 +78,7 @@ pub(crate) fn init_logging(default: &str) {
 /// feed at `tick_hz` until the session ends. Returns why it ended.
 pub(crate) async fn serve_session(session: Session, tick_hz: u32) -> Disconnect {
     let player = session.player_id();
-    let (handle, mut main, mut feed) = session.into_parts();
+    let (handle, main, feed) = session.into_parts();
     let feed_task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(1) / tick_hz.max(1));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);

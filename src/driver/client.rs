@@ -137,7 +137,7 @@ pub(crate) async fn connect(
         jitter: Jitter::new(config.resume.jitter_seed),
     };
     let player_id = done.established.player_id;
-    let core = SessionCore::new(player_id, session, SideHandle::Client { endpoint });
+    let core = SessionCore::new(player_id, session, SideHandle::Client { endpoint }, None);
     if zero_rtt {
         Counters::bump(&core.counters.connect_0rtt, 1);
     }
@@ -160,7 +160,7 @@ pub(crate) async fn connect(
     if let Some(every) = config.transport.stats_log_interval {
         tokio::spawn(super::session::log_stats(Arc::downgrade(&core), every));
     }
-    Ok(AppRef { core })
+    Ok(AppRef::new(core))
 }
 
 /// Closes a failed handshake's connection with the reason the error calls for, so the server

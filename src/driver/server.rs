@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -25,7 +25,7 @@ use super::session::{
     AppRef, Counters as SessionCounters, SessionCore, SessionOwner, SideHandle, lock,
 };
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
-use crate::auth::{AuthDecision, AuthRequest, PendingDecision};
+use crate::auth::{AuthDecision, AuthRequest, PendingDecision, UserData};
 use crate::config::ServerConfig;
 use crate::error::Disconnect;
 use crate::events::{ServerCounters, ServerEvent, SessionEvent};
@@ -79,6 +79,8 @@ pub(crate) struct ServerShared {
     pub(crate) shutdown: watch::Sender<Option<Shutdown>>,
     events: broadcast::Sender<ServerEvent>,
     counters: Counters,
+    /// Woken whenever a session is queued for the application to accept.
+    pub(crate) session_queued: Notify,
 }
 
 impl ServerShared {
@@ -103,6 +105,7 @@ impl ServerShared {
             shutdown: watch::Sender::new(None),
             events: broadcast::Sender::new(EVENT_CAPACITY),
             counters: Counters::default(),
+            session_queued: Notify::new(),
         }
     }
 
@@ -122,6 +125,12 @@ impl ServerShared {
     }
 
     /// The established sessions right now (the registry's lock is not held afterwards).
+    /// The established session of `player`, if there is one now.
+    pub(crate) fn established_session(&self, player: PlayerId) -> Option<Arc<SessionCore>> {
+        let core = self.registry().get(player)?.clone();
+        core.ended().is_none().then_some(core)
+    }
+
     pub(crate) fn established_sessions(&self) -> Vec<Arc<SessionCore>> {
         self.registry()
             .established()
@@ -226,6 +235,8 @@ struct Slot {
     shared: Arc<ServerShared>,
     player_id: PlayerId,
     kept: bool,
+    /// What the authenticator attached to the session.
+    data: Option<UserData>,
 }
 
 impl Slot {
@@ -395,6 +406,7 @@ async fn serve(
                 player_id,
                 shared.session_config(),
                 SideHandle::Server { owner },
+                slot.data.clone(),
             );
             if !shared
                 .registry()
@@ -411,9 +423,11 @@ async fn serve(
             info!(%player_id, %remote, "session established");
             tokio::select! {
                 biased;
-                sent = sessions.send(AppRef { core: core.clone() }) => if sent.is_err() {
+                sent = sessions.send(AppRef::new(core.clone())) => if sent.is_err() {
                     // The server is gone; the session was dropped with the failed send.
                     return;
+                } else {
+                    shared.session_queued.notify_waiters();
                 },
                 s = shutdown_signal(&mut shutdown) => {
                     return core.close(s.reason, &s.message);
@@ -745,9 +759,14 @@ async fn handshake(
             }
             decision = optional(auth.as_mut()), if auth.is_some() => {
                 auth = None;
+                let mut data = None;
                 let requested = match decision {
                     AuthDecision::Accept => Ok(None),
                     AuthDecision::AcceptAs(id) => Ok(Some(id)),
+                    AuthDecision::AcceptWith { player, data: attached } => {
+                        data = Some(attached);
+                        Ok(player)
+                    }
                     // NORMAL is not a refusal; an authenticator that says so means AUTH_REFUSED.
                     AuthDecision::Reject { reason: Reason::Normal, message, retry_after } => {
                         Err((Reason::AuthRefused, message, retry_after))
@@ -756,7 +775,7 @@ async fn handshake(
                 };
                 match requested.map(|id| shared.registry().admit_from(id, remote.ip())) {
                     Ok(Ok(player_id)) => {
-                        slot = Some(Slot { shared: shared.clone(), player_id, kept: false });
+                        slot = Some(Slot { shared: shared.clone(), player_id, kept: false, data });
                         core.accept(player_id, now(), &mut entropy);
                     }
                     Ok(Err(Reason::AddressFull)) => core.refuse(

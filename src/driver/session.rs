@@ -40,6 +40,7 @@ use tracing::{debug, info};
 
 use super::link::{CLOSE_LINGER, DatagramRefused, LinkHandle, PathSample, drain};
 use super::now;
+use crate::auth::UserData;
 use crate::config::TransportConfig;
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::events::{SessionCounters, SessionEvent};
@@ -161,6 +162,11 @@ pub(crate) struct SessionCore {
     pub(crate) side: SideHandle,
     /// The client's credential for its next `RESUME`.
     credential: Mutex<Option<Token>>,
+    /// What the server's authenticator attached to the session (server side only).
+    pub(crate) user_data: Option<UserData>,
+    /// The application's reference, once it has one (for finding the session by player ID
+    /// without making a second reference whose drop would close it).
+    app: Mutex<Weak<AppRef>>,
 }
 
 impl std::fmt::Debug for SessionCore {
@@ -172,7 +178,12 @@ impl std::fmt::Debug for SessionCore {
 }
 
 impl SessionCore {
-    pub(crate) fn new(player_id: PlayerId, config: SessionConfig, side: SideHandle) -> Arc<Self> {
+    pub(crate) fn new(
+        player_id: PlayerId,
+        config: SessionConfig,
+        side: SideHandle,
+        user_data: Option<UserData>,
+    ) -> Arc<Self> {
         Arc::new(SessionCore {
             player_id,
             state: Mutex::new(State {
@@ -191,7 +202,19 @@ impl SessionCore {
             stats: Mutex::new(StatsWindow::new()),
             side,
             credential: Mutex::new(None),
+            user_data,
+            app: Mutex::new(Weak::new()),
         })
+    }
+
+    /// Records the application's reference to the session (when it is handed out).
+    pub(crate) fn set_app(&self, app: &Arc<AppRef>) {
+        *lock(&self.app) = Arc::downgrade(app);
+    }
+
+    /// The application's reference, if the session was handed out and is still referenced.
+    pub(crate) fn app(&self) -> Option<Arc<AppRef>> {
+        lock(&self.app).upgrade()
     }
 
     /// Runs `change` on the machine under the lock, then, with the lock released, closes the
@@ -637,6 +660,23 @@ impl SessionCore {
             .map(|r| r.map_err(recv_error))
     }
 
+    /// Every message on `kind` ready now, under one lock: up to and including the first
+    /// error.
+    pub(crate) fn drain(&self, kind: ChannelKind) -> Vec<Result<Bytes, RecvError>> {
+        let taken = self.update(|m, _| {
+            let mut taken = Vec::new();
+            while let Some(next) = m.recv(kind) {
+                let failed = next.is_err();
+                taken.push(next);
+                if failed {
+                    break;
+                }
+            }
+            taken
+        });
+        taken.into_iter().map(|r| r.map_err(recv_error)).collect()
+    }
+
     /// The application dropped `kind`'s receiving half.
     pub(crate) fn discard(&self, kind: ChannelKind) {
         self.update(|m, _| m.discard(kind));
@@ -733,6 +773,19 @@ fn recv_error(received: Received) -> RecvError {
 #[derive(Debug)]
 pub(crate) struct AppRef {
     pub(crate) core: Arc<SessionCore>,
+    /// The runtime the session runs on, for the graceful close of a session dropped on a
+    /// thread outside it (a game engine's).
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl AppRef {
+    /// The application's reference to `core`; made inside the runtime the session runs on.
+    pub(crate) fn new(core: Arc<SessionCore>) -> Self {
+        AppRef {
+            core,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
 }
 
 impl Drop for AppRef {
@@ -741,13 +794,17 @@ impl Drop for AppRef {
             return;
         }
         let core = self.core.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone());
+        match runtime {
+            Some(runtime) => {
                 runtime.spawn(async move {
                     core.close_gracefully(Reason::Normal, "").await;
                 });
             }
-            Err(_) => core.close(Reason::Normal, ""),
+            // The runtime is gone: nothing can deliver what is queued.
+            None => core.close(Reason::Normal, ""),
         }
     }
 }

@@ -948,11 +948,11 @@ impl SessionMachine {
     /// A liveness sample of connection `generation`: the transport's count of received
     /// datagrams. A change means the path is alive.
     pub fn handle_received(&mut self, generation: u64, rx_datagrams: u64, now: Instant) {
-        if let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) {
-            if link.rx_seen != Some(rx_datagrams) {
-                link.rx_seen = Some(rx_datagrams);
-                link.last_heard = now;
-            }
+        if let Some(link) = self.link.as_mut().filter(|l| l.generation == generation)
+            && link.rx_seen != Some(rx_datagrams)
+        {
+            link.rx_seen = Some(rx_datagrams);
+            link.last_heard = now;
         }
     }
 
@@ -1297,13 +1297,13 @@ impl SessionMachine {
             return Some(match delivery {
                 Delivery::Message(payload) => {
                     channel.queued = channel.queued.saturating_sub(payload.len());
-                    if let Some(buffered) = channel.paused {
-                        if channel.queued == 0 || channel.queued.saturating_add(buffered) < capacity
-                        {
-                            // The connection's task stopped reading this stream: it may go on.
-                            channel.paused = None;
-                            self.wakes.connection = true;
-                        }
+                    if let Some(buffered) = channel.paused
+                        && (channel.queued == 0
+                            || channel.queued.saturating_add(buffered) < capacity)
+                    {
+                        // The connection's task stopped reading this stream: it may go on.
+                        channel.paused = None;
+                        self.wakes.connection = true;
                     }
                     Ok(payload)
                 }
@@ -1360,14 +1360,14 @@ impl SessionMachine {
             return Some(Ok(payload));
         }
         let end = self.end.clone()?;
-        if let Some((Source::Lane, reason, message)) = &self.violation {
-            if !self.lane_violation_reported {
-                self.lane_violation_reported = true;
-                return Some(Err(Received::Violation {
-                    reason: *reason,
-                    message: message.clone(),
-                }));
-            }
+        if let Some((Source::Lane, reason, message)) = &self.violation
+            && !self.lane_violation_reported
+        {
+            self.lane_violation_reported = true;
+            return Some(Err(Received::Violation {
+                reason: *reason,
+                message: message.clone(),
+            }));
         }
         Some(Err(Received::Closed(end)))
     }

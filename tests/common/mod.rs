@@ -129,7 +129,7 @@ async fn echo_app(server: Arc<Server>, events: mpsc::UnboundedSender<AppEvent>) 
             let handle = handle.clone();
             tokio::spawn(async move {
                 let kind = channel.kind();
-                let (mut tx, mut rx) = channel.split();
+                let (tx, rx) = channel.split();
                 loop {
                     match rx.recv_bytes().await {
                         Ok(payload) => {

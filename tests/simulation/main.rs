@@ -105,7 +105,7 @@ fn main() {
                         failures.lock().unwrap().push(outcome);
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if finished % progress_every == 0 {
+                    if finished.is_multiple_of(progress_every) {
                         eprintln!(
                             "{finished} seeds done, {:.1} seeds/s",
                             finished as f64 / started.elapsed().as_secs_f64()

@@ -507,7 +507,7 @@ fn run_side(
 
 #[allow(clippy::too_many_arguments)]
 async fn send_loop(
-    mut tx: quicfeed::Sender,
+    tx: quicfeed::Sender,
     every: Option<Duration>,
     max_size: usize,
     mut rng: Rng,
@@ -532,7 +532,7 @@ async fn send_loop(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let max = max_size.min(tx.max_payload_size().await);
+        let max = max_size.min(tx.max_payload_size());
         let len = match rng.below(10) {
             0 => rng.range(8, max as u64) as usize,
             _ => rng.range(8, 300.min(max as u64)) as usize,
@@ -559,7 +559,7 @@ async fn send_loop(
 }
 
 async fn recv_loop(
-    mut rx: quicfeed::Receiver,
+    rx: quicfeed::Receiver,
     pauses: Vec<(Duration, Duration)>,
     log: Shared,
     key: (usize, End, ChannelKind),
@@ -622,7 +622,7 @@ async fn recv_loop(
 }
 
 async fn lane_loop(
-    mut lane: quicfeed::Lane,
+    lane: quicfeed::Lane,
     every: Option<Duration>,
     quiet: Duration,
     log: Shared,
