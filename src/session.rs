@@ -151,6 +151,16 @@ impl SessionHandle {
         self.core().user_data.as_ref()?.get()
     }
 
+    /// A sender on one of the session's channels: for sending to a player found by
+    /// [`Server::session`](crate::Server::session), from any task or thread. (Receiving stays
+    /// with the [`Session`]'s channels: there is one receiver per channel.)
+    pub fn sender(&self, channel: ChannelKind) -> Sender {
+        Sender {
+            app: self.app.clone(),
+            kind: channel,
+        }
+    }
+
     pub(crate) fn core(&self) -> &Arc<SessionCore> {
         &self.app.core
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quicfeed::{
-    AuthDecision, AuthRequest, Client, ClientConfig, Disconnect, Prepared, Reason, Server,
-    ServerConfig, Session, SessionEvent,
+    AuthDecision, AuthRequest, ChannelKind, Client, ClientConfig, Disconnect, Prepared, Reason,
+    Server, ServerConfig, Session, SessionEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +144,12 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
             thread::spawn(move || sender.try_send(&"from another thread").unwrap())
                 .join()
                 .unwrap();
+            // A player found by ID is sent to through its handle (what a game-engine plugin
+            // does with the bytes it drains from its own queue each frame).
+            found
+                .sender(ChannelKind::Main)
+                .try_send_bytes(b"\x00")
+                .unwrap();
             let sent = server.broadcast_feed(&Prepared::new(&7u64).unwrap());
             assert_eq!((sent.sent, sent.failed.len()), (1, 0));
             assert!(session.main().max_payload_size() > 1000);
@@ -160,6 +166,8 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
         let second: String = common::within(alice.main().recv()).await.unwrap();
         assert_eq!(first, format!("hello {alice_id}"));
         assert_eq!(second, "from another thread");
+        let by_id = common::within(alice.main().recv_bytes()).await.unwrap();
+        assert_eq!(&by_id[..], b"\x00");
         let fed: u64 = common::within(alice.feed().recv()).await.unwrap();
         assert_eq!(fed, 7);
         // The graceful close of the dropped session, not an idle timeout.
