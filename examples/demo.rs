@@ -84,8 +84,8 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
     let (identity, generated) = Identity::load_or_generate(
-        &certs.join("cert.pem"),
-        &certs.join("key.pem"),
+        certs.join("cert.pem"),
+        certs.join("key.pem"),
         DEV_CERT_NAMES,
     )?;
     if generated {
@@ -93,7 +93,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let trust = Trust::Certificate(identity.certificate().clone());
     // Kept beside the certificate: a restarted server resets its old clients' connections.
-    let (secret, _) = ServerSecret::load_or_generate(&certs.join("secret.key"))?;
+    let (secret, _) = ServerSecret::load_or_generate(certs.join("secret.key"))?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse()?, identity);
     config.secret = Some(secret);
     config.max_sessions = args.clients.max(1).saturating_add(2);
@@ -185,7 +185,7 @@ async fn showcase(
     )
     .await?;
     let mut behind_relay = config.clone();
-    behind_relay.server = relay.local_addr();
+    behind_relay.server = relay.local_addr().into();
     let runs = [
         (config.clone(), Disruption::Migrate),
         (behind_relay, Disruption::Outage(relay)),

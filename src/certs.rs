@@ -74,7 +74,12 @@ impl Identity {
     }
 
     /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+    pub fn from_pem_files(
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<Self, CertError> {
+        let cert_path = cert_path.as_ref();
+        let key_path = key_path.as_ref();
         let chain = load_certificates(cert_path)?;
         let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| CertError::Pem {
             path: key_path.to_owned(),
@@ -91,10 +96,11 @@ impl Identity {
     ///
     /// If only one of the two files exists the call fails rather than overwrite it.
     pub fn load_or_generate(
-        cert_path: &Path,
-        key_path: &Path,
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
         names: &[&str],
     ) -> Result<(Self, bool), CertError> {
+        let (cert_path, key_path) = (cert_path.as_ref(), key_path.as_ref());
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => Ok((Self::from_pem_files(cert_path, key_path)?, false)),
             (false, false) => {
@@ -117,7 +123,13 @@ impl Identity {
     }
 
     /// Writes the chain and the key as PEM files; the key file gets mode 0600 on Unix.
-    pub fn write_pem_files(&self, cert_path: &Path, key_path: &Path) -> Result<(), CertError> {
+    pub fn write_pem_files(
+        &self,
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> Result<(), CertError> {
+        let cert_path = cert_path.as_ref();
+        let key_path = key_path.as_ref();
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| CertError::Io { path, source }
@@ -236,7 +248,8 @@ pub enum Trust {
 
 impl Trust {
     /// Pins the end-entity certificate stored in a PEM file (e.g. `certs/cert.pem`).
-    pub fn certificate_pem_file(path: &Path) -> Result<Trust, CertError> {
+    pub fn certificate_pem_file(path: impl AsRef<Path>) -> Result<Trust, CertError> {
+        let path = path.as_ref();
         let chain = load_certificates(path)?;
         match chain.into_iter().next() {
             Some(first) => Ok(Trust::Certificate(first)),

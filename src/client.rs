@@ -11,8 +11,8 @@ use crate::session::Session;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use quicfeed::{Client, ClientConfig, Trust};
 ///
-/// let trust = Trust::certificate_pem_file("certs/cert.pem".as_ref())?;
-/// let session = Client::connect(&ClientConfig::new("127.0.0.1:4433".parse()?, trust)).await?;
+/// let trust = Trust::certificate_pem_file("certs/cert.pem")?;
+/// let session = Client::connect(&ClientConfig::new(("localhost", 4433), trust)).await?;
 /// session.main().send("hello").await?;
 /// let reply: String = session.main().recv().await?;
 /// # Ok(()) }

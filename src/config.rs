@@ -5,7 +5,7 @@
 //! ```
 //! # use std::time::Duration;
 //! # use quicfeed::{ClientConfig, Trust};
-//! let mut config = ClientConfig::new("127.0.0.1:4433".parse().unwrap(), Trust::SystemRoots);
+//! let mut config = ClientConfig::new(("game.example.com", 4433), Trust::SystemRoots);
 //! config.handshake_timeout = Duration::from_secs(5);
 //! config.transport.idle_timeout = Duration::from_secs(5);
 //! ```
@@ -347,14 +347,129 @@ impl ServerConfig {
     }
 }
 
+/// Where a client finds its server: an address, or a host name and a port, resolved (IPv4 or
+/// IPv6) each time the client connects.
+///
+/// ```
+/// use quicfeed::config::ServerAddress;
+///
+/// let by_name: ServerAddress = "game.example.com:4433".parse()?;
+/// let by_address: ServerAddress = "127.0.0.1:4433".parse()?;
+/// let v6: ServerAddress = "[::1]:4433".parse()?;
+/// assert_eq!(by_name.host_name(), Some("game.example.com"));
+/// assert_eq!(by_address.host_name(), None);
+/// # let _ = v6;
+/// # Ok::<(), quicfeed::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddress {
+    /// A socket address, used as it is.
+    Addr(SocketAddr),
+    /// A host name and port, resolved by the system's resolver when connecting.
+    Host {
+        /// The host name (`localhost`, `game.example.com`).
+        name: String,
+        /// The UDP port.
+        port: u16,
+    },
+}
+
+impl ServerAddress {
+    /// The host name, if this is one (not an address).
+    pub fn host_name(&self) -> Option<&str> {
+        match self {
+            ServerAddress::Addr(_) => None,
+            ServerAddress::Host { name, .. } => Some(name),
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            ServerAddress::Addr(addr) => addr.port(),
+            ServerAddress::Host { port, .. } => *port,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Addr(addr) => addr.fmt(f),
+            ServerAddress::Host { name, port } => write!(f, "{name}:{port}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ServerAddress {
+    type Err = ConfigError;
+
+    /// Parses `HOST:PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(ServerAddress::Addr(addr));
+        }
+        let wrong = || {
+            ConfigError::Invalid(format!(
+                "server address {text:?}: expected HOST:PORT, IPV4:PORT or [IPV6]:PORT                  (for example localhost:4433)"
+            ))
+        };
+        let (name, port) = text.rsplit_once(':').ok_or_else(wrong)?;
+        let port = port.parse().map_err(|_| wrong())?;
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+        if name.is_empty() || !name.chars().all(valid) {
+            return Err(wrong());
+        }
+        Ok(ServerAddress::Host {
+            name: name.to_owned(),
+            port,
+        })
+    }
+}
+
+impl From<SocketAddr> for ServerAddress {
+    fn from(addr: SocketAddr) -> Self {
+        ServerAddress::Addr(addr)
+    }
+}
+
+impl From<(std::net::IpAddr, u16)> for ServerAddress {
+    fn from(addr: (std::net::IpAddr, u16)) -> Self {
+        ServerAddress::Addr(addr.into())
+    }
+}
+
+impl From<(&str, u16)> for ServerAddress {
+    /// A host name (or an address written as text) and a port.
+    fn from((name, port): (&str, u16)) -> Self {
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerAddress::Addr((ip, port).into()),
+            Err(_) => ServerAddress::Host {
+                name: name.to_owned(),
+                port,
+            },
+        }
+    }
+}
+
+impl From<(String, u16)> for ServerAddress {
+    fn from((name, port): (String, u16)) -> Self {
+        ServerAddress::from((name.as_str(), port))
+    }
+}
+
 /// Settings of a [`Client`](crate::Client) connection.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// The server's UDP address.
-    pub server: SocketAddr,
+    /// The server: an address, or a host name and port resolved when connecting (when it
+    /// resolves to several addresses, they are tried as in RFC 8305: the first at once, the
+    /// next 250 ms later if no QUIC handshake has completed yet, and so on; the first to
+    /// complete wins). A resume goes to the address that won.
+    pub server: ServerAddress,
     /// The name sent in TLS SNI and checked against the certificate under
-    /// [`Trust::CaCertificates`] and [`Trust::SystemRoots`]. Default `"localhost"`.
+    /// [`Trust::CaCertificates`] and [`Trust::SystemRoots`]. Default: the host name of
+    /// `server`, or `"localhost"` (the name of development certificates) for an address.
     pub server_name: String,
     /// How the server's certificate is verified.
     pub trust: Trust,
@@ -431,11 +546,13 @@ impl Default for ResumePolicy {
 }
 
 impl ClientConfig {
-    /// A configuration with every default, for the server at `server`.
-    pub fn new(server: SocketAddr, trust: Trust) -> Self {
+    /// A configuration with every default, for the server at `server`: a [`SocketAddr`], a
+    /// parsed [`ServerAddress`], or a `(host, port)` pair such as `("localhost", 4433)`.
+    pub fn new(server: impl Into<ServerAddress>, trust: Trust) -> Self {
+        let server = server.into();
         ClientConfig {
+            server_name: server.host_name().unwrap_or("localhost").to_owned(),
             server,
-            server_name: "localhost".to_owned(),
             trust,
             credentials: Bytes::new(),
             bind: None,
@@ -488,23 +605,27 @@ mod tests {
         let identity = Identity::generate_self_signed(&["localhost"]).unwrap();
         let server = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity);
         server.validate().unwrap();
-        let client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        let client = ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.validate().unwrap();
         assert!(server.transport.keep_alive_interval < server.transport.idle_timeout);
     }
 
     #[test]
     fn inconsistent_values_are_refused() {
-        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        let mut client =
+            ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.transport.keep_alive_interval = client.transport.idle_timeout;
         assert!(client.validate().is_err());
-        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        let mut client =
+            ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.feed_init_attempts = 9;
         assert!(client.validate().is_err());
-        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        let mut client =
+            ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.frame_limits.feed = 10;
         assert!(client.validate().is_err());
-        let mut client = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Trust::SystemRoots);
+        let mut client =
+            ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.credentials = Bytes::from(vec![0; 5000]);
         assert!(client.validate().is_err());
     }

@@ -134,10 +134,19 @@ pub enum ConnectError {
         waited.as_secs_f64()
     )]
     NoAnswer {
-        /// The server's address.
-        server: SocketAddr,
+        /// The server as configured, with the addresses tried when it is a host name
+        /// (`localhost:4433 ([::1]:4433, 127.0.0.1:4433)`).
+        server: String,
         /// How long the client waited.
         waited: Duration,
+    },
+    /// The server's host name could not be resolved to an address.
+    #[error("cannot find the server {host}: {source} (is the name right? is DNS reachable?)")]
+    Resolve {
+        /// The host name and port.
+        host: String,
+        /// What the resolver said.
+        source: io::Error,
     },
     /// The server's certificate is not trusted: `problem` says why and what to do (a changed
     /// certificate under trust on first use names both fingerprints and the file to edit).

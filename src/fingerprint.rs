@@ -29,7 +29,8 @@ impl Fingerprint {
     }
 
     /// The fingerprint of the first (end-entity) certificate in a PEM file.
-    pub fn of_pem_file(path: &Path) -> Result<Self, CertError> {
+    pub fn of_pem_file(path: impl AsRef<Path>) -> Result<Self, CertError> {
+        let path = path.as_ref();
         let chain = load_certificates(path)?;
         chain
             .first()

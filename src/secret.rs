@@ -59,7 +59,8 @@ impl ServerSecret {
     }
 
     /// Loads the secret from `path`: one line of 64 hexadecimal digits.
-    pub fn load(path: &Path) -> Result<Self, CertError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, CertError> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| CertError::Io {
             path: path.to_owned(),
             source,
@@ -74,7 +75,8 @@ impl ServerSecret {
     /// writes it there (readable by its owner only). Returns the secret and whether it was
     /// generated. Two servers starting at once end up with the same secret: the file appears
     /// whole or not at all (written beside it, then linked into place only if still absent).
-    pub fn load_or_generate(path: &Path) -> Result<(Self, bool), CertError> {
+    pub fn load_or_generate(path: impl AsRef<Path>) -> Result<(Self, bool), CertError> {
+        let path = path.as_ref();
         match std::fs::metadata(path) {
             Ok(_) => return Ok((Self::load(path)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -111,7 +113,8 @@ impl ServerSecret {
 
     /// Writes the secret to `path` as one line of hexadecimal. On Unix a new file gets mode
     /// 0600; an existing file keeps its mode (and is overwritten).
-    pub fn write(&self, path: &Path) -> Result<(), CertError> {
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<(), CertError> {
+        let path = path.as_ref();
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| CertError::Io { path, source }

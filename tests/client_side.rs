@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Fixture, RawServer, accept_declared, assert_echoes, within};
 use quicfeed::protocol::{ChannelKind, HandshakeStep, Message, PlayerId, Token};
-use quicfeed::{Client, ClientConfig, ConnectError, Fingerprint, Reason, Trust};
+use quicfeed::{Client, ClientConfig, ConnectError, Fingerprint, Reason, ServerAddress, Trust};
 
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -247,7 +247,7 @@ async fn a_port_where_nothing_answers_is_reported_as_such() {
     let err = within(Client::connect(&config)).await.unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, ConnectError::NoAnswer { server, .. } if server == addr),
+        matches!(err, ConnectError::NoAnswer { server, .. } if server == addr.to_string()),
         "{text}"
     );
     assert!(
@@ -273,4 +273,58 @@ async fn a_taken_port_is_reported_with_its_address() {
     );
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
     assert!(text.contains("choose another address or port"), "{text}");
+}
+
+/// Proves: a client can name its server by host name and port (`localhost:PORT`, resolved when
+/// connecting); the TLS server name follows from the host name.
+#[tokio::test]
+async fn a_server_named_by_host_and_port_is_found() {
+    let fixture = Fixture::start().await;
+    let port = fixture.addr.port();
+    let server: ServerAddress = format!("localhost:{port}").parse().unwrap();
+    assert_eq!(server.host_name(), Some("localhost"));
+    let config = ClientConfig::new(server, fixture.trust.clone());
+    assert_eq!(
+        config.server_name, "localhost",
+        "the TLS name follows the host"
+    );
+    let mut session = within(Client::connect(&config)).await.unwrap();
+    assert_echoes(&mut session, 3).await;
+    // The (host, port) form is the same server.
+    let pair = ClientConfig::new(("localhost", port), fixture.trust.clone());
+    assert_eq!(pair.server, config.server);
+    // An address written as text is an address, not a name.
+    let literal: ServerAddress = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(literal, ServerAddress::Addr(fixture.addr));
+}
+
+/// Proves: a server address that is not HOST:PORT is refused with what was expected, and a
+/// name that does not resolve is reported as such, naming it.
+#[tokio::test]
+async fn a_bad_server_address_or_an_unknown_name_says_what_is_wrong() {
+    for text in [
+        "localhost",
+        "localhost:port",
+        ":4433",
+        "local host:4433",
+        "[::1]",
+    ] {
+        let err = text.parse::<ServerAddress>().unwrap_err().to_string();
+        assert!(err.contains("expected HOST:PORT"), "{text}: {err}");
+        assert!(err.contains(text), "{text}: {err}");
+    }
+    let (identity, trust) = common::identity();
+    drop(identity);
+    // `.invalid` never resolves (RFC 6761); the bound is the system resolver's own timeout.
+    let config = ClientConfig::new(("no-such-host.invalid", 4433), trust);
+    let err = tokio::time::timeout(Duration::from_secs(60), Client::connect(&config))
+        .await
+        .expect("the resolver answers within its timeout")
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ConnectError::Resolve { .. }), "{text}");
+    assert!(
+        text.contains("cannot find the server no-such-host.invalid:4433"),
+        "{text}"
+    );
 }

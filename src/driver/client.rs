@@ -16,7 +16,7 @@ use super::now;
 use super::session::{AppRef, Counters, SessionCore, SideHandle, session_config};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
 use crate::certs::Refusals;
-use crate::config::{ClientConfig, ResumePolicy};
+use crate::config::{ClientConfig, ResumePolicy, ServerAddress};
 use crate::error::{ConnectError, Disconnect};
 use crate::events::SessionEvent;
 use crate::protocol::codec::{decode_message, encode_message};
@@ -74,21 +74,14 @@ pub(crate) async fn connect(
 ) -> Result<AppRef, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
-    let started = now();
-    let (endpoint, refusals) = endpoint::client(config, socket)?;
-    let connecting = endpoint.connect(config.server, &config.server_name)?;
-    let (conn, accepted) = match open(connecting, config.zero_rtt, deadline).await {
-        Ok(opened) => opened,
-        Err(None | Some(quinn::ConnectionError::TimedOut)) => {
-            return Err(ConnectError::NoAnswer {
-                server: config.server,
-                waited: now().saturating_duration_since(started),
-            });
-        }
-        Err(Some(e)) => {
-            return Err(certificate_refusal(&e, &refusals).unwrap_or(ConnectError::Transport(e)));
-        }
-    };
+    let candidates = resolve(&config.server).await?;
+    let Opened {
+        endpoint,
+        refusals,
+        server,
+        conn,
+        accepted,
+    } = open_first(config, socket, &candidates, deadline).await?;
     let handshake = ClientHandshakeConfig {
         deadline,
         credentials: config.credentials.clone(),
@@ -125,7 +118,7 @@ pub(crate) async fn connect(
     let session = session_config(Side::Client, &config.transport, config.frame_limits, None);
     let resumer = Resumer {
         endpoint: endpoint.clone(),
-        server: config.server,
+        server,
         server_name: config.server_name.clone(),
         handshake,
         policy: config.resume.clone(),
@@ -416,6 +409,183 @@ impl Resumer {
 /// ticket for the server (then with the future that tells whether the server accepted the
 /// early data), else by completing the QUIC handshake before `deadline`. The error is `None`
 /// when the deadline passed.
+/// The server's addresses: `server` itself, or what its host name resolves to, in the
+/// resolver's order of preference (RFC 6724), IPv6 and IPv4 interleaved (RFC 8305 §4), so that
+/// a broken family costs one attempt delay, not every address of it.
+async fn resolve(server: &ServerAddress) -> Result<Vec<SocketAddr>, ConnectError> {
+    let (name, port) = match server {
+        ServerAddress::Addr(addr) => return Ok(vec![*addr]),
+        ServerAddress::Host { name, port } => (name.as_str(), *port),
+    };
+    let failed = |source| ConnectError::Resolve {
+        host: server.to_string(),
+        source,
+    };
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(failed)?
+        .collect();
+    let mut ordered = interleave(&found);
+    // Bounded: a resolver that answers with hundreds of addresses is not raced address by address.
+    ordered.truncate(MAX_CANDIDATES);
+    if ordered.is_empty() {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name has no address",
+        )));
+    }
+    debug!(%server, candidates = ?ordered, "server resolved");
+    Ok(ordered)
+}
+
+/// `found` with IPv6 and IPv4 alternating, starting with the family of the first, duplicates
+/// dropped, each family in its own order.
+fn interleave(found: &[SocketAddr]) -> Vec<SocketAddr> {
+    let lead_v6 = found.first().is_some_and(SocketAddr::is_ipv6);
+    let mut unique: Vec<SocketAddr> = Vec::with_capacity(found.len());
+    for addr in found {
+        if !unique.contains(addr) {
+            unique.push(*addr);
+        }
+    }
+    let (lead, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        unique.into_iter().partition(|a| a.is_ipv6() == lead_v6);
+    let mut ordered = Vec::with_capacity(lead.len().saturating_add(other.len()));
+    let (mut lead, mut other) = (lead.into_iter(), other.into_iter());
+    loop {
+        match (lead.next(), other.next()) {
+            (None, None) => return ordered,
+            (x, y) => ordered.extend(x.into_iter().chain(y)),
+        }
+    }
+}
+
+/// Most resolved addresses a connect tries.
+const MAX_CANDIDATES: usize = 8;
+
+/// How long a connect waits for one address's QUIC handshake before also trying the next
+/// (RFC 8305's connection attempt delay).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// A QUIC connection whose handshake completed (or went ahead in 0-RTT), and its endpoint.
+struct Opened {
+    endpoint: quinn::Endpoint,
+    refusals: Refusals,
+    server: SocketAddr,
+    conn: quinn::Connection,
+    accepted: Option<quinn::ZeroRttAccepted>,
+}
+
+/// Opens a QUIC connection to the first of `candidates` that answers: one at once, each next
+/// one [`ATTEMPT_DELAY`] later (or as soon as the one before failed), each from an endpoint of
+/// its own (the address families may differ); the first to complete wins, and the others are
+/// dropped, which closes them. A certificate refusal ends the connect at once: every address
+/// is the same server. With the application's own socket, only the first address is tried.
+async fn open_first(
+    config: &ClientConfig,
+    socket: Option<endpoint::AbstractSocket>,
+    candidates: &[SocketAddr],
+    deadline: Instant,
+) -> Result<Opened, ConnectError> {
+    let started = now();
+    let no_answer = || ConnectError::NoAnswer {
+        server: match config.server {
+            ServerAddress::Addr(addr) => addr.to_string(),
+            ServerAddress::Host { .. } => {
+                let tried: Vec<_> = candidates.iter().map(SocketAddr::to_string).collect();
+                format!("{} ({})", config.server, tried.join(", "))
+            }
+        },
+        waited: now().saturating_duration_since(started),
+    };
+    // A local address the application chose can reach only addresses of its own family.
+    let of_family: Vec<SocketAddr> = match config.bind {
+        Some(bind) => candidates
+            .iter()
+            .copied()
+            .filter(|c| c.is_ipv6() == bind.is_ipv6())
+            .collect(),
+        None => candidates.to_vec(),
+    };
+    let candidates = if of_family.is_empty() {
+        candidates
+    } else {
+        &of_family[..]
+    };
+    let (first, rest) = match (socket.is_some(), candidates) {
+        (_, []) => return Err(no_answer()),
+        (true, [first, ..]) => (*first, &[][..]),
+        (false, [first, rest @ ..]) => (*first, rest),
+    };
+    let mut attempts = tokio::task::JoinSet::new();
+    let attempt = |server: SocketAddr, socket: Option<endpoint::AbstractSocket>| {
+        let config = config.clone();
+        async move { open_one(&config, server, socket, deadline).await }
+    };
+    attempts.spawn(attempt(first, socket));
+    let mut rest = rest.iter().copied();
+    let mut last_failure = None;
+    loop {
+        let next_due = tokio::time::sleep(ATTEMPT_DELAY);
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(opened))) => {
+                    attempts.abort_all();
+                    return Ok(opened);
+                }
+                Some(Ok(Err(e @ ConnectError::Certificate { .. }))) => return Err(e),
+                Some(Ok(Err(e))) => {
+                    last_failure = Some(e);
+                    if let Some(server) = rest.next() {
+                        attempts.spawn(attempt(server, None));
+                    }
+                }
+                Some(Err(join)) => {
+                    last_failure = Some(ConnectError::Transport(quinn::ConnectionError::LocallyClosed));
+                    debug!(error = %join, "connection attempt task ended");
+                }
+                None => return Err(last_failure.map_or_else(no_answer, |e| match e {
+                    ConnectError::NoAnswer { .. } => no_answer(),
+                    other => other,
+                })),
+            },
+            () = next_due, if rest.len() > 0 => {
+                if let Some(server) = rest.next() {
+                    attempts.spawn(attempt(server, None));
+                }
+            }
+        }
+    }
+}
+
+/// Opens a QUIC connection to `server` from an endpoint of its own.
+async fn open_one(
+    config: &ClientConfig,
+    server: SocketAddr,
+    socket: Option<endpoint::AbstractSocket>,
+    deadline: Instant,
+) -> Result<Opened, ConnectError> {
+    let started = now();
+    let (endpoint, refusals) = endpoint::client(config, server, socket)?;
+    let connecting = endpoint.connect(server, &config.server_name)?;
+    match open(connecting, config.zero_rtt, deadline).await {
+        Ok((conn, accepted)) => Ok(Opened {
+            endpoint,
+            refusals,
+            server,
+            conn,
+            accepted,
+        }),
+        Err(None | Some(quinn::ConnectionError::TimedOut)) => Err(ConnectError::NoAnswer {
+            server: server.to_string(),
+            waited: now().saturating_duration_since(started),
+        }),
+        Err(Some(e)) => {
+            Err(certificate_refusal(&e, &refusals).unwrap_or(ConnectError::Transport(e)))
+        }
+    }
+}
+
 async fn open(
     connecting: quinn::Connecting,
     zero_rtt: bool,
@@ -705,5 +875,79 @@ async fn write(
         }
         .into()),
         Err(_) => Err(ConnectError::TimedOut { step }.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Identity, Server, ServerConfig, Trust};
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn resolved_addresses_alternate_families_from_the_first() {
+        let found = [
+            addr("[::1]:1"),
+            addr("[::2]:1"),
+            addr("10.0.0.1:1"),
+            addr("[::1]:1"),
+            addr("10.0.0.2:1"),
+            addr("10.0.0.3:1"),
+        ];
+        assert_eq!(
+            interleave(&found),
+            [
+                addr("[::1]:1"),
+                addr("10.0.0.1:1"),
+                addr("[::2]:1"),
+                addr("10.0.0.2:1"),
+                addr("10.0.0.3:1"),
+            ]
+        );
+        assert_eq!(interleave(&[addr("10.0.0.1:1")]), [addr("10.0.0.1:1")]);
+        assert!(interleave(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_address_that_does_not_answer_gives_way_to_the_next() {
+        let identity = Identity::generate_self_signed(&["localhost"]).unwrap();
+        let trust = Trust::Certificate(identity.certificate().clone());
+        let server = Server::bind(ServerConfig::new(addr("127.0.0.1:0"), identity))
+            .await
+            .unwrap();
+        // Bound, so nothing tells the client it is not there: it just never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent = silent.local_addr().unwrap();
+        let mut config = ClientConfig::new(server.local_addr(), trust);
+        config.handshake_timeout = Duration::from_secs(10);
+        let deadline = super::super::deadline_after(config.handshake_timeout);
+
+        let opened = open_first(&config, None, &[silent, server.local_addr()], deadline)
+            .await
+            .unwrap();
+        assert_eq!(
+            opened.server,
+            server.local_addr(),
+            "the one that answered won"
+        );
+
+        config.server = ServerAddress::Host {
+            name: "game.test".into(),
+            port: silent.port(),
+        };
+        let soon = super::super::deadline_after(Duration::from_millis(600));
+        match open_first(&config, None, &[silent, silent], soon).await {
+            Err(ConnectError::NoAnswer { server, .. }) => {
+                assert_eq!(
+                    server,
+                    format!("game.test:{0} ({silent}, {silent})", silent.port())
+                );
+            }
+            Err(other) => panic!("expected no answer, got {other}"),
+            Ok(_) => panic!("expected no answer, got a connection"),
+        }
     }
 }

@@ -131,11 +131,12 @@ pub(crate) fn udp_socket(
 /// certificate.
 pub(crate) fn client(
     config: &ClientConfig,
+    server: SocketAddr,
     socket: Option<AbstractSocket>,
 ) -> Result<(quinn::Endpoint, Refusals), ConnectError> {
     // The name and the address: servers at different addresses that share a name (the default
     // `localhost` of development certificates) are different servers.
-    let host = format!("{}@{}", config.server_name, config.server);
+    let host = format!("{}@{}", config.server_name, server);
     // Kept across connections made with this configuration (and its clones), for 0-RTT.
     let key = format!("{host} {} {:?}", config.zero_rtt, config.trust);
     let (tls, refusals) = config.tls_sessions.get_or_build(key, || {
@@ -149,7 +150,7 @@ pub(crate) fn client(
     let socket = match socket {
         Some(socket) => socket,
         None => {
-            let bind = config.bind.unwrap_or(match config.server {
+            let bind = config.bind.unwrap_or(match server {
                 SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
                 SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
             });
