@@ -36,16 +36,18 @@
 //! Dependencies run one way: facades → driver server and client → driver session and
 //! connection → link and stream → protocol core. No module imports one above it.
 //!
-//! - [`protocol`]: the pure core. Messages, framing codec, tokens, the client and server
-//!   handshake (and resume) state machines, the session registry with its resume credentials,
+//! - `protocol`: the pure core (public but hidden from these docs and outside semver: it is
+//!   there for the fuzz targets, the raw-peer tests and tools that speak the wire protocol;
+//!   the types the API uses are re-exported at the top). Messages, framing codec, tokens, the
+//!   client and server handshake (and resume) state machines, the session registry with its resume credentials,
 //!   admission of connection attempts (Retry, caps, eviction of the oldest handshake), and
-//!   [`protocol::session`], the established session's machine: per channel the outbound queue
+//!   `protocol::session`, the established session's machine: per channel the outbound queue
 //!   with its replay buffer and send budget, the delivery queue, acknowledgements (in-band and
 //!   by datagram), the replay plan of a new connection, the dead-path rule, the graceful close,
 //!   the grace period, and which connection endings keep the session. Under it,
-//!   [`protocol::reliability`] (sequence numbers, acknowledgements, replay buffers, gaps),
-//!   [`protocol::lane`] (the datagram formats and the newest-wins receiver) and
-//!   [`protocol::stats`] (RTT percentiles, jitter, loss and rates from samples). No I/O, no
+//!   `protocol::reliability` (sequence numbers, acknowledgements, replay buffers, gaps),
+//!   `protocol::lane` (the datagram formats and the newest-wins receiver) and
+//!   `protocol::stats` (RTT percentiles, jitter, loss and rates from samples). No I/O, no
 //!   clock, no tokio or quinn: time is passed in, so it is tested with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as
 //!   the session needs it (two streams, datagrams, its end), implemented for quinn; `stream`
@@ -68,7 +70,7 @@
 //!   [`Fingerprint`], [`KnownHosts`] (certificates, pinning, trust on first use), the
 //!   [`Authenticator`] hook, and the errors [`ServerError`], [`ConnectError`], [`SendError`],
 //!   [`RecvError`], [`Disconnect`].
-//! - [`conditioner`]: an in-process UDP relay that adds latency, jitter, loss, duplication,
+//! - `conditioner` (cargo feature `conditioner`, on by default): an in-process UDP relay that adds latency, jitter, loss, duplication,
 //!   reordering, blackholes and NAT rebindings to a loopback link, for tests and benchmarks.
 //! - Beside the library: `benches/suite/` measures quicfeed against the handshake's round-trip
 //!   limit and against bare quinn, TCP + TLS and renet, side by side in one run (BENCHMARKS.md);
@@ -124,6 +126,7 @@ mod auth;
 mod broadcast;
 pub mod certs;
 mod client;
+#[cfg(feature = "conditioner")]
 pub mod conditioner;
 pub mod config;
 mod driver;
@@ -133,6 +136,7 @@ mod fingerprint;
 mod known_hosts;
 mod lane;
 mod prepared;
+#[doc(hidden)]
 pub mod protocol;
 mod secret;
 mod server;
@@ -151,7 +155,9 @@ pub use events::{Events, ServerCounters, ServerEvent, SessionCounters, SessionEv
 pub use known_hosts::KnownHosts;
 pub use lane::Lane;
 pub use prepared::Prepared;
-pub use protocol::{ChannelKind, FrameLimits, PlayerId, Reason};
+pub use protocol::{
+    ALPN, ChannelKind, DecodeError, EncodeError, FrameLimits, HandshakeStep, PlayerId, Reason,
+};
 pub use secret::{SERVER_SECRET_LEN, ServerSecret};
 pub use server::{Server, ServerEvents};
 pub use session::{Channel, Receiver, Sender, Session, SessionHandle};

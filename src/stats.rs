@@ -120,7 +120,8 @@ impl ServerStats {
             let last = rtts.len().checked_sub(1)?;
             rtts.get(last.saturating_mul(p).div_ceil(100)).copied()
         };
-        let sum = |f: fn(&SessionStats) -> f64| sessions.iter().map(f).sum::<f64>();
+        // Folded from +0.0: `Iterator::sum` of no floats is -0.0, printed as "-0.0".
+        let sum = |f: fn(&SessionStats) -> f64| sessions.iter().map(f).fold(0.0, |a, b| a + b);
         let sent = sum(|s| s.sent_bytes_per_s);
         let lost_weighted = sum(|s| s.loss_rate * s.sent_bytes_per_s);
         ServerStats {
@@ -137,6 +138,26 @@ impl ServerStats {
             sent_messages_per_s: sum(|s| s.sent_messages_per_s),
             received_messages_per_s: sum(|s| s.received_messages_per_s),
             counters,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_sessions_reports_zero_rates_not_minus_zero() {
+        let stats = ServerStats::over(&[], ServerCounters::default());
+        for rate in [
+            stats.loss_rate,
+            stats.sent_bytes_per_s,
+            stats.received_bytes_per_s,
+            stats.sent_messages_per_s,
+            stats.received_messages_per_s,
+        ] {
+            assert_eq!(rate.to_bits(), 0.0f64.to_bits(), "{rate:?}");
+            assert_eq!(format!("{rate:.1}"), "0.0");
         }
     }
 }

@@ -1,5 +1,10 @@
 //! The protocol core: messages, codec, tokens, and the handshake and session state machines.
 //!
+//! **Unstable.** This module is public for the fuzz targets, the tests that speak the wire
+//! protocol byte by byte, and tools that do the same; it is hidden from the crate's docs and
+//! may change in any release. Applications use the crate's top level, which re-exports the
+//! types its API needs ([`PlayerId`], [`Reason`], [`ChannelKind`], [`FrameLimits`], ...).
+//!
 //! Nothing in this module performs I/O, spawns tasks or reads a clock: inputs are decoded
 //! messages and `now: Instant` arguments, outputs are values the caller acts on. It imports
 //! neither tokio nor quinn, so every rule of `PROTOCOL.md` can be tested with virtual time and
