@@ -33,6 +33,7 @@ pub(crate) fn server(
                         source,
                     }
                 })?;
+            warn_if_capped(&socket, config.transport.udp_buffer_size);
             quinn::TokioRuntime.wrap_udp_socket(socket)?
         }
     };
@@ -124,6 +125,30 @@ pub(crate) fn udp_socket(
     let _ = socket.set_send_buffer_size(buffer_size);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Says so (in the log, at info) when the kernel granted a server's socket a smaller receive buffer than asked: the
+/// kernel's cap (`net.core.rmem_max` on Linux, 208 KiB by default) then drops datagrams when
+/// many clients connect at once.
+fn warn_if_capped(socket: &std::net::UdpSocket, asked: usize) {
+    let granted = socket2::SockRef::from(socket)
+        .recv_buffer_size()
+        .unwrap_or(0);
+    // Linux reports twice what it grants (the doubling covers its bookkeeping).
+    let granted = if cfg!(target_os = "linux") {
+        granted / 2
+    } else {
+        granted
+    };
+    if granted < asked {
+        tracing::info!(
+            asked_kib = asked / 1024,
+            granted_kib = granted / 1024,
+            "the UDP receive buffer is smaller than asked: the kernel caps it (on Linux raise \
+             net.core.rmem_max, e.g. `sysctl -w net.core.rmem_max={asked}`), or datagrams are \
+             dropped when many clients connect at once"
+        );
+    }
 }
 
 /// A client endpoint, on `socket` or on a newly bound UDP socket, whose default client
