@@ -361,6 +361,12 @@ impl Channel {
         self.sender.try_send(value)
     }
 
+    /// Sends a prepared message if the channel's send buffer has room now; see
+    /// [`Sender::try_send_prepared`].
+    pub fn try_send_prepared(&self, message: &Prepared) -> Result<(), SendError> {
+        self.sender.try_send_prepared(message)
+    }
+
     /// Sends raw bytes if the channel's send buffer has room now; see
     /// [`Sender::try_send_bytes`].
     pub fn try_send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
@@ -477,6 +483,14 @@ impl Sender {
     pub fn try_send_bytes(&self, payload: &[u8]) -> Result<(), SendError> {
         self.core()
             .try_send(self.kind, Bytes::copy_from_slice(payload))
+    }
+
+    /// Sends a prepared message if the channel's send buffer has room now (see
+    /// [`try_send_bytes`](Self::try_send_bytes)), without copying it: what a backend that is
+    /// handed [`Bytes`] each frame (a bevy_replicon `drain_sent`) uses, through
+    /// [`Prepared::from_bytes`].
+    pub fn try_send_prepared(&self, message: &Prepared) -> Result<(), SendError> {
+        self.core().try_send(self.kind, message.payload())
     }
 
     /// Encodes `value` and sends it if the channel's send buffer has room now; see

@@ -148,7 +148,7 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
             // does with the bytes it drains from its own queue each frame).
             found
                 .sender(ChannelKind::Main)
-                .try_send_bytes(b"\x00")
+                .try_send_prepared(&Prepared::from_bytes(Bytes::from_static(b"\x00")))
                 .unwrap();
             let sent = server.broadcast_feed(&Prepared::new(&7u64).unwrap());
             assert_eq!((sent.sent, sent.failed.len()), (1, 0));
@@ -275,4 +275,20 @@ fn concurrent_accepts_each_get_a_session_and_end_at_shutdown() {
     // Sessions the application no longer holds are not found.
     assert!(server.session(a.player_id()).is_none());
     assert!(server.session(b.player_id()).is_none());
+}
+
+/// Every handle a game engine's systems hold is `Send + Sync`.
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Server>();
+    send_sync::<Session>();
+    send_sync::<quicfeed::SessionHandle>();
+    send_sync::<quicfeed::Channel>();
+    send_sync::<quicfeed::Sender>();
+    send_sync::<quicfeed::Receiver>();
+    send_sync::<quicfeed::Lane>();
+    send_sync::<quicfeed::Events>();
+    send_sync::<quicfeed::ServerEvents>();
+    send_sync::<quicfeed::Group>();
 }
