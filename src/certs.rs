@@ -626,7 +626,12 @@ impl ServerCertVerifier for PinnedVerifier {
                 .insert(host, presented)
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
             if new {
-                tracing::info!(%host, fingerprint = %presented, path = %known.path().display(), "trusting a new server on first use");
+                tracing::info!(
+                    %host,
+                    fingerprint = %presented,
+                    path = %known.path().display(),
+                    "trusted a new server on first use and recorded its certificate"
+                );
             }
         }
         Ok(valid)

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::CertError;
 use crate::fingerprint::Fingerprint;
@@ -16,15 +17,59 @@ use crate::fingerprint::Fingerprint;
 /// not in the file is trusted and recorded; one in the file must present the same certificate,
 /// otherwise the connection fails with an error that shows both fingerprints. To accept a
 /// server's new certificate, remove its line ([`KnownHosts::remove`], or a text editor).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A new server is trusted without asking, so tell the user: the library logs each one it
+/// records (`tracing`, at info level), and [`KnownHosts::newly_recorded`] lists them for a
+/// program to show, for example after [`Client::connect`](crate::Client::connect):
+///
+/// ```no_run
+/// # async fn run(server: std::net::SocketAddr) -> Result<(), quicfeed::ConnectError> {
+/// use quicfeed::{Client, ClientConfig, KnownHosts, Trust};
+///
+/// let known = KnownHosts::new("known_hosts");
+/// let _session = Client::connect(&ClientConfig::new(server, Trust::KnownHosts(known.clone()))).await?;
+/// for (host, fingerprint) in known.newly_recorded() {
+///     println!("trusted new server {host} with fingerprint {fingerprint}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
 pub struct KnownHosts {
     path: PathBuf,
+    /// The hosts recorded through this value and its clones (a [`Trust`](crate::Trust) holds a
+    /// clone), oldest first.
+    recorded: Arc<Mutex<Vec<(String, Fingerprint)>>>,
 }
+
+/// Two values are equal when they name the same file (whatever each has recorded).
+impl PartialEq for KnownHosts {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for KnownHosts {}
 
 impl KnownHosts {
     /// The file at `path` (created on the first server recorded).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        KnownHosts { path: path.into() }
+        KnownHosts {
+            path: path.into(),
+            recorded: Arc::default(),
+        }
+    }
+
+    /// The servers this value, or a clone of it, has recorded since it was made (by
+    /// [`insert`](Self::insert), which trust on first use calls once a new server has proved
+    /// it holds its certificate's key), as `(name@address:port, fingerprint)`, oldest first.
+    /// Empty when every server was already in the file. Clones share the list, so keep a clone
+    /// of the value put in [`Trust::KnownHosts`](crate::Trust::KnownHosts) to ask it after
+    /// connecting.
+    pub fn newly_recorded(&self) -> Vec<(String, Fingerprint)> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The usual place: `$QUICFEED_KNOWN_HOSTS` if set, otherwise
@@ -78,8 +123,9 @@ impl KnownHosts {
     }
 
     /// Records `fingerprint` for `host`, creating the file (and its directory) if needed, and
-    /// returns whether it was new. A host already in the file keeps its first line; remove it
-    /// first to replace it.
+    /// returns whether it was new (then it is also listed by
+    /// [`newly_recorded`](Self::newly_recorded)). A host already in the file keeps its first
+    /// line; remove it first to replace it.
     pub fn insert(&self, host: &str, fingerprint: Fingerprint) -> Result<bool, CertError> {
         if self.get(host)?.is_some() {
             return Ok(false);
@@ -95,6 +141,10 @@ impl KnownHosts {
         // One write per line: concurrent clients never interleave within a line.
         file.write_all(format!("{host} {fingerprint}\n").as_bytes())
             .map_err(|source| self.io_error(source))?;
+        self.recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((host.to_owned(), fingerprint));
         Ok(true)
     }
 
@@ -155,6 +205,26 @@ mod tests {
         assert!(known.remove("a:1").unwrap());
         assert!(!known.remove("a:1").unwrap());
         assert_eq!(known.entries().unwrap(), vec![("b:2".to_owned(), fb)]);
+    }
+
+    #[test]
+    fn new_hosts_are_listed_by_every_clone_and_known_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let fp = Fingerprint([3; 32]);
+        KnownHosts::new(&path).insert("old:1", fp).unwrap();
+        let known = KnownHosts::new(&path);
+        let clone = known.clone();
+        assert!(!clone.insert("old:1", fp).unwrap());
+        assert_eq!(known.newly_recorded(), vec![], "already in the file");
+        assert!(clone.insert("new:2", fp).unwrap());
+        assert_eq!(known.newly_recorded(), vec![("new:2".to_owned(), fp)]);
+        assert_eq!(known, clone);
+        assert_eq!(
+            KnownHosts::new(&path).newly_recorded(),
+            vec![],
+            "another value, its own list"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use common::{assert_echoes, within};
 use quicfeed::{Client, ClientConfig, ConnectError, Fingerprint, KnownHosts, Trust};
 
 /// Proves: the first connection records the server's fingerprint under `localhost@address` and
-/// succeeds; the second is accepted against the record (the file unchanged); after the server
+/// succeeds, and is listed by `newly_recorded`; the second is accepted against the record (the
+/// file unchanged, nothing newly recorded, by that value or a fresh one); after the server
 /// changes its certificate the connection is refused with both fingerprints in the error; and
 /// once the line is removed the new certificate is recorded.
 #[tokio::test]
@@ -22,11 +23,18 @@ async fn trust_on_first_use_records_accepts_then_refuses_a_changed_certificate()
     let mut first = within(Client::connect(&config)).await.unwrap();
     assert_echoes(&mut first, 1).await;
     assert_eq!(known.entries().unwrap(), vec![(host.clone(), original)]);
+    assert_eq!(known.newly_recorded(), vec![(host.clone(), original)]);
     let recorded = std::fs::read(known.path()).unwrap();
 
     let mut second = within(Client::connect(&config)).await.unwrap();
     assert_echoes(&mut second, 1).await;
     assert_eq!(std::fs::read(known.path()).unwrap(), recorded, "unchanged");
+    assert_eq!(known.newly_recorded().len(), 1, "a known host is not new");
+    let fresh = KnownHosts::new(known.path());
+    let fresh_config = ClientConfig::new(fixture.addr, Trust::KnownHosts(fresh.clone()));
+    let mut again = within(Client::connect(&fresh_config)).await.unwrap();
+    assert_echoes(&mut again, 1).await;
+    assert_eq!(fresh.newly_recorded(), vec![], "known from the file");
 
     let (replacement, _) = common::identity();
     let changed = replacement.fingerprint();
@@ -48,6 +56,10 @@ async fn trust_on_first_use_records_accepts_then_refuses_a_changed_certificate()
     let mut third = within(Client::connect(&config)).await.unwrap();
     assert_echoes(&mut third, 1).await;
     assert_eq!(known.get(&host).unwrap(), Some(changed));
+    assert_eq!(
+        known.newly_recorded().last(),
+        Some(&(host.clone(), changed))
+    );
 }
 
 /// Proves: a server rotates its certificate without a restart; clients pinning the old and the

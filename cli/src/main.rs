@@ -8,9 +8,11 @@
 //! quicfeed client 10.0.0.5:4433                     # trust on first use (known_hosts)
 //! ```
 //!
-//! Progress goes to stdout, logs to stderr (`RUST_LOG` or `--verbose` for more).
+//! Progress goes to stdout, logs to stderr (`RUST_LOG` or `--verbose` for more). Ctrl-C stops a
+//! server (closing every session with `ServerShutdown`) and a client (closing its session
+//! normally, exit status 0) at once, without waiting for input.
 
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use quicfeed::{
     Client, ClientConfig, Fingerprint, Identity, KnownHosts, Prepared, Reason, Server,
     ServerConfig, ServerSecret, Session, SessionEvent, Trust,
 };
-use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -64,7 +66,8 @@ enum Command {
         tick_hz: f64,
     },
     /// Connect to a server: lines typed go on main; main replies and feed messages are printed.
-    /// End with Ctrl-D.
+    /// End with Ctrl-D (after the replies to what was sent), or Ctrl-C (at once); either closes
+    /// the session cleanly and exits with status 0.
     Client {
         /// The server's UDP address.
         server: SocketAddr,
@@ -152,6 +155,50 @@ fn init_logging(verbose: bool) {
         .init();
 }
 
+/// Ctrl-C, listened for from the moment this is made: `tokio::signal::ctrl_c()` installs its
+/// handler only when first awaited, so a Ctrl-C just after "listening on" could still kill the
+/// process without its graceful shutdown.
+struct Interrupt {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    signal: tokio::signal::windows::CtrlC,
+}
+
+impl Interrupt {
+    fn listen() -> std::io::Result<Interrupt> {
+        #[cfg(unix)]
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        #[cfg(windows)]
+        let signal = tokio::signal::windows::ctrl_c()?;
+        Ok(Interrupt { signal })
+    }
+
+    /// The next Ctrl-C.
+    async fn recv(&mut self) {
+        self.signal.recv().await;
+    }
+}
+
+/// The lines typed on stdin, read on a thread of its own; the channel closes at the end of the
+/// input. (Not `tokio::io::stdin()`: its blocking read sits in tokio's blocking pool, which
+/// the runtime waits for at exit, so a Ctrl-C took effect only once Enter was pressed, and
+/// that line was lost. This thread is abandoned at exit, its pending read with it.)
+fn stdin_lines() -> std::io::Result<mpsc::Receiver<std::io::Result<String>>> {
+    let (lines, receiver) = mpsc::channel(16);
+    std::thread::Builder::new()
+        .name("stdin".to_owned())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let failed = line.is_err();
+                if lines.blocking_send(line).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
+    Ok(receiver)
+}
+
 /// A line of progress on stdout, flushed at once (so pipes see it).
 fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
@@ -210,6 +257,7 @@ async fn server(
     }
     let mut config = ServerConfig::new(listen, identity);
     config.secret = Some(secret);
+    let mut interrupt = Interrupt::listen()?;
     let server = Arc::new(Server::bind(config).await?);
     say(format!("listening on {}", server.local_addr()));
     say(format!("fingerprint {}", server.fingerprint()));
@@ -226,11 +274,11 @@ async fn server(
         tokio::spawn(tick(server.clone(), Duration::from_secs_f64(1.0 / tick_hz)));
     }
     // Lines typed on the server go to every session's feed; a closed stdin just stops that.
+    let mut lines = stdin_lines()?;
     tokio::spawn({
         let server = server.clone();
         async move {
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            while let Some(Ok(line)) = lines.recv().await {
                 match Prepared::new(&format!("server: {line}")) {
                     Ok(message) => {
                         let sent = server.broadcast_feed(&message);
@@ -241,7 +289,7 @@ async fn server(
             }
         }
     });
-    tokio::signal::ctrl_c().await?;
+    interrupt.recv().await;
     say("shutting down");
     server
         .shutdown(Reason::ServerShutdown, "server stopped by operator")
@@ -321,12 +369,32 @@ fn trust(
 }
 
 async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
+    // A clone shares what the connection's trust on first use records.
+    let known_hosts = match &trust {
+        Trust::KnownHosts(known) => Some(known.clone()),
+        _ => None,
+    };
     let mut config = ClientConfig::new(server, trust);
     config.server_name = name;
+    let mut interrupt = Interrupt::listen()?;
     let started = Instant::now();
-    let session = Client::connect(&config).await?;
+    let session = tokio::select! {
+        session = Client::connect(&config) => session,
+        () = interrupt.recv() => return Err("interrupted while connecting".into()),
+    };
+    // Said even if the connection failed afterwards: the file has changed.
+    if let Some(known) = &known_hosts {
+        for (host, fingerprint) in known.newly_recorded() {
+            say(format!(
+                "trusted new server {host} with fingerprint {fingerprint} (recorded in {})",
+                known.path().display()
+            ));
+        }
+    }
+    let session = session?;
     say(format!(
-        "connected to {server} as {} in {:.1} ms; type lines to send on main, Ctrl-D to quit",
+        "connected to {server} as {} in {:.1} ms; type lines to send on main, Ctrl-D or Ctrl-C \
+         to quit",
         session.player_id(),
         started.elapsed().as_secs_f64() * 1e3
     ));
@@ -378,23 +446,39 @@ async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
     });
 
     let mut sent = 0u64;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    loop {
+    let mut lines = stdin_lines()?;
+    let interrupted = loop {
         tokio::select! {
-            line = lines.next_line() => match line? {
-                Some(line) => {
-                    to_main.send(&line).await?;
-                    sent += 1;
-                }
-                None => break,
+            line = lines.recv() => match line {
+                Some(Ok(line)) => tokio::select! {
+                    // A send waits while the server is not taking messages: Ctrl-C still works.
+                    done = to_main.send(&line) => {
+                        done?;
+                        sent += 1;
+                    }
+                    () = interrupt.recv() => break true,
+                },
+                Some(Err(e)) => return Err(format!("cannot read the input: {e}").into()),
+                None => break false,
             },
+            () = interrupt.recv() => break true,
             why = handle.closed() => return Err(format!("session ended: {why}").into()),
         }
-    }
-    // End of input: wait (a little) for the replies still on their way.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while replies.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if interrupted {
+        say("interrupted: closing the session");
+    } else {
+        // End of input: wait (a little, or until Ctrl-C) for the replies still on their way.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let replied = async {
+            while replies.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            () = replied => {}
+            () = interrupt.recv() => {}
+        }
     }
     let stats = handle.stats();
     say(format!(
@@ -403,6 +487,12 @@ async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
         sent,
         replies.load(Ordering::SeqCst)
     ));
-    handle.close_gracefully(Reason::Normal, "client done").await;
+    let why = if interrupted {
+        "player quit with Ctrl-C"
+    } else {
+        "client done"
+    };
+    // Returns once the close has gone out, so the server sees the player leave now.
+    handle.close_gracefully(Reason::Normal, why).await;
     Ok(())
 }

@@ -45,6 +45,8 @@ impl RunningServer {
                 certs.join("cert.pem").to_str().unwrap(),
                 "--key",
                 certs.join("key.pem").to_str().unwrap(),
+                "--secret",
+                certs.join("secret.key").to_str().unwrap(),
                 "--tick-hz",
                 "20",
             ])
@@ -162,7 +164,7 @@ fn a_client_talks_to_a_server() {
 }
 
 /// Proves: the client's default trust is trust on first use (recorded in the `known_hosts`
-/// file it is given), and a wrong pinned fingerprint fails with both fingerprints shown and a
+/// file it is given, and said on stdout the first time only), and a wrong pinned fingerprint fails with both fingerprints shown and a
 /// non-zero exit status.
 #[test]
 fn a_client_trusts_on_first_use_and_refuses_a_wrong_pin() {
@@ -178,6 +180,20 @@ fn a_client_trusts_on_first_use_and_refuses_a_wrong_pin() {
     assert!(out.status.success(), "{out:?}");
     let recorded = std::fs::read_to_string(&known).unwrap();
     assert!(recorded.contains(&fingerprint), "{recorded}");
+    let notice = format!(
+        "trusted new server localhost@{} with fingerprint {fingerprint} (recorded in {})",
+        server.addr,
+        known.display()
+    );
+    assert!(stdout(&out).contains(&notice), "{}", stdout(&out));
+
+    let out = client(
+        &[&server.addr, "--known-hosts", known.to_str().unwrap()],
+        "hi again\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!stdout(&out).contains("trusted new server"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), recorded);
 
     let wrong = "AA:".repeat(31) + "AA";
     let out = client(&[&server.addr, "--fingerprint", &wrong], "hi\n");
@@ -185,4 +201,197 @@ fn a_client_trusts_on_first_use_and_refuses_a_wrong_pin() {
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(errors.contains(&fingerprint), "{errors}");
     assert!(errors.contains(&wrong), "{errors}");
+}
+
+/// A process started with stdin piped and never written (kept open, as at a terminal), its
+/// stdout lines on a channel; killed on drop.
+struct Interactive {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Interactive {
+    fn start(args: &[&str]) -> Interactive {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Interactive {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next stdout line starting with `prefix` (within [`EVENT`]).
+    async fn wait_for(&mut self, prefix: &str) -> String {
+        let found = tokio::time::timeout(EVENT, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if line.starts_with(prefix) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("never printed {prefix:?}; printed {:?}", self.seen),
+        }
+    }
+
+    /// Sends SIGINT, as Ctrl-C at a terminal does.
+    fn interrupt(&self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(status.success(), "kill -INT {pid}: {status}");
+    }
+
+    /// The exit status, once the process has exited (within [`EVENT`]); the rest of its stdout
+    /// is then in `seen`.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(EVENT, async {
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("did not exit; printed {:?}", self.seen));
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        status
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bound for one awaited event: generous for a loaded 2-core machine, and below the 10 s idle
+/// timeout and the server's 15 s grace period that a session ends by when nobody closes it.
+const EVENT: Duration = Duration::from_secs(10);
+
+/// Proves: Ctrl-C stops `quicfeed server` at once, with its stdin open and never written (no
+/// Enter needed), exit status 0; a connected player's session ends with the server's close
+/// (`ServerShutdown`), not a timeout.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_shuts_the_server_down_at_once() {
+    use quicfeed::{Client, ClientConfig, Disconnect, Fingerprint, Reason, Trust};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |file: &str| dir.path().join(file).to_str().unwrap().to_owned();
+    let mut server = Interactive::start(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        &path("cert.pem"),
+        "--key",
+        &path("key.pem"),
+        "--secret",
+        &path("secret.key"),
+        "--tick-hz",
+        "0",
+    ]);
+    let addr = server.wait_for("listening on ").await["listening on ".len()..].to_owned();
+    let fingerprint: Fingerprint = server.wait_for("fingerprint ").await["fingerprint ".len()..]
+        .parse()
+        .unwrap();
+    let config = ClientConfig::new(addr.parse().unwrap(), Trust::Fingerprint(fingerprint));
+    let session = tokio::time::timeout(EVENT, Client::connect(&config))
+        .await
+        .unwrap()
+        .unwrap();
+    server
+        .wait_for(&format!("{} joined", session.player_id()))
+        .await;
+
+    server.interrupt();
+    let status = server.exited().await;
+    assert!(status.success(), "{status}; printed {:?}", server.seen);
+    assert!(
+        server.seen.iter().any(|l| l == "shutting down"),
+        "{:?}",
+        server.seen
+    );
+    let why = tokio::time::timeout(EVENT, session.closed()).await.unwrap();
+    assert!(
+        matches!(
+            why,
+            Disconnect::ByPeer {
+                reason: Reason::ServerShutdown,
+                ..
+            }
+        ),
+        "{why}"
+    );
+}
+
+/// Proves: Ctrl-C in `quicfeed client` (stdin open, nothing typed) closes its session cleanly
+/// and exits with status 0: the server sees the player leave with `Normal` at once, not at a
+/// timeout; the client says so in a line for a person.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_closes_the_client_session_cleanly() {
+    use quicfeed::{Disconnect, Identity, Reason, Server, ServerConfig};
+
+    let identity = Identity::generate_self_signed(&["localhost"]).unwrap();
+    let fingerprint = identity.fingerprint().to_string();
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity))
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let mut client = Interactive::start(&["client", &addr, "--fingerprint", &fingerprint]);
+    let session = tokio::time::timeout(EVENT, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    client.wait_for("connected to ").await;
+
+    client.interrupt();
+    let status = client.exited().await;
+    assert!(status.success(), "{status}; printed {:?}", client.seen);
+    let why = tokio::time::timeout(EVENT, session.closed()).await.unwrap();
+    assert!(
+        matches!(
+            why,
+            Disconnect::ByPeer {
+                reason: Reason::Normal,
+                ..
+            }
+        ),
+        "{why}"
+    );
+    assert!(
+        client.seen.iter().any(|l| l.starts_with("interrupted")),
+        "{:?}",
+        client.seen
+    );
+    assert!(
+        client.seen.iter().any(|l| l.starts_with("bye: ")),
+        "{:?}",
+        client.seen
+    );
 }
