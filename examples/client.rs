@@ -12,20 +12,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{Request, Response, Snapshot};
-use quicfeed::{Client, ClientConfig, Fingerprint, Reason, Trust};
+use quicfeed::{Client, ClientConfig, Fingerprint, Reason, ServerAddress, Trust};
 
 #[derive(Parser)]
 #[command(about = "quicfeed example game client")]
 struct Args {
-    /// The server's UDP address.
+    /// The server: HOST:PORT or ADDRESS:PORT (localhost:4433, 192.0.2.10:4433, [::1]:4433).
     #[arg(long, default_value = "127.0.0.1:4433")]
-    server: SocketAddr,
+    server: ServerAddress,
     /// Pin this certificate file (PEM).
     #[arg(long, default_value = "certs/cert.pem")]
     cert: PathBuf,
@@ -53,7 +52,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => Trust::certificate_pem_file(&args.cert)?,
     };
     let started = Instant::now();
-    let session = Client::connect(&ClientConfig::new(args.server, trust)).await?;
+    let session = Client::connect(&ClientConfig::new(args.server.clone(), trust)).await?;
     println!(
         "connected to {} as {} in {:.1} ms",
         args.server,

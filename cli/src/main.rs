@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use quicfeed::certs::DEV_CERT_NAMES;
 use quicfeed::{
     Client, ClientConfig, Fingerprint, Identity, KnownHosts, Prepared, Reason, Server,
-    ServerConfig, ServerSecret, Session, SessionEvent, Trust,
+    ServerAddress, ServerConfig, ServerSecret, Session, SessionEvent, Trust,
 };
 use tokio::sync::mpsc;
 
@@ -69,11 +69,13 @@ enum Command {
     /// End with Ctrl-D (after the replies to what was sent), or Ctrl-C (at once); either closes
     /// the session cleanly and exits with status 0.
     Client {
-        /// The server's UDP address.
-        server: SocketAddr,
-        /// The name the certificate must be for (and the `known_hosts` key, with the port).
-        #[arg(long, default_value = "localhost")]
-        name: String,
+        /// The server: HOST:PORT (resolved, IPv4 or IPv6) or ADDRESS:PORT, e.g. localhost:4433,
+        /// 192.0.2.10:4433, [::1]:4433.
+        server: ServerAddress,
+        /// The name the certificate must be for (and the `known_hosts` key, with the address).
+        /// Default: the host name, or `localhost` for an address.
+        #[arg(long)]
+        name: Option<String>,
         /// Trust a certificate with this SHA-256 fingerprint (repeat to accept several, for a
         /// rotation).
         #[arg(long)]
@@ -299,7 +301,7 @@ async fn server(
 }
 
 /// One player: prints what it says on main and echoes it back.
-async fn serve(mut session: Session) {
+async fn serve(session: Session) {
     let player = session.player_id();
     say(format!(
         "{player} joined from {}",
@@ -368,14 +370,16 @@ fn trust(
     Ok(Trust::KnownHosts(KnownHosts::new(path)))
 }
 
-async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
+async fn client(server: ServerAddress, name: Option<String>, trust: Trust) -> Result {
     // A clone shares what the connection's trust on first use records.
     let known_hosts = match &trust {
         Trust::KnownHosts(known) => Some(known.clone()),
         _ => None,
     };
-    let mut config = ClientConfig::new(server, trust);
-    config.server_name = name;
+    let mut config = ClientConfig::new(server.clone(), trust);
+    if let Some(name) = name {
+        config.server_name = name;
+    }
     let mut interrupt = Interrupt::listen()?;
     let started = Instant::now();
     let session = tokio::select! {
@@ -399,8 +403,8 @@ async fn client(server: SocketAddr, name: String, trust: Trust) -> Result {
         started.elapsed().as_secs_f64() * 1e3
     ));
     let (handle, main, feed) = session.into_parts();
-    let (mut to_main, mut from_main) = main.split();
-    let (_, mut from_feed) = feed.split();
+    let (to_main, from_main) = main.split();
+    let (_, from_feed) = feed.split();
 
     tokio::spawn(async move {
         loop {

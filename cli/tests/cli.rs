@@ -134,9 +134,10 @@ fn gen_cert_and_fingerprint_agree() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
 
-/// Proves: `server` prints where it listens and its fingerprint; a `client` pinning that
-/// fingerprint sends the lines typed on main, prints the server's echoes and the feed's ticks,
-/// and exits cleanly at the end of its input; the server prints the player's lines.
+/// Proves: `server` prints where it listens and its fingerprint; a `client` naming it by host
+/// and port (`localhost:PORT`) and pinning that fingerprint sends the lines typed on main,
+/// prints the server's echoes and the feed's ticks, and exits cleanly at the end of its input;
+/// the server prints the player's lines.
 #[test]
 fn a_client_talks_to_a_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,8 +146,10 @@ fn a_client_talks_to_a_server() {
     let printed = server.wait_for("fingerprint ");
     assert_eq!(printed, format!("fingerprint {fingerprint}"));
 
+    // Named by host and port, as a player types it.
+    let by_name = server.addr.replace("127.0.0.1", "localhost");
     let out = client(
-        &[&server.addr, "--fingerprint", &fingerprint],
+        &[&by_name, "--fingerprint", &fingerprint],
         "hello\nsecond line\n",
     );
     let text = stdout(&out);
@@ -164,8 +167,8 @@ fn a_client_talks_to_a_server() {
 }
 
 /// Proves: the client's default trust is trust on first use (recorded in the `known_hosts`
-/// file it is given, and said on stdout the first time only), and a wrong pinned fingerprint fails with both fingerprints shown and a
-/// non-zero exit status.
+/// file it is given, and said on stdout the first time only), and a wrong pinned fingerprint
+/// fails with both fingerprints shown and a non-zero exit status.
 #[test]
 fn a_client_trusts_on_first_use_and_refuses_a_wrong_pin() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,7 +322,10 @@ async fn ctrl_c_shuts_the_server_down_at_once() {
     let fingerprint: Fingerprint = server.wait_for("fingerprint ").await["fingerprint ".len()..]
         .parse()
         .unwrap();
-    let config = ClientConfig::new(addr.parse().unwrap(), Trust::Fingerprint(fingerprint));
+    let config = ClientConfig::new(
+        addr.parse::<std::net::SocketAddr>().unwrap(),
+        Trust::Fingerprint(fingerprint),
+    );
     let session = tokio::time::timeout(EVENT, Client::connect(&config))
         .await
         .unwrap()
