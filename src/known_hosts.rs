@@ -33,12 +33,22 @@ use crate::fingerprint::Fingerprint;
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KnownHosts {
     path: PathBuf,
     /// The hosts recorded through this value and its clones (a [`Trust`](crate::Trust) holds a
     /// clone), oldest first.
     recorded: Arc<Mutex<Vec<(String, Fingerprint)>>>,
+}
+
+/// Shows the file only: what was recorded changes as clients connect, and a client's TLS
+/// configuration (with its 0-RTT tickets) is kept per trust as it prints.
+impl std::fmt::Debug for KnownHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownHosts")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Two values are equal when they name the same file (whatever each has recorded).
