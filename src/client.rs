@@ -21,14 +21,19 @@ use crate::session::Session;
 pub struct Client;
 
 impl Client {
-    /// Opens a QUIC connection to `config.server` from a new local socket, runs the three-step
-    /// handshake, and returns the session once the server has answered `CONN_OK`.
+    /// Resolves `config.server` if it is a host name, opens a QUIC connection to it from a new
+    /// local socket (racing its addresses, see [`ClientConfig::server`]), runs the three-step
+    /// handshake, and returns the session once the server has answered `CONN_OK`. Everything,
+    /// the name lookup included, happens within `config.handshake_timeout`.
     ///
-    /// Fails with [`ConnectError::Refused`] when the server answers `CONN_FAILED`, with
-    /// [`ConnectError::TimedOut`] when the handshake does not complete within
-    /// `config.handshake_timeout` or every `FEED_INIT` attempt goes unanswered, and with
-    /// [`ConnectError::Transport`] when the QUIC connection itself fails (unreachable server,
-    /// untrusted certificate). Must be called inside a tokio runtime.
+    /// Fails with [`ConnectError::Resolve`] when the name does not resolve,
+    /// [`ConnectError::NoAnswer`] when no QUIC handshake completes in time (nothing listening,
+    /// UDP blocked), [`ConnectError::Certificate`] when the server's certificate is not trusted
+    /// (with the reason and what to do), [`ConnectError::Refused`] when the server answers
+    /// `CONN_FAILED`, [`ConnectError::TimedOut`] when the quicfeed handshake after QUIC's does
+    /// not complete in time or every `FEED_INIT` attempt goes unanswered, and
+    /// [`ConnectError::Transport`] when the QUIC connection fails otherwise. Must be called
+    /// inside a tokio runtime.
     pub async fn connect(config: &ClientConfig) -> Result<Session, ConnectError> {
         driver::connect(config, None).await.map(Session::new)
     }

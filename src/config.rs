@@ -411,13 +411,19 @@ impl std::str::FromStr for ServerAddress {
         }
         let wrong = || {
             ConfigError::Invalid(format!(
-                "server address {text:?}: expected HOST:PORT, IPV4:PORT or [IPV6]:PORT                  (for example localhost:4433)"
+                "server address {text:?}: expected HOST:PORT, IPV4:PORT or [IPV6]:PORT (for \
+                 example localhost:4433)"
             ))
         };
         let (name, port) = text.rsplit_once(':').ok_or_else(wrong)?;
         let port = port.parse().map_err(|_| wrong())?;
-        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
-        if name.is_empty() || !name.chars().all(valid) {
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        let labels_valid = name
+            .strip_suffix('.')
+            .unwrap_or(name)
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63 && label.chars().all(valid));
+        if name.len() > 253 || !labels_valid {
             return Err(wrong());
         }
         Ok(ServerAddress::Host {
@@ -468,8 +474,9 @@ pub struct ClientConfig {
     /// complete wins). A resume goes to the address that won.
     pub server: ServerAddress,
     /// The name sent in TLS SNI and checked against the certificate under
-    /// [`Trust::CaCertificates`] and [`Trust::SystemRoots`]. Default: the host name of
-    /// `server`, or `"localhost"` (the name of development certificates) for an address.
+    /// [`Trust::CaCertificates`] and [`Trust::SystemRoots`]. [`ClientConfig::new`] sets it to
+    /// the host name of `server`, or `"localhost"` (the name of development certificates) for
+    /// an address; changing `server` afterwards does not change it.
     pub server_name: String,
     /// How the server's certificate is verified.
     pub trust: Trust,

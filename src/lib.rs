@@ -36,46 +36,47 @@
 //! Dependencies run one way: facades → driver server and client → driver session and
 //! connection → link and stream → protocol core. No module imports one above it.
 //!
-//! - `protocol`: the pure core (public but hidden from these docs and outside semver: it is
-//!   there for the fuzz targets, the raw-peer tests and tools that speak the wire protocol;
-//!   the types the API uses are re-exported at the top). Messages, framing codec, tokens, the
-//!   client and server handshake (and resume) state machines, the session registry with its resume credentials,
+//! - `protocol`: the pure core (public but hidden from these docs and outside semver: it is there
+//!   for the fuzz targets, the raw-peer tests and tools that speak the wire protocol; the types the
+//!   API uses are re-exported at the top). Messages, framing codec, tokens, the client and server
+//!   handshake (and resume) state machines, the session registry with its resume credentials,
 //!   admission of connection attempts (Retry, caps, eviction of the oldest handshake), and
-//!   `protocol::session`, the established session's machine: per channel the outbound queue
-//!   with its replay buffer and send budget, the delivery queue, acknowledgements (in-band and
-//!   by datagram), the replay plan of a new connection, the dead-path rule, the graceful close,
-//!   the grace period, and which connection endings keep the session. Under it,
-//!   `protocol::reliability` (sequence numbers, acknowledgements, replay buffers, gaps),
-//!   `protocol::lane` (the datagram formats and the newest-wins receiver) and
-//!   `protocol::stats` (RTT percentiles, jitter, loss and rates from samples). No I/O, no
-//!   clock, no tokio or quinn: time is passed in, so it is tested with virtual time.
-//! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as
-//!   the session needs it (two streams, datagrams, its end), implemented for quinn; `stream`
-//!   frames bytes on its streams; `session` holds a session's machine behind one lock (never
-//!   held across an `.await`) with the wake-ups between it and the application, and states the
-//!   lock rule; `connection` is the one task per attached connection that reads, writes and
-//!   runs the timers (a send whose stream is idle writes at once in the sender's task, through
-//!   the connection's writers, which sit behind a second lock taken before the session's);
-//!   `client` connects and resumes; `server` accepts, runs the handshakes, and
-//!   is the sessions' owner (they report to it through a trait, never naming it); `endpoint`
-//!   builds quinn endpoints.
+//!   `protocol::session`, the established session's machine: per channel the outbound queue with
+//!   its replay buffer and send budget, the delivery queue, acknowledgements (in-band and by
+//!   datagram), the replay plan of a new connection, the dead-path rule, the graceful close, the
+//!   grace period, and which connection endings keep the session. Under it, `protocol::reliability`
+//!   (sequence numbers, acknowledgements, replay buffers, gaps), `protocol::lane` (the datagram
+//!   formats and the newest-wins receiver) and `protocol::stats` (RTT percentiles, jitter, loss and
+//!   rates from samples). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested
+//!   with virtual time.
+//! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as the
+//!   session needs it (two streams, datagrams, its end), implemented for quinn; `stream` frames
+//!   bytes on its streams; `session` holds a session's machine behind one lock (never held across
+//!   an `.await`) with the wake-ups between it and the application, and states the lock rule;
+//!   `connection` is the one task per attached connection that reads, writes and runs the timers (a
+//!   send whose stream is idle writes at once in the sender's task, through the connection's
+//!   writers, which sit behind a second lock taken before the session's); `client` resolves the
+//!   server's name, races its addresses (RFC 8305), connects and resumes; `server` accepts, runs
+//!   the handshakes, and is the sessions' owner (they report to it through a trait, never naming
+//!   it); `endpoint` builds quinn endpoints.
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
-//!   [`Lane`] is a session's feed datagram lane; [`Prepared`] encodes a message once, and
-//!   [`Group`] and the server's broadcasts send it to many sessions without waiting.
-//! - Leaves: [`events`] (session and server events, [`SessionEvent`], and counters),
-//!   [`stats`] (connection quality, [`SessionStats`], [`ServerStats`], and what a session
-//!   buffers, [`SessionBuffers`]), [`ServerConfig`], [`ClientConfig`], [`TransportConfig`]
-//!   (configuration with documented defaults tuned for games), [`Identity`], [`ServerSecret`]
-//!   (the server's long-lived secret its reset and connection-ID keys derive from), [`Trust`],
-//!   [`Fingerprint`], [`KnownHosts`] (certificates, pinning, trust on first use), the
-//!   [`Authenticator`] hook, and the errors [`ServerError`], [`ConnectError`], [`SendError`],
-//!   [`RecvError`], [`Disconnect`].
-//! - `conditioner` (cargo feature `conditioner`, on by default): an in-process UDP relay that adds latency, jitter, loss, duplication,
-//!   reordering, blackholes and NAT rebindings to a loopback link, for tests and benchmarks.
+//!   [`Lane`] is a session's feed datagram lane; [`Prepared`] encodes a message once, and [`Group`]
+//!   and the server's broadcasts send it to many sessions without waiting.
+//! - Leaves: [`events`] (session and server events, [`SessionEvent`], and counters), [`stats`]
+//!   (connection quality, [`SessionStats`], [`ServerStats`], and what a session buffers,
+//!   [`SessionBuffers`]), [`ServerConfig`], [`ClientConfig`] (with [`ServerAddress`]), [`TransportConfig`] (configuration
+//!   with documented defaults tuned for games), [`Identity`], [`ServerSecret`] (the server's
+//!   long-lived secret its reset and connection-ID keys derive from), [`Trust`], [`Fingerprint`],
+//!   [`KnownHosts`] (certificates, pinning, trust on first use), the [`Authenticator`] hook (and
+//!   the [`UserData`] it attaches to a session), and
+//!   the errors [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
+//! - `conditioner` (cargo feature `conditioner`, on by default): an in-process UDP relay that adds
+//!   latency, jitter, loss, duplication, reordering, blackholes and NAT rebindings to a loopback
+//!   link, for tests and benchmarks.
 //! - Beside the library: `benches/suite/` measures quicfeed against the handshake's round-trip
 //!   limit and against bare quinn, TCP + TLS and renet, side by side in one run (BENCHMARKS.md);
-//!   `tests/simulation/` runs the whole stack, quinn included, between simulated sockets in
-//!   virtual time, one seeded fault scenario after another, and checks every invariant.
+//!   `tests/simulation/` runs the whole stack, quinn included, between simulated sockets in virtual
+//!   time, one seeded fault scenario after another, and checks every invariant.
 //!
 //! ## Example
 //!
@@ -160,7 +161,7 @@ pub use protocol::{
 };
 pub use secret::{SERVER_SECRET_LEN, ServerSecret};
 pub use server::{Server, ServerEvents};
-pub use session::{Channel, Receiver, Sender, Session, SessionHandle};
+pub use session::{Channel, Drain, Receiver, Sender, Session, SessionHandle};
 pub use stats::{ChannelBuffers, ServerStats, SessionBuffers, SessionStats};
 
 /// The quinn crate quicfeed runs on, for custom sockets: implement [`quinn::AsyncUdpSocket`]

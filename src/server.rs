@@ -60,6 +60,8 @@ struct Inner {
     /// to take one, never across an `.await`: waiting is on `shared.session_queued`.
     sessions: Mutex<mpsc::Receiver<AppRef>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// Set once a shutdown has drained: callers of `shutdown` after the first wait for it.
+    shut_down: tokio::sync::OnceCell<()>,
     local_addr: SocketAddr,
     /// The certificate presented now; its lock also orders rotations.
     fingerprint: Mutex<Fingerprint>,
@@ -115,6 +117,7 @@ impl Server {
                 shared,
                 sessions: Mutex::new(rx),
                 accept_task: Mutex::new(Some(accept_task)),
+                shut_down: tokio::sync::OnceCell::new(),
                 local_addr,
                 fingerprint: Mutex::new(fingerprint),
                 token_key,
@@ -270,13 +273,24 @@ impl Server {
     /// `CONN_FAILED(reason)`, closes every session with `reason` and `message`, and waits for
     /// the closes to reach the clients: about 4 s at most (up to 2 s for connection tasks to
     /// finish, then up to 2 s for the endpoint to drain). [`accept`](Self::accept) then returns
-    /// `None`. Calling it again does nothing.
+    /// `None`. Calling it again, from any clone, waits for the first call's drain and does
+    /// nothing more (the first reason wins).
     ///
     /// Sessions are closed at once: messages still in flight are discarded, as with any QUIC
     /// close. To be sure a final message arrives, close those sessions with
     /// [`Session::close_gracefully`] first.
     pub async fn shutdown(&self, reason: Reason, message: &str) {
         request_shutdown(&self.inner.shared, reason, message);
+        // One drain, however many clones call this at once: the others wait for it (at most
+        // the same 4 s).
+        self.inner
+            .shut_down
+            .get_or_init(|| self.drain(reason, message))
+            .await;
+    }
+
+    /// Waits for the connection tasks, then closes the endpoint and waits for it to drain.
+    async fn drain(&self, reason: Reason, message: &str) {
         let task = self
             .inner
             .accept_task

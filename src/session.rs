@@ -26,7 +26,7 @@ use crate::stats::SessionStats;
 
 /// One player's session: the player ID and the `main` and `feed` channels.
 ///
-/// Every method takes `&self`: use [`main`](Session::main) and [`feed`](Session::feed) from
+/// Sending and receiving take `&self`: use [`main`](Session::main) and [`feed`](Session::feed) from
 /// one task or, with the session in an `Arc` or split by [`into_parts`](Session::into_parts),
 /// from several (each direction of a channel too, with [`Channel::split`]; a [`Sender`] is
 /// cheap to clone). Nothing but the `async` methods needs the tokio runtime: a fixed-step game

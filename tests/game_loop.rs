@@ -153,12 +153,18 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
             let sent = server.broadcast_feed(&Prepared::new(&7u64).unwrap());
             assert_eq!((sent.sent, sent.failed.len()), (1, 0));
             assert!(session.main().max_payload_size() > 1000);
-            // Dropped here, off the runtime: the session closes gracefully on the runtime the
-            // server runs on, after delivering what was sent.
+            // A full send buffer's worth, then the drop, off the runtime: the session closes
+            // gracefully on the runtime the server runs on, after delivering all of it (a
+            // close at once would discard what is still queued).
+            let mut burst = 0u32;
+            while session.feed().try_send(&vec![burst as u8; 1024]).is_ok() {
+                burst += 1;
+            }
+            burst
         }
     });
 
-    runtime.block_on(async {
+    let received = runtime.block_on(async {
         for tick in 0..5 {
             alice.main().send(&Input { tick }).await.unwrap();
         }
@@ -170,13 +176,34 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
         assert_eq!(&by_id[..], b"\x00");
         let fed: u64 = common::within(alice.feed().recv()).await.unwrap();
         assert_eq!(fed, 7);
+        // Everything the server queued before the drop, then the end.
+        let mut received = 0u32;
+        let end = loop {
+            match common::within(alice.feed().recv::<Vec<u8>>()).await {
+                Ok(chunk) => {
+                    assert_eq!(chunk, vec![received as u8; 1024], "in order, whole");
+                    received += 1;
+                }
+                Err(end) => break end,
+            }
+        };
+        assert!(matches!(end, quicfeed::RecvError::Closed(_)), "{end}");
         // The graceful close of the dropped session, not an idle timeout.
         match common::within(alice.closed()).await {
             Disconnect::ByPeer { reason, .. } => assert_eq!(reason, Reason::Normal),
             other => panic!("expected the server's graceful close, got {other}"),
         }
+        received
     });
-    game.join().unwrap();
+    let burst = game.join().unwrap();
+    assert!(
+        burst >= 32,
+        "a send buffer holds dozens of 1 KiB messages, not {burst}"
+    );
+    assert_eq!(
+        received, burst,
+        "everything queued before the drop was delivered"
+    );
     assert!(
         server.session(alice_id).is_none(),
         "an ended session is not found"

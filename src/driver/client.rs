@@ -74,7 +74,7 @@ pub(crate) async fn connect(
 ) -> Result<AppRef, ConnectError> {
     config.validate()?;
     let deadline = super::deadline_after(config.handshake_timeout);
-    let candidates = resolve(&config.server).await?;
+    let candidates = resolve(&config.server, deadline).await?;
     let Opened {
         endpoint,
         refusals,
@@ -405,14 +405,14 @@ impl Resumer {
     }
 }
 
-/// Opens a connection: in 0-RTT when `zero_rtt` is set and the TLS configuration holds a
-/// ticket for the server (then with the future that tells whether the server accepted the
-/// early data), else by completing the QUIC handshake before `deadline`. The error is `None`
-/// when the deadline passed.
-/// The server's addresses: `server` itself, or what its host name resolves to, in the
-/// resolver's order of preference (RFC 6724), IPv6 and IPv4 interleaved (RFC 8305 §4), so that
-/// a broken family costs one attempt delay, not every address of it.
-async fn resolve(server: &ServerAddress) -> Result<Vec<SocketAddr>, ConnectError> {
+/// The server's addresses: `server` itself, or what its host name resolves to (asked before
+/// `deadline`, so a resolver that does not answer costs the connect's own time, not more), in
+/// the resolver's order of preference (RFC 6724), IPv6 and IPv4 interleaved (RFC 8305 §4), so
+/// that a broken family costs one attempt delay, not every address of it.
+async fn resolve(
+    server: &ServerAddress,
+    deadline: Instant,
+) -> Result<Vec<SocketAddr>, ConnectError> {
     let (name, port) = match server {
         ServerAddress::Addr(addr) => return Ok(vec![*addr]),
         ServerAddress::Host { name, port } => (name.as_str(), *port),
@@ -421,10 +421,17 @@ async fn resolve(server: &ServerAddress) -> Result<Vec<SocketAddr>, ConnectError
         host: server.to_string(),
         source,
     };
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
-        .await
-        .map_err(failed)?
-        .collect();
+    let found: Vec<SocketAddr> =
+        match tokio::time::timeout_at(deadline.into(), tokio::net::lookup_host((name, port))).await
+        {
+            Ok(found) => found.map_err(failed)?.collect(),
+            Err(_) => {
+                return Err(failed(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the resolver did not answer within the handshake timeout",
+                )));
+            }
+        };
     let mut ordered = interleave(&found);
     // Bounded: a resolver that answers with hundreds of addresses is not raced address by address.
     ordered.truncate(MAX_CANDIDATES);
@@ -460,6 +467,16 @@ fn interleave(found: &[SocketAddr]) -> Vec<SocketAddr> {
     }
 }
 
+/// Whether a socket bound to `local` can reach `remote`: an IPv4 socket only IPv4 addresses, a
+/// socket on a specific IPv6 address only IPv6 ones, a socket on the unspecified IPv6 address
+/// both (it is dual-stack: see `endpoint::udp_socket`).
+fn reaches(local: SocketAddr, remote: SocketAddr) -> bool {
+    match local {
+        SocketAddr::V4(_) => remote.is_ipv4(),
+        SocketAddr::V6(v6) => v6.ip().is_unspecified() || remote.is_ipv6(),
+    }
+}
+
 /// Most resolved addresses a connect tries.
 const MAX_CANDIDATES: usize = 8;
 
@@ -478,9 +495,12 @@ struct Opened {
 
 /// Opens a QUIC connection to the first of `candidates` that answers: one at once, each next
 /// one [`ATTEMPT_DELAY`] later (or as soon as the one before failed), each from an endpoint of
-/// its own (the address families may differ); the first to complete wins, and the others are
-/// dropped, which closes them. A certificate refusal ends the connect at once: every address
-/// is the same server. With the application's own socket, only the first address is tried.
+/// its own (the address families may differ); the first handshake to complete wins, and the
+/// others are dropped, which closes them. While several addresses race, none goes ahead in
+/// 0-RTT (a 0-RTT connection "opens" before the server has answered, which would end the race
+/// on an address that may be dead). A certificate refusal ends the connect at once: every
+/// address is the same server. Only addresses the local socket can reach are tried (with the
+/// application's own socket, the first of them only).
 async fn open_first(
     config: &ClientConfig,
     socket: Option<endpoint::AbstractSocket>,
@@ -488,66 +508,74 @@ async fn open_first(
     deadline: Instant,
 ) -> Result<Opened, ConnectError> {
     let started = now();
+    let local = match &socket {
+        Some(socket) => Some(socket.local_addr()?),
+        None => config.bind,
+    };
+    let reachable: Vec<SocketAddr> = candidates
+        .iter()
+        .copied()
+        .filter(|remote| local.is_none_or(|local| reaches(local, *remote)))
+        .collect();
+    let tried: &[SocketAddr] = match (&socket, reachable.as_slice()) {
+        (_, []) => candidates,
+        (Some(_), [first, ..]) => std::slice::from_ref(first),
+        (None, all) => all,
+    };
     let no_answer = || ConnectError::NoAnswer {
         server: match config.server {
             ServerAddress::Addr(addr) => addr.to_string(),
             ServerAddress::Host { .. } => {
-                let tried: Vec<_> = candidates.iter().map(SocketAddr::to_string).collect();
+                let tried: Vec<_> = tried.iter().map(SocketAddr::to_string).collect();
                 format!("{} ({})", config.server, tried.join(", "))
             }
         },
         waited: now().saturating_duration_since(started),
     };
-    // A local address the application chose can reach only addresses of its own family.
-    let of_family: Vec<SocketAddr> = match config.bind {
-        Some(bind) => candidates
-            .iter()
-            .copied()
-            .filter(|c| c.is_ipv6() == bind.is_ipv6())
-            .collect(),
-        None => candidates.to_vec(),
+    let Some((&first, rest)) = tried.split_first() else {
+        return Err(no_answer());
     };
-    let candidates = if of_family.is_empty() {
-        candidates
-    } else {
-        &of_family[..]
-    };
-    let (first, rest) = match (socket.is_some(), candidates) {
-        (_, []) => return Err(no_answer()),
-        (true, [first, ..]) => (*first, &[][..]),
-        (false, [first, rest @ ..]) => (*first, rest),
-    };
+    let zero_rtt = config.zero_rtt && rest.is_empty();
     let mut attempts = tokio::task::JoinSet::new();
     let attempt = |server: SocketAddr, socket: Option<endpoint::AbstractSocket>| {
         let config = config.clone();
-        async move { open_one(&config, server, socket, deadline).await }
+        async move { open_one(&config, server, socket, zero_rtt, deadline).await }
     };
     attempts.spawn(attempt(first, socket));
     let mut rest = rest.iter().copied();
-    let mut last_failure = None;
+    // The most telling failure so far: anything says more than "no answer".
+    let mut failure: Option<ConnectError> = None;
     loop {
+        // Neither wait lasts: every attempt ends by `deadline`, and the timer is bounded.
         let next_due = tokio::time::sleep(ATTEMPT_DELAY);
         tokio::select! {
-            done = attempts.join_next() => match done {
-                Some(Ok(Ok(opened))) => {
-                    attempts.abort_all();
-                    return Ok(opened);
-                }
-                Some(Ok(Err(e @ ConnectError::Certificate { .. }))) => return Err(e),
-                Some(Ok(Err(e))) => {
-                    last_failure = Some(e);
-                    if let Some(server) = rest.next() {
-                        attempts.spawn(attempt(server, None));
+            done = attempts.join_next() => {
+                let failed = match done {
+                    Some(Ok(Ok(opened))) => {
+                        attempts.abort_all();
+                        return Ok(opened);
                     }
+                    Some(Ok(Err(e @ ConnectError::Certificate { .. }))) => return Err(e),
+                    Some(Ok(Err(e))) => Some(e),
+                    Some(Err(join)) => {
+                        debug!(error = %join, "connection attempt task ended");
+                        None
+                    }
+                    None => {
+                        return Err(match failure {
+                            Some(e) if !matches!(e, ConnectError::NoAnswer { .. }) => e,
+                            _ => no_answer(),
+                        });
+                    }
+                };
+                if let Some(e) = failed
+                    && failure.as_ref().is_none_or(|f| matches!(f, ConnectError::NoAnswer { .. }))
+                {
+                    failure = Some(e);
                 }
-                Some(Err(join)) => {
-                    last_failure = Some(ConnectError::Transport(quinn::ConnectionError::LocallyClosed));
-                    debug!(error = %join, "connection attempt task ended");
+                if let Some(server) = rest.next() {
+                    attempts.spawn(attempt(server, None));
                 }
-                None => return Err(last_failure.map_or_else(no_answer, |e| match e {
-                    ConnectError::NoAnswer { .. } => no_answer(),
-                    other => other,
-                })),
             },
             () = next_due, if rest.len() > 0 => {
                 if let Some(server) = rest.next() {
@@ -563,12 +591,13 @@ async fn open_one(
     config: &ClientConfig,
     server: SocketAddr,
     socket: Option<endpoint::AbstractSocket>,
+    zero_rtt: bool,
     deadline: Instant,
 ) -> Result<Opened, ConnectError> {
     let started = now();
     let (endpoint, refusals) = endpoint::client(config, server, socket)?;
     let connecting = endpoint.connect(server, &config.server_name)?;
-    match open(connecting, config.zero_rtt, deadline).await {
+    match open(connecting, zero_rtt, deadline).await {
         Ok((conn, accepted)) => Ok(Opened {
             endpoint,
             refusals,
@@ -586,6 +615,10 @@ async fn open_one(
     }
 }
 
+/// Opens a connection: in 0-RTT when `zero_rtt` is set and the TLS configuration holds a
+/// ticket for the server (then with the future that tells whether the server accepted the
+/// early data), else by completing the QUIC handshake before `deadline`. The error is `None`
+/// when the deadline passed.
 async fn open(
     connecting: quinn::Connecting,
     zero_rtt: bool,
@@ -881,7 +914,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Identity, Server, ServerConfig, Trust};
+    use crate::{Identity, ServerConfig, Trust};
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
@@ -911,28 +944,46 @@ mod tests {
         assert!(interleave(&[]).is_empty());
     }
 
+    #[test]
+    fn a_socket_reaches_only_the_addresses_of_its_family() {
+        assert!(reaches(addr("0.0.0.0:0"), addr("10.0.0.1:1")));
+        assert!(!reaches(addr("0.0.0.0:0"), addr("[::1]:1")));
+        assert!(reaches(addr("[::]:0"), addr("10.0.0.1:1")), "dual-stack");
+        assert!(reaches(addr("[::]:0"), addr("[::1]:1")));
+        assert!(!reaches(addr("[::1]:0"), addr("127.0.0.1:1")));
+    }
+
     #[tokio::test]
     async fn an_address_that_does_not_answer_gives_way_to_the_next() {
         let identity = Identity::generate_self_signed(&["localhost"]).unwrap();
         let trust = Trust::Certificate(identity.certificate().clone());
-        let server = Server::bind(ServerConfig::new(addr("127.0.0.1:0"), identity))
-            .await
-            .unwrap();
+        // A bare QUIC server endpoint of this layer: it completes QUIC handshakes, which is all
+        // the race looks at.
+        let server_config = ServerConfig::new(addr("127.0.0.1:0"), identity);
+        let key = endpoint::token_key().unwrap();
+        let server = endpoint::server(&server_config, &key, None).unwrap();
+        tokio::spawn({
+            let server = server.clone();
+            async move {
+                while let Some(incoming) = server.accept().await {
+                    tokio::spawn(async move {
+                        let _ = incoming.await;
+                    });
+                }
+            }
+        });
         // Bound, so nothing tells the client it is not there: it just never answers.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let silent = silent.local_addr().unwrap();
-        let mut config = ClientConfig::new(server.local_addr(), trust);
+        let live = server.local_addr().unwrap();
+        let mut config = ClientConfig::new(live, trust);
         config.handshake_timeout = Duration::from_secs(10);
         let deadline = super::super::deadline_after(config.handshake_timeout);
 
-        let opened = open_first(&config, None, &[silent, server.local_addr()], deadline)
+        let opened = open_first(&config, None, &[silent, live], deadline)
             .await
             .unwrap();
-        assert_eq!(
-            opened.server,
-            server.local_addr(),
-            "the one that answered won"
-        );
+        assert_eq!(opened.server, live, "the one that answered won");
 
         config.server = ServerAddress::Host {
             name: "game.test".into(),

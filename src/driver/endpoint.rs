@@ -159,9 +159,12 @@ pub(crate) fn client(
     server: SocketAddr,
     socket: Option<AbstractSocket>,
 ) -> Result<(quinn::Endpoint, Refusals), ConnectError> {
-    // The name and the address: servers at different addresses that share a name (the default
-    // `localhost` of development certificates) are different servers.
-    let host = format!("{}@{}", config.server_name, server);
+    // The name and the server as configured: servers at different addresses that share a name
+    // (the default `localhost` of development certificates) are different servers, and a server
+    // named by host name is known by that name, whichever address it resolves to (so trust on
+    // first use pins the name, as SSH does, and the addresses of one host share their 0-RTT
+    // tickets).
+    let host = format!("{}@{}", config.server_name, config.server);
     // Kept across connections made with this configuration (and its clones), for 0-RTT.
     let key = format!("{host} {} {:?}", config.zero_rtt, config.trust);
     let (tls, refusals) = config.tls_sessions.get_or_build(key, || {

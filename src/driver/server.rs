@@ -124,13 +124,13 @@ impl ServerShared {
         crate::stats::ServerStats::over(&sessions, self.counters())
     }
 
-    /// The established sessions right now (the registry's lock is not held afterwards).
     /// The established session of `player`, if there is one now.
     pub(crate) fn established_session(&self, player: PlayerId) -> Option<Arc<SessionCore>> {
         let core = self.registry().get(player)?.clone();
         core.ended().is_none().then_some(core)
     }
 
+    /// The established sessions right now (the registry's lock is not held afterwards).
     pub(crate) fn established_sessions(&self) -> Vec<Arc<SessionCore>> {
         self.registry()
             .established()
@@ -286,6 +286,9 @@ pub(crate) async fn accept_loop(
     }
     drop(sessions);
     while tasks.join_next().await.is_some() {}
+    // Every sender of the queue is gone: accepts waiting for a session see it closed (an
+    // endpoint that failed ends the loop without a shutdown to wake them).
+    shared.session_queued.notify_waiters();
     // Every connection has been closed with the shutdown's reason; refuse whatever comes next.
     let reason = shared
         .shutdown

@@ -793,18 +793,35 @@ impl Drop for AppRef {
         if self.core.ended().is_some() {
             return;
         }
-        let core = self.core.clone();
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone());
-        match runtime {
-            Some(runtime) => {
-                runtime.spawn(async move {
-                    core.close_gracefully(Reason::Normal, "").await;
-                });
+        // The session's own runtime first: a runtime current here may be another, short-lived
+        // one that never runs the close.
+        let runtime = self
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let Some(runtime) = runtime else {
+            // No runtime at all: nothing could deliver what is queued.
+            return self.core.close(Reason::Normal, "");
+        };
+        let guard = CloseUnlessDone(Some(self.core.clone()));
+        runtime.spawn(async move {
+            let mut guard = guard;
+            if let Some(core) = guard.0.clone() {
+                core.close_gracefully(Reason::Normal, "").await;
             }
-            // The runtime is gone: nothing can deliver what is queued.
-            None => core.close(Reason::Normal, ""),
+            guard.0 = None;
+        });
+    }
+}
+
+/// Closes the session at once if dropped before its graceful close finished: a runtime that
+/// shuts down drops its tasks (or never runs one spawned on it afterwards).
+struct CloseUnlessDone(Option<Arc<SessionCore>>);
+
+impl Drop for CloseUnlessDone {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            core.close(Reason::Normal, "");
         }
     }
 }
