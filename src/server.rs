@@ -47,7 +47,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// but [`bind`](Self::bind), [`accept`](Self::accept) and [`shutdown`](Self::shutdown) works
 /// without `.await`, from any thread, inside the tokio runtime or not: a fixed-step game loop
 /// polls [`try_accept`](Self::try_accept) and [`ServerEvents::try_next`] each tick. The server
-/// shuts down when [`shutdown`](Self::shutdown) is called or its last clone is dropped.
+/// shuts down when [`shutdown`](Self::shutdown) is called or its last clone is dropped (so a
+/// clone kept inside the server's own authenticator would keep it running until `shutdown`).
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,

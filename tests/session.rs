@@ -218,3 +218,34 @@ async fn a_pinned_certificate_file_connects() {
     .await;
     assert!(client.is_ok(), "{:?}", client.err());
 }
+
+/// Proves: a server that drops (so closes gracefully) a session the moment it accepts it does
+/// not race its own `CONN_OK`: the client always gets its session, which then ends
+/// with the server's reason, never a failed connect. Twenty times, since the race is a matter of
+/// packets: the close waits until the client has received both streams whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_as_soon_as_accepted_still_reaches_the_client() {
+    let (server, config) = common::server_and_config().await;
+    let server = std::sync::Arc::new(server);
+    let kicker = tokio::spawn({
+        let server = server.clone();
+        async move {
+            // Dropping the session closes it gracefully (with `Normal`), in the background.
+            while let Some(session) = server.accept().await {
+                drop(session);
+            }
+        }
+    });
+    for _ in 0..20 {
+        let session = within(quicfeed::Client::connect(&config))
+            .await
+            .expect("the session reaches the client before its close");
+        match within(session.closed()).await {
+            quicfeed::Disconnect::ByPeer { reason, .. } => {
+                assert_eq!(reason, quicfeed::Reason::Normal);
+            }
+            other => panic!("expected the server's close, got {other}"),
+        }
+    }
+    kicker.abort();
+}

@@ -98,6 +98,9 @@ pub(crate) async fn run<L: Link>(
     let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut timer_at: Option<Instant> = None;
     let mut ended_streams = PerChannel::both(false);
+    // A finished stream's acknowledgement, which a graceful close waits for (bounded by the
+    // close's linger: the machine's timer).
+    let mut acknowledged: PerChannel<Option<Acknowledged>> = PerChannel::default();
     let mut remote = link.remote_address();
     let mut feed_first = false;
     // Frames that arrived behind the handshake's last message are already buffered.
@@ -166,6 +169,11 @@ pub(crate) async fn run<L: Link>(
                     main: streams.main.writer.has_pending(),
                     feed: streams.feed.writer.has_pending(),
                 };
+                for kind in [ChannelKind::Main, ChannelKind::Feed] {
+                    if let Some(ack) = streams.get_mut(kind).acknowledged.take() {
+                        *acknowledged.get_mut(kind) = Some(ack);
+                    }
+                }
                 let mut datagrams = Vec::new();
                 while let Some(d) = m.poll_datagram(generation) {
                     datagrams.push(d);
@@ -252,8 +260,24 @@ pub(crate) async fn run<L: Link>(
                     }
                 }
             }
+            () = acknowledged_or_never(&mut acknowledged.main) => {
+                acknowledged.main = None;
+                core.update(|m, _| m.handle_finish_acknowledged(generation, ChannelKind::Main));
+            }
+            () = acknowledged_or_never(&mut acknowledged.feed) => {
+                acknowledged.feed = None;
+                core.update(|m, _| m.handle_finish_acknowledged(generation, ChannelKind::Feed));
+            }
             () = &mut timer, if timer_at.is_some() => {}
         }
+    }
+}
+
+/// Waits for a finished stream's acknowledgement, or forever when there is none.
+async fn acknowledged_or_never(acknowledged: &mut Option<Acknowledged>) {
+    match acknowledged {
+        Some(ack) => ack.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -272,7 +296,12 @@ struct Slot<W> {
     /// To be finished once what is queued is written (the machine said so).
     finishing: bool,
     finished: bool,
+    /// Resolves once the peer has received the finished stream whole; taken by the task.
+    acknowledged: Option<Acknowledged>,
 }
+
+/// A finished stream's "the peer has it all" (see [`StreamSend::acknowledged`]).
+type Acknowledged = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl<W: StreamSend> Slot<W> {
     fn new(writer: FrameWriter<W>) -> Self {
@@ -280,6 +309,7 @@ impl<W: StreamSend> Slot<W> {
             writer,
             finishing: false,
             finished: false,
+            acknowledged: None,
         }
     }
 
@@ -288,6 +318,7 @@ impl<W: StreamSend> Slot<W> {
             self.writer.finish();
             self.finishing = false;
             self.finished = true;
+            self.acknowledged = Some(Box::pin(self.writer.acknowledged()));
         }
     }
 }

@@ -98,6 +98,9 @@ pub(crate) trait StreamSend: Send + 'static {
     /// Resolves once the peer has received everything written on a finished stream (or the
     /// stream or connection is gone).
     fn stopped(&mut self) -> impl Future<Output = ()> + Send;
+    /// [`stopped`](Self::stopped), as a future that does not borrow the stream (for a task that
+    /// shares the stream's writer with others).
+    fn acknowledged(&self) -> impl Future<Output = ()> + Send + 'static;
     /// Sets the stream's send priority (higher goes first).
     fn set_priority(&self, priority: i32);
 }
@@ -212,6 +215,13 @@ impl StreamSend for quinn::SendStream {
 
     async fn stopped(&mut self) {
         let _ = quinn::SendStream::stopped(self).await;
+    }
+
+    fn acknowledged(&self) -> impl Future<Output = ()> + Send + 'static {
+        let stopped = quinn::SendStream::stopped(self);
+        async move {
+            let _ = stopped.await;
+        }
     }
 
     fn set_priority(&self, priority: i32) {

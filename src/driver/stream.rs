@@ -206,6 +206,12 @@ impl<W: StreamSend> FrameWriter<W> {
         self.stream.finish();
     }
 
+    /// Resolves once the peer has received everything on the finished stream (or the stream
+    /// or the connection is gone).
+    pub(crate) fn acknowledged(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.stream.acknowledged()
+    }
+
     /// Flushes, finishes, and waits until the peer has received it all, for at most `linger`
     /// in all (a `CONN_FAILED` before the connection closes).
     pub(crate) async fn finish_and_linger(&mut self, linger: Duration) {

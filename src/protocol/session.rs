@@ -450,6 +450,11 @@ struct Link {
     /// The transport's received-datagram count at the last sample.
     rx_seen: Option<u64>,
     next_check: Instant,
+    /// Per channel, whether the peer has received our finished stream whole (transport-level
+    /// acknowledgement of everything up to its end): what a graceful close waits for, after the
+    /// peer's own acknowledgements, so that nothing written before the close (a `CONN_OK` the
+    /// peer has not yet read, say) is lost to the close.
+    finish_acknowledged: PerChannel<bool>,
 }
 
 #[derive(Debug)]
@@ -844,6 +849,7 @@ impl SessionMachine {
             last_heard: now,
             rx_seen: None,
             next_check: now.checked_add(self.config.check_interval()).unwrap_or(now),
+            finish_acknowledged: PerChannel::both(false),
         });
         self.lost_at = None;
         self.expires_at = None;
@@ -1412,8 +1418,22 @@ impl SessionMachine {
         self.complete_close_if_done();
     }
 
+    /// The transport reports that the peer has received `kind`'s finished stream whole, on the
+    /// connection `generation`.
+    pub fn handle_finish_acknowledged(&mut self, generation: u64, kind: ChannelKind) {
+        if let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) {
+            *link.finish_acknowledged.get_mut(kind) = true;
+            self.complete_close_if_done();
+        }
+    }
+
     fn complete_close_if_done(&mut self) {
+        let finished = self
+            .link
+            .as_ref()
+            .is_none_or(|l| l.finish_acknowledged.main && l.finish_acknowledged.feed);
         if self.closing.is_some()
+            && finished
             && self
                 .channels
                 .iter()

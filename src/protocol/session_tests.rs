@@ -191,6 +191,8 @@ impl Pair {
                             if pipe.finished && pipe.bytes.is_empty() && !pipe.fin_seen {
                                 pipe.fin_seen = true;
                                 to.handle_stream_end(to_gen, kind, StreamEnd::Finished, self.now);
+                                // The transport acknowledges the stream's end to its sender.
+                                from.handle_finish_acknowledged(from_gen, kind);
                                 moved = true;
                             }
                             break;
@@ -600,6 +602,26 @@ fn a_graceful_close_delivers_everything_before_the_end() {
     assert!(first <= got_before);
     assert_eq!(*got.last().unwrap(), 1999, "the tail arrived");
     assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "in order, once");
+}
+
+/// Proves: a graceful close with nothing left to acknowledge still waits until the peer has
+/// received both finished streams (what the last handshake message, written just before, rides
+/// on), and ends as soon as it has.
+#[test]
+fn a_graceful_close_with_nothing_pending_waits_for_the_streams_to_arrive() {
+    let mut pair = Pair::new(16 * 1024);
+    pair.settle();
+    let (_, server_gen) = pair.links.unwrap();
+    pair.server
+        .close_gracefully(pair.now, Reason::Normal, "kicked", Duration::from_secs(2));
+    assert!(
+        pair.server.ended().is_none(),
+        "not before the streams arrived"
+    );
+    pair.server.handle_finish_acknowledged(server_gen, MAIN);
+    assert!(pair.server.ended().is_none(), "both streams");
+    pair.server.handle_finish_acknowledged(server_gen, FEED);
+    assert!(pair.server.ended().is_some(), "at once after both");
 }
 
 /// Proves: a graceful close whose peer never reads ends at the linger, and sends are refused
