@@ -48,6 +48,19 @@ struct Options {
     out: PathBuf,
 }
 
+const USAGE: &str =
+    "usage: cargo bench --bench suite [-- [--quick] [--only SCENARIO,...] [--out DIR]]
+  --quick          a smoke test: every scenario briefly (under a minute)
+  --only LIST      some scenarios only, comma-separated: connect, reqresp, fanout, staleness,
+                   memory, bulk
+  --out DIR        where report.md, report.json and latency.svg go (default target/bench-report)";
+
+/// Ends the run with `problem` and the usage, exit status 2 (as a command-line tool does).
+fn usage_error(problem: &str) -> ! {
+    eprintln!("error: {problem}\n{USAGE}");
+    std::process::exit(2);
+}
+
 fn options() -> Options {
     let mut options = Options {
         quick: false,
@@ -59,19 +72,27 @@ fn options() -> Options {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--only" => {
-                let list = args.next().unwrap_or_default();
+                let Some(list) = args.next() else {
+                    usage_error("--only needs a list of scenarios");
+                };
                 options.only = list.split(',').map(str::to_owned).collect();
                 for name in &options.only {
-                    assert!(
-                        SCENARIOS.contains(&name.as_str()),
-                        "unknown scenario {name}; the scenarios: {SCENARIOS:?}"
-                    );
+                    if !SCENARIOS.contains(&name.as_str()) {
+                        usage_error(&format!("unknown scenario {name:?}"));
+                    }
                 }
             }
-            "--out" => options.out = PathBuf::from(args.next().expect("--out DIR")),
+            "--out" => match args.next() {
+                Some(dir) => options.out = PathBuf::from(dir),
+                None => usage_error("--out needs a directory"),
+            },
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             // `cargo bench` passes --bench to every bench target.
             "--bench" => {}
-            other => panic!("unknown argument {other}; see the top of benches/suite/main.rs"),
+            other => usage_error(&format!("unknown argument {other:?}")),
         }
     }
     options
