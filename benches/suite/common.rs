@@ -209,3 +209,82 @@ pub(crate) fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The path's own noise: UDP pings through a relay with `link` each way (no loss) to an echo
+/// socket, on this machine now. Its round trip over the floor is what the machine adds to every
+/// delay a scenario measures through the conditioner (the relay's scheduling, the other
+/// process's load), so a delay within it of another cannot be told apart.
+pub(crate) async fn path_noise(
+    one_way: Duration,
+    pings: usize,
+    seed: u64,
+) -> crate::report::Section {
+    let echo = tokio::net::UdpSocket::bind(loopback())
+        .await
+        .expect("echo socket");
+    let echo_addr = echo.local_addr().expect("echo address");
+    let echoing = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let link = Conditions::latency(one_way);
+    let relay = Relay::start_seeded(echo_addr, link.clone(), link, seed)
+        .await
+        .expect("relay");
+    let socket = tokio::net::UdpSocket::bind(loopback())
+        .await
+        .expect("ping socket");
+    let mut over = Vec::with_capacity(pings);
+    let mut buf = [0u8; 64];
+    let floor = 2.0 * one_way.as_secs_f64() * 1e3;
+    for n in 0..pings as u64 {
+        let sent = Instant::now();
+        socket
+            .send_to(&n.to_be_bytes(), relay.local_addr())
+            .await
+            .expect("ping");
+        // A ping lost or late beyond a second counts as a second.
+        let rtt = match tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let (len, _) = socket.recv_from(&mut buf).await.expect("pong");
+                if len == 8 && buf[..8] == n.to_be_bytes() {
+                    return sent.elapsed();
+                }
+            }
+        })
+        .await
+        {
+            Ok(rtt) => rtt,
+            Err(_) => Duration::from_secs(1),
+        };
+        over.push(rtt.as_secs_f64() * 1e3 - floor);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    echoing.abort();
+    let summary = Summary::of_ms(&mut over);
+    let mut section = crate::report::Section::new(
+        "Path noise (the conditioner's own delay)",
+        &format!(
+            "{pings} UDP pings, one every 5 ms, through the conditioner at {} ms each way (no \
+             loss) to an echo socket: the round trip over its {floor:.0} ms floor. Delays below \
+             that differ by less than this are not separable on this machine.",
+            one_way.as_millis()
+        ),
+        &[
+            "pings",
+            "over floor p50",
+            "over floor p99",
+            "over floor max",
+        ],
+    );
+    section.row(vec![
+        pings.to_string(),
+        crate::report::ms(summary.p50),
+        crate::report::ms(summary.p99),
+        crate::report::ms(summary.max),
+    ]);
+    section.figures = serde_json::json!({"floor_ms": floor, "over_floor": summary});
+    section
+}

@@ -3,10 +3,16 @@
 //! one run. BENCHMARKS.md explains the method and holds the figures of a full run.
 //!
 //! ```text
-//! cargo bench --bench suite                 # the full run (about 15 minutes)
-//! cargo bench --bench suite -- --quick      # a smoke test (under a minute; CI runs it)
-//! cargo bench --bench suite -- --only fanout,memory   # some scenarios only
+//! cargo bench --bench suite                 # the full run: three rounds (about 45 minutes)
+//! cargo bench --bench suite -- --quick      # a smoke test: one round (under a minute; CI runs it)
+//! cargo bench --bench suite -- --only fanout,memory --rounds 5   # some scenarios, 5 rounds
 //! ```
+//!
+//! Each round runs every chosen scenario, in an order that rotates from round to round (so no
+//! scenario always runs first, or always after the heaviest); each figure is then the median of
+//! the rounds with their range, a target met in some rounds only is reported as not separable on
+//! this machine, and every round starts by measuring the path's own noise (see `rounds.rs` and
+//! `common::path_noise`).
 //!
 //! Writes `report.md`, `report.json` and `latency.svg` into `target/bench-report/` (or the
 //! directory after `--out`), and prints the Markdown. Nothing here asserts a speed: targets
@@ -23,6 +29,7 @@ mod plot;
 mod renet_side;
 mod report;
 mod reqresp;
+mod rounds;
 mod staleness;
 
 use std::path::PathBuf;
@@ -46,6 +53,8 @@ struct Options {
     quick: bool,
     only: Vec<String>,
     out: PathBuf,
+    /// `None`: three for a full run, one for a quick one.
+    rounds: Option<usize>,
 }
 
 const USAGE: &str =
@@ -53,6 +62,7 @@ const USAGE: &str =
   --quick          a smoke test: every scenario briefly (under a minute)
   --only LIST      some scenarios only, comma-separated: connect, reqresp, fanout, staleness,
                    memory, bulk
+  --rounds N       rounds of every scenario (default 3, or 1 with --quick)
   --out DIR        where report.md, report.json and latency.svg go (default target/bench-report)";
 
 /// Ends the run with `problem` and the usage, exit status 2 (as a command-line tool does).
@@ -66,6 +76,7 @@ fn options() -> Options {
         quick: false,
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-report"),
+        rounds: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -86,6 +97,10 @@ fn options() -> Options {
                 Some(dir) => options.out = PathBuf::from(dir),
                 None => usage_error("--out needs a directory"),
             },
+            "--rounds" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n >= 1 => options.rounds = Some(n),
+                _ => usage_error("--rounds needs a whole number, at least 1"),
+            },
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -102,41 +117,76 @@ fn main() {
     if let Some(code) = memory::child_role() {
         std::process::exit(code);
     }
+    rounds::self_test();
     let options = options();
     let quick = options.quick;
-    let wants = |name: &str| options.only.iter().any(|o| o == name);
+    let rounds = options.rounds.unwrap_or(if quick { 1 } else { 3 });
+    let chosen: Vec<&str> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|name| options.only.iter().any(|o| o == name))
+        .collect();
     let started = std::time::Instant::now();
     let runtime = common::runtime("qf-bench", 2);
-    let mut sections: Vec<Section> = Vec::new();
+    // Per round: the path's noise, then each scenario's sections.
+    let mut noise: Vec<Section> = Vec::new();
+    let mut by_scenario: Vec<Vec<Vec<Section>>> = vec![Vec::new(); chosen.len()];
     let mut series = Vec::new();
-    if wants("connect") {
-        eprintln!("connect...");
-        sections.extend(runtime.block_on(connect::run(quick)));
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}: path noise...", round + 1);
+        let pings = if quick { 200 } else { 2_000 };
+        noise.push(runtime.block_on(common::path_noise(
+            std::time::Duration::from_millis(10),
+            pings,
+            round as u64,
+        )));
+        for k in 0..chosen.len() {
+            let index = (k + round) % chosen.len();
+            let name = chosen[index];
+            eprintln!("round {} of {rounds}: {name}...", round + 1);
+            let sections = match name {
+                "connect" => runtime.block_on(connect::run(quick)),
+                "reqresp" => {
+                    let (section, s) =
+                        runtime.block_on(reqresp::run(if quick { 2_000 } else { 50_000 }));
+                    series = s;
+                    vec![section]
+                }
+                "fanout" => vec![fanout::run(quick)],
+                "staleness" => vec![runtime.block_on(staleness::run(quick))],
+                "memory" => vec![runtime.block_on(memory::run(quick))],
+                "bulk" => vec![runtime.block_on(bulk::run(quick))],
+                other => usage_error(&format!("unknown scenario {other:?}")),
+            };
+            by_scenario[index].push(sections);
+        }
     }
-    if wants("reqresp") {
-        eprintln!("reqresp...");
-        let (section, s) = runtime.block_on(reqresp::run(if quick { 2_000 } else { 50_000 }));
-        sections.push(section);
-        series = s;
-    }
-    if wants("fanout") {
-        eprintln!("fanout...");
-        sections.push(fanout::run(quick));
-    }
-    if wants("staleness") {
-        eprintln!("staleness...");
-        sections.push(runtime.block_on(staleness::run(quick)));
-    }
-    if wants("memory") {
-        eprintln!("memory...");
-        sections.push(runtime.block_on(memory::run(quick)));
-    }
-    if wants("bulk") {
-        eprintln!("bulk...");
-        sections.push(runtime.block_on(bulk::run(quick)));
+    let noise = rounds::merge(noise);
+    let noise_p99 = noise
+        .rows
+        .first()
+        .and_then(|row| row.get(2))
+        .cloned()
+        .unwrap_or_default();
+    let mut sections = vec![noise];
+    for runs in by_scenario {
+        let count = runs.first().map_or(0, Vec::len);
+        for position in 0..count {
+            let same: Vec<Section> = runs
+                .iter()
+                .filter_map(|run| run.get(position).cloned())
+                .collect();
+            let mut merged = rounds::merge(same);
+            merged.note(format!(
+                "The path's own noise in this run (the conditioner's round trip over its floor, \
+                 first section): p99 {noise_p99}."
+            ));
+            sections.push(merged);
+        }
     }
     let report = Report {
         mode: if quick { "quick" } else { "full" },
+        rounds,
         machine: report::machine(),
         sections,
     };

@@ -12,6 +12,8 @@ pub(crate) struct Target {
     pub(crate) measured: String,
     pub(crate) limit: String,
     pub(crate) met: bool,
+    /// "met", "**missed**", or, over several rounds, "not separable on this machine (...)".
+    pub(crate) verdict: String,
 }
 
 /// One scenario's results: a table (with its figures also as JSON) and the targets it checks.
@@ -49,6 +51,7 @@ impl Section {
             measured,
             limit: limit.to_owned(),
             met,
+            verdict: if met { "met" } else { "**missed**" }.to_owned(),
         });
     }
 
@@ -74,6 +77,8 @@ impl Section {
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) mode: &'static str,
+    /// How many rounds each scenario ran.
+    pub(crate) rounds: usize,
     pub(crate) machine: String,
     pub(crate) sections: Vec<Section>,
 }
@@ -83,21 +88,21 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# quicfeed benchmark report ({} run)\n\nMachine: {}\n",
-            self.mode, self.machine
+            "# quicfeed benchmark report ({} run, {} round{})\n\nMachine: {}\n",
+            self.mode,
+            self.rounds,
+            if self.rounds == 1 { "" } else { "s" },
+            self.machine
         );
         let _ = writeln!(
             out,
-            "## Targets\n\n| target | measured | limit | met |\n|---|---|---|---|"
+            "## Targets\n\n| target | measured | limit | verdict |\n|---|---|---|---|"
         );
         for target in self.sections.iter().flat_map(|s| &s.targets) {
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} |",
-                target.name,
-                target.measured,
-                target.limit,
-                if target.met { "yes" } else { "**no**" }
+                target.name, target.measured, target.limit, target.verdict
             );
         }
         out.push('\n');
