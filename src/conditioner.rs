@@ -152,6 +152,13 @@ pub struct DirectionStats {
     pub reordered: u64,
     /// Packets dropped because the bottleneck queue was full.
     pub queue_dropped: u64,
+    /// Packets the relay itself delivered 1 ms or more after their time (its timers and this
+    /// machine's scheduling, not the conditions): the relay's own noise.
+    pub late_1ms: u64,
+    /// Packets the relay delivered 5 ms or more after their time.
+    pub late_5ms: u64,
+    /// The latest the relay delivered a packet after its time.
+    pub late_max: Duration,
 }
 
 /// Packet counts of both directions.
@@ -577,11 +584,29 @@ async fn deliver(
                 let now = Instant::now();
                 while queue.peek().is_some_and(|p| p.at <= now) {
                     let Some(packet) = queue.pop() else { break };
+                    record_lateness(&shared, towards, now.saturating_duration_since(packet.at));
                     send(&shared, towards, packet).await;
                 }
             }
         }
     }
+}
+
+/// Counts how late the relay delivers a packet, in the stats of the direction `towards`.
+fn record_lateness(shared: &Shared, towards: Towards, late: Duration) {
+    if late < Duration::from_millis(1) {
+        return;
+    }
+    let direction = match towards {
+        Towards::Server => &shared.to_server,
+        Towards::Client => &shared.to_client,
+    };
+    let mut stats = lock(&direction.stats);
+    stats.late_1ms = stats.late_1ms.saturating_add(1);
+    if late >= Duration::from_millis(5) {
+        stats.late_5ms = stats.late_5ms.saturating_add(1);
+    }
+    stats.late_max = stats.late_max.max(late);
 }
 
 async fn send(shared: &Shared, towards: Towards, packet: Scheduled) {

@@ -99,14 +99,29 @@ pub struct TransportConfig {
     /// 200 bytes). 0 refuses datagrams: the peer's lane then cannot send, and acknowledgements
     /// travel in-band only.
     pub datagram_receive_buffer: usize,
-    /// Bytes of feed datagrams QUIC queues for sending while congestion control holds them
-    /// back; when full, the oldest are dropped (newest wins on the sending side too). Default
-    /// 64 KiB.
-    pub datagram_send_buffer: usize,
-    /// Feed datagrams read later than this behind the fastest recent one (transit and time
-    /// waiting to be read) are dropped instead of delivered (the age excludes the path's base one-way delay, since clocks are not
-    /// synchronised; see PROTOCOL.md §13). Default `None`: deliver the newest, however late.
+    /// Lane messages ([`Lane`](crate::Lane)) that may wait to be sent while QUIC's congestion
+    /// control holds the connection back; a newer one supersedes the oldest waiting beyond
+    /// this. Default 1: only the newest waits (a game that sends one snapshot per tick); set it
+    /// to the number of lane messages one tick sends. 0: a message QUIC cannot take at once is
+    /// dropped. Messages go to QUIC only while it holds nothing else unsent (or only the rest
+    /// of the same burst), so a message never waits behind older ones there; see PROTOCOL.md
+    /// §13.3.
+    pub datagram_send_queue: usize,
+    /// The most a lane message may be late. On sending, a message that waited longer than this
+    /// for QUIC to take it is dropped unsent. On receiving, one read later than this behind the
+    /// fastest recent one (transit and time waiting to be read) is dropped instead of
+    /// delivered (the age excludes the path's base one-way delay, since clocks are not
+    /// synchronised; see PROTOCOL.md §13). Default `None`: send and deliver the newest, however
+    /// late.
     pub datagram_max_age: Option<Duration>,
+    /// The smallest congestion window, in bytes: QUIC's congestion control (Cubic) never
+    /// holds the connection to less in flight than this. Default 14,720 bytes, the window a new
+    /// connection starts with (ten packets). A game's traffic is application-limited, so
+    /// after a burst of losses Cubic would otherwise leave its window near the two-packet
+    /// minimum for good, and one lost packet then holds every later one, lane datagrams
+    /// included, until a probe timeout. Above the floor Cubic governs as usual (a bulk
+    /// transfer still backs off to the floor). 0 restores RFC 9002's two-packet minimum.
+    pub min_congestion_window: u64,
     /// The send priority of the main channel's stream against the feed's. QUIC sends queued
     /// data of a higher-priority stream first, so with the default (main 1, feed 0) a request on
     /// main never waits behind a feed backlog. Equal values share the connection round-robin,
@@ -141,8 +156,9 @@ impl Default for TransportConfig {
             send_buffer: 64 * 1024,
             receive_buffer: 64 * 1024,
             datagram_receive_buffer: 64 * 1024,
-            datagram_send_buffer: 64 * 1024,
+            datagram_send_queue: 1,
             datagram_max_age: None,
+            min_congestion_window: 14_720,
             main_priority: 1,
             feed_priority: 0,
             stats_log_interval: None,

@@ -97,8 +97,16 @@ pub struct SessionCounters {
     pub messages_lost: u64,
     /// Feed datagrams handed to QUIC for sending.
     pub datagrams_sent: u64,
-    /// Feed datagrams not sent because the session had no connection at the time.
+    /// Feed datagrams not sent because the session had no connection at the time (or lost it
+    /// while they waited to be sent).
     pub datagrams_unsent: u64,
+    /// Feed datagrams dropped unsent because newer ones took their place while QUIC's
+    /// congestion control held the connection back
+    /// ([`TransportConfig::datagram_send_queue`](crate::TransportConfig::datagram_send_queue)).
+    pub datagrams_superseded: u64,
+    /// Feed datagrams dropped unsent for waiting longer than
+    /// [`TransportConfig::datagram_max_age`](crate::TransportConfig::datagram_max_age).
+    pub datagrams_expired: u64,
     /// Feed datagrams delivered to the application.
     pub datagrams_delivered: u64,
     /// Feed datagrams dropped on arrival because a newer one had been delivered (late,

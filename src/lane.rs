@@ -31,7 +31,9 @@ const MAX_SKIP: usize = 1024;
 /// - **One packet per message**: a message must fit one QUIC datagram
 ///   ([`max_payload_size`](Self::max_payload_size), about 1,150 bytes on a typical path);
 ///   a larger one is refused with [`SendError::TooLarge`], never fragmented.
-/// - QUIC sends datagrams ahead of stream data, within the same congestion control.
+/// - **Drop, don't delay**: QUIC sends datagrams ahead of stream data, within the same
+///   congestion control; a message it cannot send yet is superseded by the next rather than
+///   sent late behind it (see [`send_bytes`](Self::send_bytes)).
 ///
 /// A lane handle sends and receives, from any thread (nothing here but the `async` receives
 /// needs the tokio runtime); clones share the session. Several clones may send; if
@@ -69,8 +71,14 @@ impl Lane {
         self.send_bytes(payload.bytes())
     }
 
-    /// Sends `payload` in one datagram, without waiting: QUIC queues it (dropping the oldest
-    /// queued datagram if its send buffer is full) and sends it as congestion control allows.
+    /// Sends `payload` in one datagram, without waiting. **Drop, don't delay**: the message
+    /// goes to QUIC at once while QUIC keeps up; while congestion control holds the connection
+    /// back it waits outside QUIC instead, where a newer message supersedes it (beyond
+    /// [`TransportConfig::datagram_send_queue`](crate::TransportConfig::datagram_send_queue),
+    /// default 1) and [`TransportConfig::datagram_max_age`](crate::TransportConfig::datagram_max_age)
+    /// drops it unsent; the counters say how many were
+    /// ([`SessionCounters::datagrams_superseded`](crate::SessionCounters::datagrams_superseded),
+    /// [`datagrams_expired`](crate::SessionCounters::datagrams_expired)).
     ///
     /// Fails with [`SendError::TooLarge`] if it does not fit one datagram on the current path
     /// (with `max: 0` if the peer refuses datagrams: its `datagram_receive_buffer` is 0), and

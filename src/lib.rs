@@ -46,12 +46,12 @@
 //!   datagram), the replay plan of a new connection, the dead-path rule, the graceful close, the
 //!   grace period, and which connection endings keep the session. Under it, `protocol::reliability`
 //!   (sequence numbers, acknowledgements, replay buffers, gaps), `protocol::lane` (the datagram
-//!   formats and the newest-wins receiver) and `protocol::stats` (RTT percentiles, jitter, loss and
+//!   formats, the newest-wins receiver and the drop-not-delay outbox) and `protocol::stats` (RTT percentiles, jitter, loss and
 //!   rates from samples). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested
 //!   with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as the
 //!   session needs it (two streams, datagrams, its end), implemented for quinn; `stream` frames
-//!   bytes on its streams; `session` holds a session's machine behind one lock (never held across
+//!   bytes on its streams; `congestion` is quinn's Cubic with a window floor; `session` holds a session's machine behind one lock (never held across
 //!   an `.await`) with the wake-ups between it and the application, and states the lock rule;
 //!   `connection` is the one task per attached connection that reads, writes and runs the timers (a
 //!   send whose stream is idle writes at once in the sender's task, through the connection's

@@ -227,3 +227,79 @@ async fn a_datagram_on_an_unknown_lane_closes_the_session() {
     }
     assert_eq!(peer.close_reason().await.0, Reason::UnknownMessage);
 }
+
+/// Sends 1,000-byte lane messages from the client at 200 a second for `seconds` through a
+/// 50 kB/s bottleneck (four times less than offered), with the client's lane queue set to
+/// `queue`; returns the client's counters and the one-way delay of every delivered message.
+async fn through_a_bottleneck(
+    queue: usize,
+    seconds: u64,
+) -> (quicfeed::SessionCounters, Vec<Duration>) {
+    let conditions = Conditions {
+        latency: Duration::from_millis(10),
+        bandwidth: Some(50_000),
+        queue_limit: Duration::from_millis(100),
+        ..Conditions::default()
+    };
+    let (_server, _relay, client, server_side) = through_relay(conditions, |t| {
+        t.datagram_send_queue = queue;
+    })
+    .await;
+    let epoch = std::time::Instant::now();
+    let sender = client.lane();
+    let receiver = server_side.lane();
+    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let collect = tokio::spawn({
+        let delays = delays.clone();
+        async move {
+            while let Ok(bytes) = receiver.recv_bytes().await {
+                let sent_us = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                let now_us = epoch.elapsed().as_micros() as u64;
+                let delay = Duration::from_micros(now_us.saturating_sub(sent_us));
+                delays.lock().unwrap().push(delay);
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for _ in 0..seconds * 200 {
+        tick.tick().await;
+        let mut message = vec![0u8; 1000];
+        let sent_us = epoch.elapsed().as_micros() as u64;
+        message[..8].copy_from_slice(&sent_us.to_le_bytes());
+        sender.send_bytes(&message).unwrap();
+    }
+    // What is still on its way lands within the bottleneck's queue and a round trip or two.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    collect.abort();
+    let counters = client.handle().counters();
+    let delays = delays.lock().unwrap().clone();
+    (counters, delays)
+}
+
+/// Proves: on a path that cannot carry what the lane offers, lane messages are dropped at the
+/// sender (superseded by newer ones) instead of queueing behind congestion control, so what is
+/// delivered stays fresh: no delivered message is later than the bottleneck's own queue and a
+/// few round trips. The control, a queue that keeps everything, shows the delay that drop,
+/// don't delay avoids: there messages wait for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_congested_path_drops_lane_messages_instead_of_delaying_them() {
+    let (counters, delays) = through_a_bottleneck(1, 3).await;
+    let worst = delays.iter().max().copied().unwrap_or_default();
+    assert!(
+        counters.datagrams_superseded > 100,
+        "the lane offered four times what the path carries: {counters:?}"
+    );
+    assert!(delays.len() > 100, "{} delivered", delays.len());
+    assert!(
+        worst < Duration::from_millis(600),
+        "a delivered message was {worst:?} late"
+    );
+
+    let (counters, delays) = through_a_bottleneck(100_000, 3).await;
+    let worst = delays.iter().max().copied().unwrap_or_default();
+    assert_eq!(counters.datagrams_superseded, 0, "{counters:?}");
+    assert!(
+        worst > Duration::from_millis(1200),
+        "keeping every message, the worst delay should grow past a second: {worst:?}"
+    );
+}

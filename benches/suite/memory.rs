@@ -57,7 +57,7 @@ fn quinn_transport() -> quinn::TransportConfig {
         .max_concurrent_bidi_streams(2u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(Some(t.datagram_receive_buffer))
-        .datagram_send_buffer_size(t.datagram_send_buffer);
+        .datagram_send_buffer_size(64 * 1024);
     q
 }
 

@@ -68,6 +68,8 @@ struct Plan {
     /// Writers with queued frames to flush.
     pending: PerChannel<bool>,
     datagrams: Vec<Bytes>,
+    /// Lane messages that waited, to hand to QUIC now.
+    lanes: Vec<Bytes>,
     timeout: Option<Instant>,
 }
 
@@ -143,6 +145,9 @@ pub(crate) async fn run<L: Link>(
         }
         let due = timer_at.is_some_and(|t| t <= now());
         let sample = due.then(|| handle.sample());
+        // What QUIC holds unsent, for the lane's waiting messages (read before the session's
+        // lock: quinn's own lock is taken inside).
+        let quic_datagrams = (handle.datagram_queued(), handle.max_datagram_size());
         // Lock order: the writers, then the session (as a send that writes at once takes them).
         let plan = {
             let mut streams = lock(&writers.streams);
@@ -175,8 +180,16 @@ pub(crate) async fn run<L: Link>(
                     }
                 }
                 let mut datagrams = Vec::new();
+                let mut lanes = Vec::new();
                 while let Some(d) = m.poll_datagram(generation) {
                     datagrams.push(d);
+                }
+                // Lane messages that waited for QUIC: the first when it holds nothing unsent,
+                // then the rest of that burst (counted as queued as they are handed over).
+                let (mut queued, max) = quic_datagrams;
+                while let Some(d) = m.poll_lane(generation, queued, max, now) {
+                    queued = queued.saturating_add(d.len().saturating_add(size_of::<Bytes>()));
+                    lanes.push(d);
                 }
                 Some(Plan {
                     read: PerChannel {
@@ -187,6 +200,7 @@ pub(crate) async fn run<L: Link>(
                     },
                     pending,
                     datagrams,
+                    lanes,
                     timeout: m.poll_timeout(),
                 })
             })
@@ -206,6 +220,12 @@ pub(crate) async fn run<L: Link>(
             // Best effort: an acknowledgement datagram that does not go out is covered by the
             // next one and by the in-band acknowledgements.
             let _ = handle.send_datagram(datagram);
+        }
+        for datagram in plan.lanes {
+            match handle.send_datagram(datagram) {
+                Ok(()) => Counters::bump(&core.counters.datagrams_sent, 1),
+                Err(_) => Counters::bump(&core.counters.datagrams_unsent, 1),
+            }
         }
         if plan.timeout != timer_at {
             timer_at = plan.timeout;

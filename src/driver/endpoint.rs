@@ -8,6 +8,8 @@ use quinn::{IdleTimeout, Runtime, VarInt};
 
 use crate::certs::{Identity, Refusals};
 use crate::config::{ClientConfig, ServerConfig, TransportConfig};
+use crate::driver::congestion::FlooredCubic;
+use crate::driver::link::DATAGRAM_QUEUE;
 use crate::error::{ConfigError, ConnectError, ServerError};
 
 /// Bidirectional streams a client may open: main and feed.
@@ -215,6 +217,9 @@ fn transport(
         .datagram_receive_buffer_size(
             (t.datagram_receive_buffer > 0).then_some(t.datagram_receive_buffer),
         )
-        .datagram_send_buffer_size(t.datagram_send_buffer);
+        .datagram_send_buffer_size(DATAGRAM_QUEUE);
+    if t.min_congestion_window > 0 {
+        q.congestion_controller_factory(Arc::new(FlooredCubic::new(t.min_congestion_window)));
+    }
     Ok(q)
 }

@@ -52,6 +52,9 @@ pub(crate) trait LinkHandle: Send + Sync + 'static {
     fn close(&self, reason: Reason, message: &str);
     /// Queues a datagram; the transport drops the oldest queued ones when its buffer is full.
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused>;
+    /// Bytes of datagrams queued and not yet sent (0 when none are), as the transport counts
+    /// them (payload and its own bookkeeping): what the lane's outbox decides by.
+    fn datagram_queued(&self) -> usize;
     /// The largest datagram the path and the peer accept now; `None` if the peer takes none.
     fn max_datagram_size(&self) -> Option<usize>;
     /// The peer's current address.
@@ -61,6 +64,11 @@ pub(crate) trait LinkHandle: Send + Sync + 'static {
     /// The transport's counters now.
     fn sample(&self) -> PathSample;
 }
+
+/// The size of quinn's datagram send queue. The lane hands quinn a datagram only while it holds
+/// nothing unsent (or only the rest of the same burst, within one packet), so this is never
+/// filled; it must hold the largest datagram.
+pub(crate) const DATAGRAM_QUEUE: usize = 64 * 1024;
 
 /// Why a datagram was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +163,14 @@ impl LinkHandle for quinn::Connection {
             quinn::SendDatagramError::TooLarge => DatagramRefused::TooLarge,
             _ => DatagramRefused::Unavailable,
         })
+    }
+
+    fn datagram_queued(&self) -> usize {
+        // quinn reports the free space less one datagram's bookkeeping (a `Bytes`), so an
+        // empty queue leaves exactly that much short of the configured size.
+        DATAGRAM_QUEUE
+            .saturating_sub(std::mem::size_of::<Bytes>())
+            .saturating_sub(self.datagram_send_buffer_space())
     }
 
     fn max_datagram_size(&self) -> Option<usize> {

@@ -4,6 +4,7 @@
 //! machines, runs timers the core asks for, and never decides anything the core can decide.
 
 pub(crate) mod client;
+pub(crate) mod congestion;
 pub(crate) mod connection;
 pub(crate) mod endpoint;
 pub(crate) mod link;

@@ -44,11 +44,11 @@ use crate::auth::UserData;
 use crate::config::TransportConfig;
 use crate::error::{Disconnect, RecvError, SendError};
 use crate::events::{SessionCounters, SessionEvent};
-use crate::protocol::lane::{encode_lane_datagram, lane_header_len};
+use crate::protocol::lane::{LANE_HEADER_MAX, lane_header_len};
 use crate::protocol::stats::{Sample, StatsWindow};
 use crate::protocol::{
-    AttachLink, Attached, ChannelKind, Event, FrameLimits, PerChannel, PlayerId, Reason, Received,
-    Refused, SessionConfig, SessionMachine, Side, Token,
+    AttachLink, Attached, ChannelKind, Event, FrameLimits, LaneSend, PerChannel, PlayerId, Reason,
+    Received, Refused, SessionConfig, SessionMachine, Side, Token,
 };
 use crate::stats::{ChannelBuffers, SessionBuffers, SessionStats};
 
@@ -85,6 +85,7 @@ pub(crate) fn session_config(
         finish_grace: FINISH_GRACE,
         grace_period,
         lane_max_age: transport.datagram_max_age,
+        lane_send_capacity: transport.datagram_send_queue,
         local_limits,
     }
 }
@@ -435,7 +436,9 @@ impl SessionCore {
             messages_replayed: counts.messages_replayed,
             messages_lost: counts.messages_lost,
             datagrams_sent: get(&c.datagrams_sent),
-            datagrams_unsent: get(&c.datagrams_unsent),
+            datagrams_unsent: get(&c.datagrams_unsent).saturating_add(counts.datagrams_orphaned),
+            datagrams_superseded: counts.datagrams_superseded,
+            datagrams_expired: counts.datagrams_expired,
             datagrams_delivered: counts.datagrams_delivered,
             datagrams_stale: counts.datagrams_stale,
             datagrams_too_old: counts.datagrams_too_old,
@@ -685,29 +688,36 @@ impl SessionCore {
     /// Sends `payload` in one lane datagram on the current connection, without waiting
     /// (PROTOCOL.md §13). Between connections the message is dropped (and counted).
     pub(crate) fn send_lane(&self, payload: &[u8]) -> Result<(), SendError> {
-        let (seq, sent_ms) = self
-            .update(|m, now| m.lane_stamp(now))
+        // The transport's state first, outside the session's lock (its own lock is taken
+        // inside): the machine decides with it whether the message goes now or waits.
+        let link = self.link();
+        let (queued, max) = link
+            .as_ref()
+            .map_or((0, None), |l| (l.datagram_queued(), l.max_datagram_size()));
+        let sent = self
+            .update(|m, now| m.send_lane(payload, queued, max, now))
             .map_err(SendError::Closed)?;
-        let Some(link) = self.link() else {
-            Counters::bump(&self.counters.datagrams_unsent, 1);
-            return Ok(());
-        };
-        let header = lane_header_len(seq, sent_ms);
         let too_large = |max: usize| SendError::TooLarge {
             len: payload.len(),
-            max: max.saturating_sub(header),
+            max,
         };
-        let max = link.max_datagram_size().unwrap_or(0);
-        if header.saturating_add(payload.len()) > max {
-            return Err(too_large(max));
-        }
-        match link.send_datagram(encode_lane_datagram(seq, sent_ms, payload)) {
-            Ok(()) => Counters::bump(&self.counters.datagrams_sent, 1),
-            Err(DatagramRefused::TooLarge) => {
-                return Err(too_large(link.max_datagram_size().unwrap_or(0)));
-            }
-            // Lost meanwhile, or refused by the peer: like sending between connections.
-            Err(DatagramRefused::Unavailable) => {
+        match (sent, link) {
+            (LaneSend::Send(datagram), Some(link)) => match link.send_datagram(datagram) {
+                Ok(()) => Counters::bump(&self.counters.datagrams_sent, 1),
+                Err(DatagramRefused::TooLarge) => {
+                    // The path's datagram size shrank between the two looks.
+                    let max = link.max_datagram_size().unwrap_or(0);
+                    return Err(too_large(max.saturating_sub(LANE_HEADER_MAX)));
+                }
+                // Lost meanwhile, or refused by the peer: like sending between connections.
+                Err(DatagramRefused::Unavailable) => {
+                    Counters::bump(&self.counters.datagrams_unsent, 1);
+                }
+            },
+            (LaneSend::TooLarge { max }, _) => return Err(too_large(max)),
+            // The connection task hands it over when QUIC can take it.
+            (LaneSend::Waiting, _) => {}
+            (LaneSend::NoConnection | LaneSend::Send(_), _) => {
                 Counters::bump(&self.counters.datagrams_unsent, 1);
             }
         }

@@ -11,8 +11,16 @@
 //! (`arrival - send time`, offset included) minus the smallest transit seen recently: the extra
 //! delay it suffered over the fastest recent datagram (queues, retransmission-free jitter, a
 //! stalled sender), without the path's base one-way delay.
+//!
+//! The sending side ([`LaneOutbox`]) drops instead of delaying: QUIC sends datagrams as its
+//! congestion control allows and cannot take one back once queued, so a lane message is handed
+//! to QUIC only while QUIC holds nothing else unsent (or only the other messages of the same
+//! instant, a tick's burst). While QUIC cannot send, messages wait here instead, where a newer
+//! one supersedes the oldest beyond the outbox's capacity and one older than the maximum age is
+//! dropped unsent.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -221,6 +229,155 @@ impl LaneInbound {
     }
 }
 
+/// Messages handed to QUIC within this of the previous hand-over join it while QUIC still holds
+/// that one: the messages of one tick, sent back to back, go out together.
+pub const LANE_BURST: Duration = Duration::from_millis(1);
+
+/// How often a waiting lane message checks whether QUIC can take it: QUIC gives no signal when
+/// its datagram queue empties, so the connection task looks this often while messages wait (and
+/// only then: nothing waits while QUIC keeps up).
+pub const LANE_RECHECK: Duration = Duration::from_millis(1);
+
+/// What [`LaneOutbox::offer`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneOffer {
+    /// Hand it to QUIC now.
+    Send(Bytes),
+    /// It waits in the outbox; `superseded` older messages were dropped to make room (with a
+    /// capacity of 0, the message itself).
+    Queued {
+        /// Messages dropped unsent (older ones, or this one when the capacity is 0).
+        superseded: u64,
+    },
+}
+
+/// The sending side of a lane: what QUIC cannot send yet, newest first in line, oldest
+/// superseded, too-old dropped. Times are passed in.
+#[derive(Debug, Clone)]
+pub struct LaneOutbox {
+    waiting: VecDeque<(Bytes, Instant)>,
+    capacity: usize,
+    max_age: Option<Duration>,
+    /// When a message was last handed to QUIC (the burst rule).
+    handed_at: Option<Instant>,
+    superseded: u64,
+    expired: u64,
+}
+
+impl LaneOutbox {
+    /// An empty outbox keeping at most `capacity` waiting messages (0: none wait, a message QUIC
+    /// cannot take now is dropped), each at most `max_age` (`None`: until QUIC takes it).
+    pub fn new(capacity: usize, max_age: Option<Duration>) -> Self {
+        LaneOutbox {
+            waiting: VecDeque::new(),
+            capacity,
+            max_age,
+            handed_at: None,
+            superseded: 0,
+            expired: 0,
+        }
+    }
+
+    /// Whether QUIC can take a `len`-byte datagram at `now`, holding `quic_queued` bytes of
+    /// datagrams unsent (0: none) with `max_datagram` the largest it sends: when it holds none,
+    /// or only datagrams handed over in the same burst that still fit one packet with it.
+    fn quic_free(&self, len: usize, quic_queued: usize, max_datagram: usize, now: Instant) -> bool {
+        if quic_queued == 0 {
+            return true;
+        }
+        let same_burst = self
+            .handed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LANE_BURST);
+        same_burst && quic_queued.saturating_add(len) <= max_datagram
+    }
+
+    /// A new message, `datagram` (the whole lane datagram), sent at `now`: handed to QUIC at
+    /// once if nothing waits and QUIC can take it, else queued behind the waiting ones.
+    pub fn offer(
+        &mut self,
+        datagram: Bytes,
+        quic_queued: usize,
+        max_datagram: usize,
+        now: Instant,
+    ) -> LaneOffer {
+        self.expire(now);
+        if self.waiting.is_empty() && self.quic_free(datagram.len(), quic_queued, max_datagram, now)
+        {
+            self.handed_at = Some(now);
+            return LaneOffer::Send(datagram);
+        }
+        if self.capacity == 0 {
+            self.superseded = self.superseded.saturating_add(1);
+            return LaneOffer::Queued { superseded: 1 };
+        }
+        let mut superseded: u64 = 0;
+        while self.waiting.len() >= self.capacity {
+            self.waiting.pop_front();
+            superseded = superseded.saturating_add(1);
+        }
+        self.waiting.push_back((datagram, now));
+        self.superseded = self.superseded.saturating_add(superseded);
+        LaneOffer::Queued { superseded }
+    }
+
+    /// The next waiting message to hand to QUIC at `now`, if QUIC can take it; messages past
+    /// the maximum age are dropped first.
+    pub fn poll(&mut self, quic_queued: usize, max_datagram: usize, now: Instant) -> Option<Bytes> {
+        self.expire(now);
+        let len = self.waiting.front()?.0.len();
+        if !self.quic_free(len, quic_queued, max_datagram, now) {
+            return None;
+        }
+        self.handed_at = Some(now);
+        self.waiting.pop_front().map(|(datagram, _)| datagram)
+    }
+
+    /// When the connection should next look whether QUIC can take a waiting message: soon
+    /// while one waits, else never.
+    pub fn recheck_at(&self, now: Instant) -> Option<Instant> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        now.checked_add(LANE_RECHECK)
+    }
+
+    /// Whether messages wait.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Drops every waiting message (the connection is gone: a lane message is worth sending
+    /// only now); returns how many.
+    pub fn clear(&mut self) -> u64 {
+        let dropped = self.waiting.len() as u64;
+        self.waiting.clear();
+        self.handed_at = None;
+        dropped
+    }
+
+    /// Messages dropped unsent so far because newer ones took their place.
+    pub fn superseded(&self) -> u64 {
+        self.superseded
+    }
+
+    /// Messages dropped unsent so far for waiting longer than the maximum age.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let Some(max) = self.max_age else { return };
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > max)
+        {
+            self.waiting.pop_front();
+            self.expired = self.expired.saturating_add(1);
+        }
+    }
+}
+
 /// The smallest transit time over the last one to two windows: the clock offset plus the
 /// path's base one-way delay. Two buckets, so an old minimum (a faster path before a
 /// migration, say) is forgotten after at most two windows.
@@ -372,5 +529,152 @@ mod tests {
         let mut lane = LaneInbound::new(None);
         assert_eq!(lane.arrive(0, 0, 0), LaneArrival::Deliver);
         assert_eq!(lane.arrive(1, 0, 60_000), LaneArrival::Deliver);
+    }
+
+    // ----- the outbox -----
+
+    const MAX: usize = 1200;
+
+    fn msg(n: u8) -> Bytes {
+        Bytes::from(vec![n; 200])
+    }
+
+    fn sent(offer: LaneOffer) -> Bytes {
+        match offer {
+            LaneOffer::Send(d) => d,
+            other => panic!("expected to send at once, got {other:?}"),
+        }
+    }
+
+    /// Proves: while QUIC holds nothing unsent, a message goes at once and nothing waits.
+    #[test]
+    fn a_message_goes_at_once_while_quic_keeps_up() {
+        let t = Instant::now();
+        let mut out = LaneOutbox::new(1, None);
+        for i in 0..10u8 {
+            let at = t + Duration::from_millis(16 * u64::from(i));
+            assert_eq!(sent(out.offer(msg(i), 0, MAX, at)), msg(i));
+            assert!(out.recheck_at(at).is_none());
+        }
+        assert_eq!((out.superseded(), out.expired()), (0, 0));
+    }
+
+    /// Proves: the messages of one tick (sent within the burst window) all go to QUIC while
+    /// they fit one packet together, even though QUIC has not sent the first yet.
+    #[test]
+    fn a_ticks_burst_goes_together_up_to_one_packet() {
+        let t = Instant::now();
+        let mut out = LaneOutbox::new(4, None);
+        let mut queued = 0;
+        let mut handed = 0;
+        for i in 0..6u8 {
+            let at = t + Duration::from_micros(50 * u64::from(i));
+            match out.offer(msg(i), queued, MAX, at) {
+                LaneOffer::Send(d) => {
+                    queued += d.len() + 32;
+                    handed += 1;
+                }
+                LaneOffer::Queued { superseded } => {
+                    // Five 200-byte messages (232 bytes each as QUIC counts) and a sixth would
+                    // not fit 1,200 together: the sixth waits.
+                    assert_eq!((i, superseded), (5, 0));
+                }
+            }
+        }
+        assert_eq!(handed, 5);
+        assert!(!out.is_empty());
+        // A later message (not the same burst) waits too, behind it.
+        let later = t + Duration::from_millis(2);
+        assert_eq!(
+            out.offer(msg(6), queued, MAX, later),
+            LaneOffer::Queued { superseded: 0 }
+        );
+    }
+
+    /// Proves: while QUIC holds an unsent message from an earlier tick, a new one waits, a
+    /// newer one supersedes it (capacity 1), and the newest goes once QUIC has sent its queue.
+    #[test]
+    fn while_quic_is_held_back_the_newest_waits_and_supersedes_the_older() {
+        let t = Instant::now();
+        let tick = Duration::from_millis(16);
+        let mut out = LaneOutbox::new(1, None);
+        sent(out.offer(msg(0), 0, MAX, t));
+        // QUIC still holds message 0 a tick later: congestion control holds it back.
+        assert_eq!(
+            out.offer(msg(1), 232, MAX, t + tick),
+            LaneOffer::Queued { superseded: 0 }
+        );
+        assert_eq!(out.recheck_at(t + tick), Some(t + tick + LANE_RECHECK));
+        assert_eq!(out.poll(232, MAX, t + tick + LANE_RECHECK), None);
+        assert_eq!(
+            out.offer(msg(2), 232, MAX, t + tick * 2),
+            LaneOffer::Queued { superseded: 1 }
+        );
+        // QUIC has sent message 0: the newest goes, the superseded one never does.
+        assert_eq!(out.poll(0, MAX, t + tick * 2 + LANE_RECHECK), Some(msg(2)));
+        assert_eq!(out.poll(0, MAX, t + tick * 3), None);
+        assert!(out.recheck_at(t + tick * 3).is_none());
+        assert_eq!(out.superseded(), 1);
+    }
+
+    /// Proves: a message that waited longer than the maximum age is never handed to QUIC.
+    #[test]
+    fn a_message_past_the_maximum_age_is_dropped_unsent() {
+        let t = Instant::now();
+        let mut out = LaneOutbox::new(2, Some(Duration::from_millis(20)));
+        sent(out.offer(msg(0), 0, MAX, t));
+        let later = t + Duration::from_millis(10);
+        assert!(matches!(
+            out.offer(msg(1), 232, MAX, later),
+            LaneOffer::Queued { .. }
+        ));
+        // 25 ms after it was sent (waited 15 ms): still young enough.
+        assert_eq!(
+            out.poll(0, MAX, t + Duration::from_millis(25)),
+            Some(msg(1))
+        );
+        sent(out.offer(msg(2), 0, MAX, t + Duration::from_millis(40)));
+        assert!(matches!(
+            out.offer(msg(3), 232, MAX, t + Duration::from_millis(50)),
+            LaneOffer::Queued { .. }
+        ));
+        // It waited 21 ms: dropped, although QUIC is free now.
+        assert_eq!(out.poll(0, MAX, t + Duration::from_millis(71)), None);
+        assert_eq!(out.expired(), 1);
+        assert!(out.is_empty());
+    }
+
+    /// Proves: with capacity 0 nothing waits: a message QUIC cannot take at once is dropped.
+    #[test]
+    fn with_no_capacity_a_message_quic_cannot_take_is_dropped() {
+        let t = Instant::now();
+        let mut out = LaneOutbox::new(0, None);
+        sent(out.offer(msg(0), 0, MAX, t));
+        let later = t + Duration::from_millis(16);
+        assert_eq!(
+            out.offer(msg(1), 232, MAX, later),
+            LaneOffer::Queued { superseded: 1 }
+        );
+        assert!(out.is_empty());
+        assert!(out.recheck_at(later).is_none());
+    }
+
+    /// Proves: clearing (the connection is lost) drops what waits and counts it.
+    #[test]
+    fn clearing_drops_what_waits() {
+        let t = Instant::now();
+        let mut out = LaneOutbox::new(3, None);
+        sent(out.offer(msg(0), 0, MAX, t));
+        for i in 1..=3u8 {
+            let at = t + Duration::from_millis(16 * u64::from(i));
+            assert!(matches!(
+                out.offer(msg(i), 232, MAX, at),
+                LaneOffer::Queued { .. }
+            ));
+        }
+        assert_eq!(out.clear(), 3);
+        assert!(out.is_empty());
+        // The next message after a new connection goes at once (no burst carried over).
+        sent(out.offer(msg(9), 0, MAX, t + Duration::from_secs(1)));
     }
 }

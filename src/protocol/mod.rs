@@ -41,8 +41,8 @@ pub use server::{
     ServerOutput,
 };
 pub use session::{
-    AttachLink, Attached, Counts, Disconnect, Event, LinkClosed, LinkEnd, Received, Refused,
-    SessionConfig, SessionMachine, Side, StreamEnd, Transmit, Wakes,
+    AttachLink, Attached, Counts, Disconnect, Event, LaneSend, LinkClosed, LinkEnd, Received,
+    Refused, SessionConfig, SessionMachine, Side, StreamEnd, Transmit, Wakes,
 };
 pub use token::{
     Entropy, EntropyError, IssuedToken, RESUME_PROOF_CONTEXT_LEN, RESUME_PROOF_LABEL,

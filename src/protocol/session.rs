@@ -36,7 +36,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::codec::{self, decode_message, max_data_payload};
-use super::lane::{Datagram, LaneArrival, LaneInbound, decode_datagram, encode_ack_datagram};
+use super::lane::{
+    Datagram, LaneArrival, LaneInbound, LaneOffer, LaneOutbox, decode_datagram,
+    encode_ack_datagram, encode_lane_datagram, lane_header_len,
+};
 use super::message::{ChannelKind, Message, PerChannel, Reason};
 use super::reliability::{Arrival, Inbound, Outbound};
 use super::rules::{FrameLimits, Inbound as Classified, InboundRules};
@@ -206,8 +209,12 @@ pub struct SessionConfig {
     pub finish_grace: Duration,
     /// Server: how long a session without a connection waits for its client (§12.6).
     pub grace_period: Option<Duration>,
-    /// Lane datagrams older than this (extra transit) are dropped on arrival (§13.4).
+    /// Lane datagrams older than this (extra transit) are dropped on arrival (§13.4), and lane
+    /// messages that waited longer than this to be sent are dropped unsent (§13.3).
     pub lane_max_age: Option<Duration>,
+    /// Lane messages that may wait to be sent while QUIC cannot take them; a newer one
+    /// supersedes the oldest beyond it (0: none wait, §13.3).
+    pub lane_send_capacity: usize,
     /// This side's frame limits (what it announced).
     pub local_limits: FrameLimits,
 }
@@ -352,8 +359,32 @@ pub struct Counts {
     pub datagrams_stale: u64,
     /// Lane datagrams dropped for their age.
     pub datagrams_too_old: u64,
+    /// Lane messages dropped unsent, superseded by newer ones while QUIC could not send.
+    pub datagrams_superseded: u64,
+    /// Lane messages dropped unsent for waiting longer than the maximum age.
+    pub datagrams_expired: u64,
+    /// Lane messages dropped unsent because the connection was lost while they waited.
+    pub datagrams_orphaned: u64,
     /// Connections lost (the session continued).
     pub connections_lost: u64,
+}
+
+/// What became of a lane message the application sent ([`SessionMachine::send_lane`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneSend {
+    /// Hand this datagram to QUIC now.
+    Send(Bytes),
+    /// It waits for QUIC to take it (the connection task, woken, hands it over; or a newer
+    /// message or its age drops it).
+    Waiting,
+    /// The session has no connection now: dropped (a lane message is only worth sending now).
+    NoConnection,
+    /// Too large for one datagram on this path: `max` is the largest payload that fits (0 if
+    /// the peer takes no datagrams).
+    TooLarge {
+        /// The largest payload that fits one datagram now.
+        max: usize,
+    },
 }
 
 /// Where a violation was found.
@@ -475,6 +506,9 @@ pub struct SessionMachine {
     lane_queue: VecDeque<Bytes>,
     lane_queued: usize,
     lane_violation_reported: bool,
+    lane_outbox: LaneOutbox,
+    /// When the connection task should look again whether QUIC can take a waiting lane message.
+    lane_recheck: Option<Instant>,
     /// An acknowledgement datagram is due.
     ack_datagram: bool,
     link: Option<Link>,
@@ -515,6 +549,8 @@ impl SessionMachine {
             lane_queue: VecDeque::new(),
             lane_queued: 0,
             lane_violation_reported: false,
+            lane_outbox: LaneOutbox::new(config.lane_send_capacity, config.lane_max_age),
+            lane_recheck: None,
             ack_datagram: false,
             link: None,
             generation: 0,
@@ -616,7 +652,10 @@ impl SessionMachine {
 
     /// What the machine counted.
     pub fn counts(&self) -> Counts {
-        self.counts
+        let mut counts = self.counts;
+        counts.datagrams_superseded = self.lane_outbox.superseded();
+        counts.datagrams_expired = self.lane_outbox.expired();
+        counts
     }
 
     /// How connection `generation` ended for the session, once it is no longer attached.
@@ -683,6 +722,9 @@ impl SessionMachine {
         }
         if let Some(closing) = &self.closing {
             next = next.min(closing.deadline);
+        }
+        if let Some(recheck) = self.lane_recheck {
+            next = next.min(recheck);
         }
         Some(next)
     }
@@ -939,6 +981,9 @@ impl SessionMachine {
             channel.gap = None;
         }
         self.ack_datagram = false;
+        let orphaned = self.lane_outbox.clear();
+        self.counts.datagrams_orphaned = self.counts.datagrams_orphaned.saturating_add(orphaned);
+        self.lane_recheck = None;
         if let Some(grace) = self.config.grace_period {
             self.expires_at = now.checked_add(grace);
         }
@@ -1338,14 +1383,63 @@ impl SessionMachine {
         self.wakes.connection = true;
     }
 
-    /// A sequence number and send time for a lane message sent now.
-    pub fn lane_stamp(&mut self, now: Instant) -> Result<(u64, u64), Disconnect> {
+    /// A lane message the application sends at `now` (§13.3): stamped and framed, then handed
+    /// to QUIC at once if it can take it (`quic_queued` bytes of datagrams unsent in it, the
+    /// largest datagram `max_datagram` bytes; `None` if the peer takes none), else left to
+    /// wait in the outbox, where it supersedes the oldest waiting beyond its capacity.
+    pub fn send_lane(
+        &mut self,
+        payload: &[u8],
+        quic_queued: usize,
+        max_datagram: Option<usize>,
+        now: Instant,
+    ) -> Result<LaneSend, Disconnect> {
         if let Some(ended) = &self.end {
             return Err(ended.clone());
         }
-        let seq = self.lane_next;
+        let Some(link) = &self.link else {
+            return Ok(LaneSend::NoConnection);
+        };
+        let max = max_datagram.filter(|_| link.datagrams).unwrap_or(0);
+        let (seq, sent_ms) = (self.lane_next, self.clock_ms(now));
+        let header = lane_header_len(seq, sent_ms);
+        if header.saturating_add(payload.len()) > max {
+            return Ok(LaneSend::TooLarge {
+                max: max.saturating_sub(header),
+            });
+        }
         self.lane_next = self.lane_next.saturating_add(1);
-        Ok((seq, self.clock_ms(now)))
+        let datagram = encode_lane_datagram(seq, sent_ms, payload);
+        let offer = self.lane_outbox.offer(datagram, quic_queued, max, now);
+        self.lane_recheck = self.lane_outbox.recheck_at(now);
+        Ok(match offer {
+            LaneOffer::Send(datagram) => LaneSend::Send(datagram),
+            LaneOffer::Queued { .. } => {
+                // The connection task arms its recheck.
+                self.wakes.connection = true;
+                LaneSend::Waiting
+            }
+        })
+    }
+
+    /// A waiting lane message to hand to QUIC on connection `generation` at `now`, if QUIC can
+    /// take it now (`quic_queued` and `max_datagram` as for [`send_lane`](Self::send_lane));
+    /// waiting messages past the maximum age are dropped first.
+    pub fn poll_lane(
+        &mut self,
+        generation: u64,
+        quic_queued: usize,
+        max_datagram: Option<usize>,
+        now: Instant,
+    ) -> Option<Bytes> {
+        if !self.is_attached(generation) || self.lane_outbox.is_empty() {
+            return None;
+        }
+        let datagram = self
+            .lane_outbox
+            .poll(quic_queued, max_datagram.unwrap_or(0), now);
+        self.lane_recheck = self.lane_outbox.recheck_at(now);
+        datagram
     }
 
     /// The next lane sequence number (not consumed).

@@ -31,6 +31,7 @@ fn config(side: Side) -> SessionConfig {
         finish_grace: Duration::from_secs(3),
         grace_period: (side == Side::Server).then_some(Duration::from_secs(15)),
         lane_max_age: None,
+        lane_send_capacity: 1,
         local_limits: FrameLimits {
             main: 65536,
             feed: 65536,
@@ -853,6 +854,46 @@ fn lane_datagrams_are_newest_wins_and_bounded() {
         "capacity 4 KiB keeps the newest four"
     );
     assert_eq!(m.counts().datagrams_stale, 2);
+}
+
+/// Proves: the machine decides a lane send: too large for the path, dropped without a
+/// connection, sent at once, or left waiting (waking the connection task, whose timer it sets)
+/// while QUIC holds an earlier message; and what waits is dropped and counted when the
+/// connection is lost.
+#[test]
+fn a_lane_send_goes_now_waits_or_is_dropped_and_the_machine_says_which() {
+    let now = Instant::now();
+    let mut m = SessionMachine::new(config(Side::Client), now);
+    assert_eq!(
+        m.send_lane(b"snapshot", 0, Some(1200), now),
+        Ok(LaneSend::NoConnection)
+    );
+    let g = m.attach(now, attach_link((0, 0))).unwrap().generation;
+    m.take_wakes();
+    assert!(matches!(
+        m.send_lane(&[0; 1200], 0, Some(1200), now),
+        Ok(LaneSend::TooLarge { max }) if max < 1200 && max > 1150
+    ));
+    let Ok(LaneSend::Send(first)) = m.send_lane(b"a", 0, Some(1200), now) else {
+        panic!("the first message goes at once");
+    };
+    let later = now + Duration::from_millis(16);
+    assert_eq!(
+        m.send_lane(b"b", first.len() + 32, Some(1200), later),
+        Ok(LaneSend::Waiting)
+    );
+    assert!(m.take_wakes().connection, "the connection task is woken");
+    let recheck = later + crate::protocol::lane::LANE_RECHECK;
+    assert!(m.poll_timeout().is_some_and(|t| t <= recheck));
+    // QUIC has sent the first: the second goes, with the next sequence number.
+    let second = m.poll_lane(g, 0, Some(1200), recheck).expect("handed over");
+    let decoded = crate::protocol::lane::decode_lane_datagram(second).unwrap();
+    assert_eq!((decoded.seq, &decoded.payload[..]), (1, &b"b"[..]));
+    // One waits, then the connection is lost: dropped and counted.
+    let _ = m.send_lane(b"c", 40, Some(1200), later + Duration::from_millis(16));
+    m.detach(later, Reason::Normal, "test");
+    assert_eq!(m.counts().datagrams_orphaned, 1);
+    assert_eq!(m.poll_lane(g, 0, Some(1200), recheck), None);
 }
 
 /// Proves, over many random schedules: with sends both ways on both channels, applications
