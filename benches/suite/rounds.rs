@@ -4,7 +4,7 @@
 //!
 //! Merging works on the report's cells as written: cells that differ between rounds only in
 //! their numbers (`12.3 ms`, `+2.3 ms`, `0.80x`, `97.8 %`) become `median [min–max]` (`12.3
-//! [10.1–51.0] ms`) with the precision the scenario chose; cells that differ otherwise are shown round by round.
+//! [10.1–51.0] ms`; signed ones `+2.3 [-0.4 to +9.9] ms`) with the precision the scenario chose; cells that differ otherwise are shown round by round.
 
 use serde_json::json;
 
@@ -15,20 +15,28 @@ use crate::report::{Section, Target};
 struct Shape {
     /// The text around the numbers, one more piece than there are numbers.
     text: Vec<String>,
-    /// Each number's value and decimals as written.
-    numbers: Vec<(f64, usize)>,
+    /// Each number's value, decimals as written, and whether it was written with a sign.
+    numbers: Vec<(f64, usize, bool)>,
 }
 
 /// Splits `cell` into text and numbers. A number is a run of digits with at most one decimal
-/// point (a sign or a thousands separator stays in the text).
+/// point, with its sign if one comes right before it at the start of the cell or of a word
+/// (`+2.3`, `-0.8`; a thousands separator stays in the text).
 fn shape(cell: &str) -> Shape {
     let mut text = vec![String::new()];
     let mut numbers = Vec::new();
     let chars: Vec<char> = cell.chars().collect();
     let mut i = 0;
     while i < chars.len() {
-        if chars[i].is_ascii_digit() {
+        let word_start = i == 0 || chars[i - 1].is_whitespace() || "([".contains(chars[i - 1]);
+        let signed = word_start
+            && (chars[i] == '+' || chars[i] == '-')
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if signed || chars[i].is_ascii_digit() {
             let start = i;
+            if signed {
+                i += 1;
+            }
             let mut seen_point = false;
             while i < chars.len()
                 && (chars[i].is_ascii_digit()
@@ -41,7 +49,7 @@ fn shape(cell: &str) -> Shape {
             }
             let literal: String = chars[start..i].iter().collect();
             let decimals = literal.split_once('.').map_or(0, |(_, d)| d.len());
-            numbers.push((literal.parse().unwrap_or(f64::NAN), decimals));
+            numbers.push((literal.parse().unwrap_or(f64::NAN), decimals, signed));
             text.push(String::new());
         } else {
             text.last_mut().expect("one piece at least").push(chars[i]);
@@ -73,13 +81,19 @@ fn merge_cell(cells: &[&str]) -> String {
     let mut out = String::new();
     for (k, piece) in shapes[0].text.iter().enumerate() {
         out.push_str(piece);
-        let Some(&(_, decimals)) = shapes[0].numbers.get(k) else {
+        let Some(&(_, decimals, _)) = shapes[0].numbers.get(k) else {
             continue;
         };
+        let signed = shapes.iter().any(|s| s.numbers[k].2);
         let mut values: Vec<f64> = shapes.iter().map(|s| s.numbers[k].0).collect();
         let (median, low, high) = median_and_range(&mut values);
         if low == high {
             out.push_str(&format!("{median:.decimals$}"));
+        } else if signed {
+            // Signed figures keep their signs; "to" keeps a minus apart from the range's dash.
+            out.push_str(&format!(
+                "{median:+.decimals$} [{low:+.decimals$} to {high:+.decimals$}]"
+            ));
         } else {
             out.push_str(&format!(
                 "{median:.decimals$} [{low:.decimals$}–{high:.decimals$}]"
@@ -176,7 +190,19 @@ fn cells_that_differ_in_numbers_become_median_and_range() {
         );
         assert_eq!(
             merge_cell(&["+2.3 ms", "+1.0 ms", "+9.9 ms"]),
-            "+2.3 [1.0–9.9] ms"
+            "+2.3 [+1.0 to +9.9] ms"
+        );
+        assert_eq!(
+            merge_cell(&["-0.8 ms", "-2.2 ms", "+0.4 ms"]),
+            "-0.8 [-2.2 to +0.4] ms"
+        );
+        assert_eq!(
+            merge_cell(&[
+                "10.0 ms (floor + 2.0 ms)",
+                "12.0 ms (floor + 4.0 ms)",
+                "11.0 ms (floor + 3.0 ms)"
+            ]),
+            "11.0 [10.0–12.0] ms (floor + 3.0 [2.0–4.0] ms)"
         );
         assert_eq!(
             merge_cell(&["0.80x", "0.54x", "0.87x"]),
