@@ -10,6 +10,8 @@
 //! Waits, and what bounds them: the `select!` resolves on any read, write progress, datagram,
 //! wake-up from the application, timer or the connection's end; the machine's timers (dead
 //! path, acknowledgements, finished-stream grace, close linger) bound how long nothing happens.
+//! While lane messages wait for QUIC to take them, a second timer looks again every
+//! millisecond (QUIC says nothing when its datagram queue empties); it stops when none wait.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -71,6 +73,8 @@ struct Plan {
     /// Lane messages that waited, to hand to QUIC now.
     lanes: Vec<Bytes>,
     timeout: Option<Instant>,
+    /// When to look again whether QUIC can take a waiting lane message.
+    lane_recheck: Option<Instant>,
 }
 
 /// Runs connection `generation` of `core` until the session no longer uses it; returns how it
@@ -99,6 +103,10 @@ pub(crate) async fn run<L: Link>(
     let mut datagram = pin!(link.read_datagram());
     let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut timer_at: Option<Instant> = None;
+    // The lane's recheck while messages wait for QUIC: a timer of its own, so that it runs
+    // nothing but the lane's hand-over (no statistics sample, no liveness check).
+    let mut lane_timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let mut lane_timer_at: Option<Instant> = None;
     let mut ended_streams = PerChannel::both(false);
     // A finished stream's acknowledgement, which a graceful close waits for (bounded by the
     // close's linger: the machine's timer).
@@ -202,6 +210,7 @@ pub(crate) async fn run<L: Link>(
                     datagrams,
                     lanes,
                     timeout: m.poll_timeout(),
+                    lane_recheck: m.poll_lane_recheck(),
                 })
             })
         };
@@ -231,6 +240,12 @@ pub(crate) async fn run<L: Link>(
             timer_at = plan.timeout;
             if let Some(t) = timer_at {
                 timer.as_mut().reset(t.into());
+            }
+        }
+        if plan.lane_recheck != lane_timer_at {
+            lane_timer_at = plan.lane_recheck;
+            if let Some(t) = lane_timer_at {
+                lane_timer.as_mut().reset(t.into());
             }
         }
         feed_first = !feed_first;
@@ -289,6 +304,7 @@ pub(crate) async fn run<L: Link>(
                 core.update(|m, _| m.handle_finish_acknowledged(generation, ChannelKind::Feed));
             }
             () = &mut timer, if timer_at.is_some() => {}
+            () = &mut lane_timer, if lane_timer_at.is_some() => {}
         }
     }
 }

@@ -723,9 +723,6 @@ impl SessionMachine {
         if let Some(closing) = &self.closing {
             next = next.min(closing.deadline);
         }
-        if let Some(recheck) = self.lane_recheck {
-            next = next.min(recheck);
-        }
         Some(next)
     }
 
@@ -1420,6 +1417,13 @@ impl SessionMachine {
                 LaneSend::Waiting
             }
         })
+    }
+
+    /// When the connection should look again whether QUIC can take a waiting lane message
+    /// ([`poll_lane`](Self::poll_lane)): soon while one waits, else never. Separate from
+    /// [`poll_timeout`](Self::poll_timeout): nothing but the lane is due then.
+    pub fn poll_lane_recheck(&self) -> Option<Instant> {
+        self.lane_recheck
     }
 
     /// A waiting lane message to hand to QUIC on connection `generation` at `now`, if QUIC can
