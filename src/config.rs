@@ -120,7 +120,8 @@ pub struct TransportConfig {
     /// after a burst of losses Cubic would otherwise leave its window near the two-packet
     /// minimum for good, and one lost packet then holds every later one, lane datagrams
     /// included, until a probe timeout. Above the floor Cubic governs as usual (a bulk
-    /// transfer still backs off to the floor). 0 restores RFC 9002's two-packet minimum.
+    /// transfer still backs off to the floor). 0 restores RFC 9002's two-packet minimum. At
+    /// most [`MAX_MIN_CONGESTION_WINDOW`].
     pub min_congestion_window: u64,
     /// The send priority of the main channel's stream against the feed's. QUIC sends queued
     /// data of a higher-priority stream first, so with the default (main 1, feed 0) a request on
@@ -167,6 +168,10 @@ impl Default for TransportConfig {
     }
 }
 
+/// The largest [`TransportConfig::min_congestion_window`] accepted: 64 packets, a floor that
+/// still leaves congestion control something to govern on any path a game runs on.
+pub const MAX_MIN_CONGESTION_WINDOW: u64 = 64 * 1472;
+
 impl TransportConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.stats_log_interval.is_some_and(|d| d.is_zero()) {
@@ -190,6 +195,13 @@ impl TransportConfig {
         }
         if self.stream_receive_window == 0 || self.receive_window == 0 || self.send_window == 0 {
             return Err(invalid("flow-control windows must be non-zero"));
+        }
+        if self.min_congestion_window > MAX_MIN_CONGESTION_WINDOW {
+            return Err(invalid(format!(
+                "min_congestion_window ({} bytes) must be at most {MAX_MIN_CONGESTION_WINDOW} \
+                 bytes: a larger floor would switch congestion control off",
+                self.min_congestion_window
+            )));
         }
         if self.send_buffer == 0 || self.receive_buffer == 0 || self.replay_buffer == 0 {
             return Err(invalid(
@@ -651,5 +663,11 @@ mod tests {
             ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.credentials = Bytes::from(vec![0; 5000]);
         assert!(client.validate().is_err());
+        let mut client =
+            ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
+        client.transport.min_congestion_window = MAX_MIN_CONGESTION_WINDOW + 1;
+        assert!(client.validate().is_err());
+        client.transport.min_congestion_window = 0;
+        client.validate().unwrap();
     }
 }

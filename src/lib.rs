@@ -148,7 +148,10 @@ pub use auth::{AcceptAll, AuthDecision, AuthRequest, Authenticator, UserData};
 pub use broadcast::{Broadcast, Group};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;
-pub use config::{ClientConfig, ResumePolicy, ServerAddress, ServerConfig, TransportConfig};
+pub use config::{
+    ClientConfig, MAX_MIN_CONGESTION_WINDOW, ResumePolicy, ServerAddress, ServerConfig,
+    TransportConfig,
+};
 pub use error::{
     CertError, ConfigError, ConnectError, Disconnect, RecvError, SendError, ServerError,
 };
