@@ -1,18 +1,23 @@
 //! What the scenarios share: percentiles, a server behind the conditioner, TLS material for the
-//! baselines, the run's clock, and CPU time per thread.
+//! baselines, a clock every process of the run can read, and CPU time per thread.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quicfeed::conditioner::{Conditions, Relay};
 use quicfeed::{Identity, Server, ServerConfig, Trust};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// Microseconds since the start of the run: one clock for both ends (they share the process).
+/// Microseconds on the wall clock (since the Unix epoch). Every process on this machine reads
+/// the same clock, so a time stamped in one process (the fan-out's server) can be subtracted
+/// from a time read in another (its clients' process); `Instant` cannot be sent across
+/// processes. Only differences of a few milliseconds are taken, so a step of the clock (NTP)
+/// during a run would show as one outlier, and a difference below zero is taken as zero.
 pub(crate) fn now_us() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Percentiles of a set of samples, in milliseconds.
@@ -198,6 +203,29 @@ pub(crate) fn thread_cpu(prefix: &str) -> Option<Duration> {
         total += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     }
     Some(Duration::from_secs_f64(total as f64 / ticks_per_second))
+}
+
+/// Like [`thread_cpu`], to the nanosecond: the time on a CPU the scheduler keeps per thread
+/// (`/proc/self/task/*/schedstat`, user and system alike), so a short window is not rounded
+/// to 10 ms ticks. Falls back to [`thread_cpu`] where schedstat is not readable.
+pub(crate) fn thread_cpu_precise(prefix: &str) -> Option<Duration> {
+    let precise = || -> Option<Duration> {
+        let mut total = 0u64;
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path();
+            let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            // The first field: nanoseconds spent on a CPU.
+            let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(Duration::from_nanos(total))
+    };
+    precise().or_else(|| thread_cpu(prefix))
 }
 
 /// A tokio runtime whose threads are named `name` (so [`thread_cpu`] can count them).

@@ -114,6 +114,10 @@ fn options() -> Options {
 }
 
 fn main() {
+    // A child process of the fan-out scenario (its clients): before anything else.
+    if let Some(code) = fanout::child_role() {
+        std::process::exit(code);
+    }
     if let Some(code) = memory::child_role() {
         std::process::exit(code);
     }

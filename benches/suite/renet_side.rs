@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,8 +32,8 @@ pub(crate) enum Role {
     /// Sends every reliable message back to its sender.
     Echo,
     /// A game server's loop: every `tick`, receive, broadcast a `size`-byte reliable message
-    /// that starts with the sequence number and the send time (µs on the run's clock) while
-    /// `sending` is set, send, and sleep until the next tick.
+    /// that starts with the sequence number and the send time (µs on the wall clock,
+    /// `common::now_us`) while `sending` is set, send, and sleep until the next tick.
     Broadcast { tick: Duration, size: usize },
 }
 
@@ -45,6 +45,9 @@ pub(crate) struct Server {
     pub(crate) busy: Arc<AtomicBool>,
     /// Broadcast role: send while set.
     pub(crate) sending: Arc<AtomicBool>,
+    /// Broadcast role: the broadcasts sent so far, each counted once its packets have gone to
+    /// the socket (so a reader can cut a window of whole ticks).
+    pub(crate) sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<u64>>,
 }
@@ -65,11 +68,12 @@ impl Server {
         let busy = Arc::new(AtomicBool::new(false));
         let sending = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let flags = (busy.clone(), sending.clone(), stop.clone());
+        let sent = Arc::new(AtomicU64::new(0));
+        let flags = (busy.clone(), sending.clone(), stop.clone(), sent.clone());
         let thread = std::thread::Builder::new()
             .name("qf-renet-srv".into())
             .spawn(move || {
-                let (busy, sending, stop) = flags;
+                let (busy, sending, stop, sent) = flags;
                 let mut last = Instant::now();
                 let mut next_tick = Instant::now();
                 let mut seq = 0u64;
@@ -96,7 +100,8 @@ impl Server {
                             }
                         }
                         Role::Broadcast { tick, size } => {
-                            if sending.load(Ordering::Relaxed) {
+                            let broadcast = sending.load(Ordering::Relaxed);
+                            if broadcast {
                                 server.broadcast_message(
                                     DefaultChannel::ReliableOrdered,
                                     stamped(seq, size),
@@ -104,6 +109,9 @@ impl Server {
                                 seq += 1;
                             }
                             transport.send_packets(&mut server);
+                            if broadcast {
+                                sent.store(seq, Ordering::SeqCst);
+                            }
                             next_tick += tick;
                             std::thread::sleep(next_tick.saturating_duration_since(Instant::now()));
                             continue;
@@ -123,6 +131,7 @@ impl Server {
             addr,
             busy,
             sending,
+            sent,
             stop,
             thread: Some(thread),
         }
@@ -141,7 +150,8 @@ impl Drop for Server {
     }
 }
 
-/// A `size`-byte message: sequence number, send time (µs on the run's clock), filler.
+/// A `size`-byte message: sequence number, send time (µs on the wall clock, which every process
+/// on this machine reads alike: `common::now_us`), filler.
 pub(crate) fn stamped(seq: u64, size: usize) -> Vec<u8> {
     let mut message = vec![7u8; size.max(16)];
     message[..8].copy_from_slice(&seq.to_le_bytes());
