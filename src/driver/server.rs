@@ -275,6 +275,9 @@ pub(crate) async fn accept_loop(
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
                     if let Some((ticket, evicted)) = admit(&shared, &incoming) {
+                        // Boxed: the task's future keeps its arguments' slots for as long as it
+                        // lives (the whole session), and an `Incoming` is 384 bytes.
+                        let incoming = Box::new(incoming);
                         tasks.spawn(serve(incoming, ticket, evicted, shared.clone(), sessions.clone()));
                     } else {
                         refuse_politely(&shared, incoming);
@@ -362,7 +365,7 @@ async fn shutdown_signal(rx: &mut watch::Receiver<Option<Shutdown>>) -> Shutdown
 
 /// One connection, from its first packet to its end.
 async fn serve(
-    incoming: quinn::Incoming,
+    incoming: Box<quinn::Incoming>,
     ticket: PendingTicket,
     evicted: oneshot::Receiver<()>,
     shared: Arc<ServerShared>,
@@ -371,7 +374,7 @@ async fn serve(
     let remote = incoming.remote_address();
     let deadline = super::deadline_after(shared.config.handshake_timeout);
     let mut shutdown = shared.shutdown.subscribe();
-    let connecting = match incoming.accept() {
+    let connecting = match (*incoming).accept() {
         Ok(connecting) => connecting,
         Err(e) => return debug!(%remote, error = %e, "connection attempt refused"),
     };
@@ -396,7 +399,9 @@ async fn serve(
         shared.config.transport.main_priority,
         shared.config.transport.feed_priority,
     );
-    let (core, generation, streams) = match outcome {
+    // Matched as a temporary that ends with this statement: matched in place, the outcome's
+    // slot (464 bytes) would stay in the task's future for the whole session.
+    let (core, generation, streams) = match std::convert::identity(outcome) {
         Outcome::New {
             established,
             main,
