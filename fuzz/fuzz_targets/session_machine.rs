@@ -24,8 +24,8 @@ use libfuzzer_sys::fuzz_target;
 use quicfeed::protocol::codec::encode_message;
 use quicfeed::protocol::lane::{encode_ack_datagram, encode_lane_datagram};
 use quicfeed::protocol::{
-    AttachLink, ChannelKind, FrameLimits, InboundRules, LinkClosed, Message, Reason, Received,
-    SessionConfig, SessionMachine, Side, StreamEnd, Transmit,
+    AttachLink, ChannelKind, FrameLimits, InboundRules, LaneSend, LinkClosed, Message, Reason,
+    Received, SessionConfig, SessionMachine, Side, StreamEnd, Transmit,
 };
 use quicfeed_fuzz::{Chan, MsgSpec, Pool, SeqPick, at_ms};
 
@@ -82,6 +82,15 @@ enum Op {
         count: u8,
     },
     LaneRecv,
+    /// A lane message the application sends, with QUIC holding `quic_queued` bytes unsent.
+    LaneSend {
+        len: u16,
+        quic_queued: u16,
+    },
+    /// The connection task looks whether QUIC (holding `quic_queued` bytes) takes what waits.
+    LanePoll {
+        quic_queued: u16,
+    },
     Discard {
         chan: Chan,
     },
@@ -129,7 +138,8 @@ fn config(side: Side) -> SessionConfig {
         ack_delay: Duration::from_millis(100),
         finish_grace: Duration::from_secs(3),
         grace_period: (side == Side::Server).then_some(Duration::from_secs(15)),
-        lane_max_age: None,
+        lane_max_age: Some(Duration::from_millis(50)),
+        lane_send_capacity: 2,
         local_limits: FrameLimits {
             main: FRAME,
             feed: FRAME,
@@ -280,6 +290,40 @@ fuzz_target!(|input: Input| {
             }
             Op::LaneRecv => {
                 let _ = m.lane_recv();
+            }
+            Op::LaneSend { len, quic_queued } => {
+                let payload = vec![3u8; usize::from(*len) % 1500];
+                match m.send_lane(&payload, usize::from(*quic_queued), Some(1200), now) {
+                    Ok(LaneSend::Send(datagram)) => {
+                        assert!(
+                            datagram.len() <= 1200,
+                            "a lane datagram over the path's size"
+                        )
+                    }
+                    Ok(LaneSend::TooLarge { max }) => assert!(max < payload.len().max(1)),
+                    Ok(_) => {}
+                    Err(_) => assert!(m.ended().is_some(), "a lane send refused before the end"),
+                }
+            }
+            Op::LanePoll { quic_queued } => {
+                let mut handed = 0;
+                while let Some(datagram) =
+                    m.poll_lane(current, usize::from(*quic_queued), Some(1200), now)
+                {
+                    assert!(
+                        datagram.len() <= 1200,
+                        "a lane datagram over the path's size"
+                    );
+                    handed += 1;
+                    assert!(handed <= 2, "more handed over than may wait");
+                }
+                // Nothing waits without a recheck to hand it over.
+                if m.poll_lane_recheck().is_none() {
+                    assert!(
+                        m.poll_lane(current, 0, Some(1200), now).is_none(),
+                        "a lane message waits with no recheck set"
+                    );
+                }
             }
             Op::Discard { chan } => m.discard(chan.kind()),
             Op::Transmit { chan, frames } => {
