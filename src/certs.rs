@@ -180,9 +180,75 @@ impl Identity {
         // One ticket per connection is enough (each resumed connection gets a fresh one), and
         // each is stored.
         config.send_tls13_tickets = 1;
-        config.session_storage =
-            rustls::server::ServerSessionMemoryCache::new(session_cache_size.max(256));
+        config.session_storage = Arc::new(SessionStore::new(session_cache_size.max(256)));
         Ok(config)
+    }
+}
+
+/// The server's store of TLS session tickets (stateful resumption, which 0-RTT needs): at most
+/// `limit` of them, the oldest giving way, each handed out once. It grows with use, where
+/// rustls's own memory cache allocates its whole table up front (25 MB for 100,000 sessions).
+#[derive(Debug)]
+struct SessionStore {
+    limit: usize,
+    inner: std::sync::Mutex<StoreInner>,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    tickets: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// Keys in the order they were stored; may still name tickets already taken (dropped when
+    /// they reach the front, or when they outnumber the live ones two to one).
+    order: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl SessionStore {
+    fn new(limit: usize) -> Self {
+        SessionStore {
+            limit,
+            inner: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if inner.tickets.insert(key.clone(), value).is_none() {
+            inner.order.push_back(key);
+        }
+        while inner.tickets.len() > self.limit {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            inner.tickets.remove(&oldest);
+        }
+        // Keys of taken tickets: compacted once they outnumber the live ones, so the order
+        // stays within twice the limit (amortised: each compaction halves it at least).
+        if inner.order.len() > inner.tickets.len().saturating_mul(2).max(64) {
+            let tickets = &inner.tickets;
+            inner.order.retain(|k| tickets.contains_key(k));
+        }
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lock().tickets.get(key).cloned()
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lock().tickets.remove(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
     }
 }
 
@@ -651,6 +717,32 @@ impl ServerCertVerifier for PinnedVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::server::StoresServerSessions;
+
+    /// Proves: the ticket store hands each ticket out once, keeps at most its limit (the
+    /// oldest giving way), and its bookkeeping stays bounded however many tickets are stored
+    /// and taken.
+    #[test]
+    fn the_ticket_store_is_single_use_bounded_and_grows_with_use() {
+        let store = SessionStore::new(3);
+        let key = |n: u32| n.to_be_bytes().to_vec();
+        for n in 0..4 {
+            assert!(store.put(key(n), vec![n as u8]));
+        }
+        assert_eq!(store.get(&key(0)), None, "the oldest gave way");
+        assert_eq!(store.get(&key(1)), Some(vec![1]));
+        assert_eq!(store.take(&key(1)), Some(vec![1]));
+        assert_eq!(store.take(&key(1)), None, "single use");
+        assert_eq!(store.lock().tickets.len(), 2);
+        for n in 10..100_000 {
+            store.put(key(n), vec![0; 8]);
+            store.take(&key(n));
+        }
+        let inner = store.lock();
+        assert!(inner.tickets.len() <= 3);
+        assert!(inner.order.len() <= 64, "{} keys kept", inner.order.len());
+        assert!(store.can_cache());
+    }
 
     #[test]
     fn generated_identities_round_trip_through_pem_files() {
