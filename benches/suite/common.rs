@@ -180,19 +180,28 @@ impl Tls {
     }
 }
 
-/// CPU time (user + system) used so far by this process's threads whose name starts with
-/// `prefix`, from /proc (Linux). `None` where /proc is not readable.
-pub(crate) fn thread_cpu(prefix: &str) -> Option<Duration> {
-    let ticks_per_second = 100.0; // USER_HZ, 100 on every Linux configuration in use.
-    let mut total = 0u64;
+/// The /proc directories of this process's threads whose name starts with `prefix` (Linux).
+/// `None` where /proc is not readable.
+fn named_threads(prefix: &str) -> Option<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let path = task.ok()?.path();
         let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
             continue;
         };
-        if !name.starts_with(prefix) {
-            continue;
+        if name.starts_with(prefix) {
+            found.push(path);
         }
+    }
+    Some(found)
+}
+
+/// CPU time (user + system) used so far by this process's threads whose name starts with
+/// `prefix`, from /proc (Linux). `None` where /proc is not readable.
+pub(crate) fn thread_cpu(prefix: &str) -> Option<Duration> {
+    let ticks_per_second = 100.0; // USER_HZ, 100 on every Linux configuration in use.
+    let mut total = 0u64;
+    for path in named_threads(prefix)? {
         let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
             continue;
         };
@@ -211,14 +220,7 @@ pub(crate) fn thread_cpu(prefix: &str) -> Option<Duration> {
 pub(crate) fn thread_cpu_precise(prefix: &str) -> Option<Duration> {
     let precise = || -> Option<Duration> {
         let mut total = 0u64;
-        for task in std::fs::read_dir("/proc/self/task").ok()? {
-            let path = task.ok()?.path();
-            let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
-                continue;
-            };
-            if !name.starts_with(prefix) {
-                continue;
-            }
+        for path in named_threads(prefix)? {
             // The first field: nanoseconds spent on a CPU.
             let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
             total += stat.split_whitespace().next()?.parse::<u64>().ok()?;

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use std::sync::Mutex;
 
-use super::link::{Link, StreamError, StreamRecv, StreamSend};
+use super::link::{DATAGRAM_BOOKKEEPING, Link, StreamError, StreamRecv, StreamSend};
 use super::now;
 use super::session::{Counters, InlineWrite, SessionCore, lock};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
@@ -153,9 +153,12 @@ pub(crate) async fn run<L: Link>(
         }
         let due = timer_at.is_some_and(|t| t <= now());
         let sample = due.then(|| handle.sample());
-        // What QUIC holds unsent, for the lane's waiting messages (read before the session's
-        // lock: quinn's own lock is taken inside).
-        let quic_datagrams = (handle.datagram_queued(), handle.max_datagram_size());
+        // What QUIC holds unsent, asked only while lane messages wait (the recheck is armed;
+        // a message that has just started to wait arms it in this round and is looked at when
+        // it fires), and before the session's lock: quinn's own lock is taken inside.
+        let quic_datagrams = lane_timer_at
+            .is_some()
+            .then(|| (handle.datagram_queued(), handle.max_datagram_size()));
         // Lock order: the writers, then the session (as a send that writes at once takes them).
         let plan = {
             let mut streams = lock(&writers.streams);
@@ -194,10 +197,12 @@ pub(crate) async fn run<L: Link>(
                 }
                 // Lane messages that waited for QUIC: the first when it holds nothing unsent,
                 // then the rest of that burst (counted as queued as they are handed over).
-                let (mut queued, max) = quic_datagrams;
-                while let Some(d) = m.poll_lane(generation, queued, max, now) {
-                    queued = queued.saturating_add(d.len().saturating_add(size_of::<Bytes>()));
-                    lanes.push(d);
+                if let Some((mut queued, max)) = quic_datagrams {
+                    while let Some(d) = m.poll_lane(generation, queued, max, now) {
+                        queued =
+                            queued.saturating_add(d.len().saturating_add(DATAGRAM_BOOKKEEPING));
+                        lanes.push(d);
+                    }
                 }
                 Some(Plan {
                     read: PerChannel {

@@ -70,6 +70,10 @@ pub(crate) trait LinkHandle: Send + Sync + 'static {
 /// filled; it must hold the largest datagram.
 pub(crate) const DATAGRAM_QUEUE: usize = 64 * 1024;
 
+/// What quinn counts for each queued datagram beside its bytes (a `Bytes`): an empty queue
+/// reports this much less free space than its size.
+pub(crate) const DATAGRAM_BOOKKEEPING: usize = std::mem::size_of::<Bytes>();
+
 /// Why a datagram was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DatagramRefused {
@@ -166,10 +170,8 @@ impl LinkHandle for quinn::Connection {
     }
 
     fn datagram_queued(&self) -> usize {
-        // quinn reports the free space less one datagram's bookkeeping (a `Bytes`), so an
-        // empty queue leaves exactly that much short of the configured size.
         DATAGRAM_QUEUE
-            .saturating_sub(std::mem::size_of::<Bytes>())
+            .saturating_sub(DATAGRAM_BOOKKEEPING)
             .saturating_sub(self.datagram_send_buffer_space())
     }
 
