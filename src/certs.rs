@@ -164,15 +164,31 @@ impl Identity {
         Fingerprint::of(self.certificate())
     }
 
+    /// The TLS configuration of a server presenting this identity to native clients, and, with
+    /// `browsers`, taking browsers' WebTransport connections (ALPN `h3`) too, with the
+    /// certificate chosen for them.
     pub(crate) fn rustls_server_config(
         &self,
         session_cache_size: usize,
+        browsers: Option<&BrowserTls>,
     ) -> Result<rustls::ServerConfig, ConfigError> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let native = Arc::new(self.certified_key()?);
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(self.chain().cloned().collect(), self.key.clone_key())?;
+            .with_no_client_auth();
+        let mut config = match browsers {
+            None => {
+                builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(native)))
+            }
+            Some(browsers) => builder.with_cert_resolver(Arc::new(ByAlpn {
+                native,
+                browsers: browsers.clone(),
+            })),
+        };
         config.alpn_protocols = vec![ALPN.to_vec()];
+        if browsers.is_some() {
+            config.alpn_protocols.push(BROWSER_ALPN.to_vec());
+        }
         // 0-RTT (a resume in one round trip). rustls accepts early data only with stateful
         // resumption, whose store hands each ticket out once: a replayed 0-RTT flight finds
         // its ticket gone. Sized so that every session can hold its tickets.
@@ -182,6 +198,192 @@ impl Identity {
         config.send_tls13_tickets = 1;
         config.session_storage = Arc::new(SessionStore::new(session_cache_size.max(256)));
         Ok(config)
+    }
+
+    /// This identity as rustls signs with it.
+    fn certified_key(&self) -> Result<rustls::sign::CertifiedKey, ConfigError> {
+        Ok(rustls::sign::CertifiedKey::from_der(
+            self.chain().cloned().collect(),
+            self.key.clone_key(),
+            &provider(),
+        )?)
+    }
+
+    /// A new self-signed ECDSA P-256 certificate for `names` that browsers accept by its hash
+    /// (`serverCertificateHashes`): valid from an hour before `now` until
+    /// [`BROWSER_CERT_LIFETIME`] after it.
+    pub fn generate_for_browsers(
+        names: &[&str],
+        now: std::time::SystemTime,
+    ) -> Result<Self, CertError> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params =
+            rcgen::CertificateParams::new(names).map_err(|e| CertError::Generate(e.to_string()))?;
+        let from = now.checked_sub(BROWSER_CERT_BACKDATE).unwrap_or(now);
+        let until = now.checked_add(BROWSER_CERT_LIFETIME).unwrap_or(now);
+        params.not_before = from.into();
+        params.not_after = until.into();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CertError::Generate(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| CertError::Generate(e.to_string()))?;
+        Ok(Identity {
+            end_entity: cert.der().clone(),
+            intermediates: Vec::new(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        })
+    }
+}
+
+/// The ALPN protocol browsers offer for WebTransport (HTTP/3).
+const BROWSER_ALPN: &[u8] = b"h3";
+
+/// How long a certificate made for browsers is valid after it is made. Browsers take a
+/// certificate by its hash only if it is valid for at most 14 days in all, backdating included.
+pub const BROWSER_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(13 * 24 * 3600);
+
+/// How long before it is made a certificate for browsers is valid from, for clients whose clock
+/// runs behind.
+pub const BROWSER_CERT_BACKDATE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How long a generated browser certificate is the current one; the next one, made when it
+/// took over, then takes over in turn. Each is published for two periods (as the next, then as
+/// the current), 12 days in all, within its 13 days of validity.
+pub const BROWSER_CERT_ROTATION: std::time::Duration =
+    std::time::Duration::from_secs(6 * 24 * 3600);
+
+/// The certificate a server shows browsers.
+#[derive(Debug, Clone)]
+pub(crate) enum BrowserTls {
+    /// The server's own identity (CA-issued).
+    Identity,
+    /// Certificates the server makes and replaces itself.
+    Generated(Arc<BrowserCertificates>),
+}
+
+/// Chooses the certificate by the ALPN protocol the client offers: the server's identity for
+/// native clients (`quicfeed/1`, preferred when a client offers both, as the server's ALPN
+/// order does), the browser certificate for `h3`.
+#[derive(Debug)]
+struct ByAlpn {
+    native: Arc<rustls::sign::CertifiedKey>,
+    browsers: BrowserTls,
+}
+
+impl rustls::server::ResolvesServerCert for ByAlpn {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let offers = |wanted: &[u8]| hello.alpn().is_some_and(|mut a| a.any(|p| p == wanted));
+        match &self.browsers {
+            BrowserTls::Generated(generated) if !offers(ALPN) && offers(BROWSER_ALPN) => {
+                Some(generated.current())
+            }
+            _ => Some(self.native.clone()),
+        }
+    }
+}
+
+/// A generated browser certificate, ready to present.
+#[derive(Debug)]
+struct BrowserCert {
+    key: Arc<rustls::sign::CertifiedKey>,
+    fingerprint: Fingerprint,
+}
+
+impl BrowserCert {
+    fn generate(names: &[String], now: std::time::SystemTime) -> Result<Self, CertError> {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let identity = Identity::generate_for_browsers(&names, now)?;
+        let key = identity
+            .certified_key()
+            .map_err(|e| CertError::Generate(e.to_string()))?;
+        Ok(BrowserCert {
+            key: Arc::new(key),
+            fingerprint: identity.fingerprint(),
+        })
+    }
+}
+
+/// The certificates a server makes for browsers ([`BrowserCertificate::Generated`]): the
+/// current one, which it presents, and the next one, made in advance so that pages can pin
+/// both; every [`BROWSER_CERT_ROTATION`] the next one takes over and a new next one is made.
+///
+/// [`BrowserCertificate::Generated`]: crate::config::BrowserCertificate::Generated
+#[derive(Debug)]
+pub(crate) struct BrowserCertificates {
+    names: Vec<String>,
+    /// Locked only to read or swap the pair (never across an `.await`).
+    pair: std::sync::RwLock<BrowserPair>,
+}
+
+#[derive(Debug)]
+struct BrowserPair {
+    current: BrowserCert,
+    next: BrowserCert,
+    /// When `next` takes over.
+    rotate_at: std::time::SystemTime,
+}
+
+impl BrowserCertificates {
+    /// Makes the first two certificates for `names`, at `now`.
+    pub(crate) fn generate(
+        names: Vec<String>,
+        now: std::time::SystemTime,
+    ) -> Result<Self, CertError> {
+        let pair = BrowserPair {
+            current: BrowserCert::generate(&names, now)?,
+            next: BrowserCert::generate(&names, now)?,
+            rotate_at: now.checked_add(BROWSER_CERT_ROTATION).unwrap_or(now),
+        };
+        Ok(BrowserCertificates {
+            names,
+            pair: std::sync::RwLock::new(pair),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BrowserPair> {
+        self.pair
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The certificate presented now.
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.read().current.key.clone()
+    }
+
+    /// The SHA-256 hashes of the current and the next certificate, for
+    /// `serverCertificateHashes`.
+    pub(crate) fn hashes(&self) -> [Fingerprint; 2] {
+        let pair = self.read();
+        [pair.current.fingerprint, pair.next.fingerprint]
+    }
+
+    /// When the next certificate takes over.
+    pub(crate) fn rotate_at(&self) -> std::time::SystemTime {
+        self.read().rotate_at
+    }
+
+    /// If its time has come (at `now`), lets the next certificate take over and makes a new
+    /// next one. Returns whether it did.
+    pub(crate) fn rotate_if_due(&self, now: std::time::SystemTime) -> Result<bool, CertError> {
+        if now < self.rotate_at() {
+            return Ok(false);
+        }
+        // Made before taking the lock: generating takes a while, and handshakes read the pair.
+        let fresh = BrowserCert::generate(&self.names, now)?;
+        let mut pair = self
+            .pair
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old_next = std::mem::replace(&mut pair.next, fresh);
+        pair.current = old_next;
+        pair.rotate_at = now.checked_add(BROWSER_CERT_ROTATION).unwrap_or(now);
+        Ok(true)
     }
 }
 

@@ -301,7 +301,73 @@ pub struct ServerConfig {
     pub frame_limits: FrameLimits,
     /// QUIC settings.
     pub transport: TransportConfig,
+    /// Browser players over WebTransport on the same UDP port, beside native clients. Default
+    /// `None`: native clients only (ALPN `quicfeed/1`).
+    pub webtransport: Option<WebTransportConfig>,
     pub(crate) authenticator: Arc<dyn DynAuthenticator>,
+}
+
+/// How a server takes browser players: WebTransport sessions (HTTP/3 extended CONNECT, ALPN
+/// `h3`) on its UDP port, told apart from native connections by their ALPN. Inside a session,
+/// main and feed are two WebTransport streams and the lane is WebTransport datagrams, with the
+/// same handshake, limits and resume as native connections (PROTOCOL.md §14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WebTransportConfig {
+    /// The path a page opens its session on (`https://host:port/quicfeed`); CONNECT requests
+    /// for other paths are answered 404. Default `/quicfeed`.
+    pub path: String,
+    /// The origins (`scheme://host[:port]`, as browsers send them) whose pages may open
+    /// sessions; a request from any other origin, or with none, is answered 403. Default empty:
+    /// every origin, and requests without one, for development. List your game's origins in
+    /// production: otherwise any web page can open sessions from its visitors' browsers.
+    pub allowed_origins: Vec<String>,
+    /// The certificate browsers are shown. Default
+    /// [`BrowserCertificate::Generated`] for the development names.
+    pub certificate: BrowserCertificate,
+}
+
+impl Default for WebTransportConfig {
+    fn default() -> Self {
+        WebTransportConfig {
+            path: "/quicfeed".into(),
+            allowed_origins: Vec::new(),
+            certificate: BrowserCertificate::Generated {
+                names: crate::certs::DEV_CERT_NAMES
+                    .iter()
+                    .map(|n| (*n).to_owned())
+                    .collect(),
+            },
+        }
+    }
+}
+
+impl WebTransportConfig {
+    /// Whether a CONNECT request from `origin` may open a session.
+    pub(crate) fn allows_origin(&self, origin: Option<&str>) -> bool {
+        self.allowed_origins.is_empty()
+            || origin.is_some_and(|origin| self.allowed_origins.iter().any(|o| o == origin))
+    }
+}
+
+/// The certificate a server shows browsers ([`WebTransportConfig::certificate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrowserCertificate {
+    /// Self-signed ECDSA P-256 certificates for these names (DNS names or IP addresses), which
+    /// the server generates and replaces on its own: each is valid for 13 days (and an hour
+    /// before it was made, for clocks running behind), the most browsers take with
+    /// `serverCertificateHashes`, and a new one takes over every 6 days. A page pins the hashes
+    /// [`Server::browser_certificate_hashes`](crate::Server::browser_certificate_hashes) gives
+    /// (the current certificate's and the next one's, so a page loaded before a change still
+    /// connects after it). For development, and for games without a domain name.
+    Generated {
+        /// The names the certificates are for.
+        names: Vec<String>,
+    },
+    /// The server's own [`identity`](ServerConfig::identity): a certificate from a CA that
+    /// browsers trust, which they check like any web site's (no hashes to pin).
+    Identity,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -316,6 +382,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_sessions_per_address", &self.max_sessions_per_address)
             .field("frame_limits", &self.frame_limits)
             .field("transport", &self.transport)
+            .field("webtransport", &self.webtransport)
             .finish_non_exhaustive()
     }
 }
@@ -340,6 +407,7 @@ impl ServerConfig {
             max_sessions_per_address: 64,
             frame_limits: FrameLimits::default(),
             transport: TransportConfig::default(),
+            webtransport: None,
             authenticator: Arc::new(AcceptAll),
         }
     }
@@ -370,6 +438,20 @@ impl ServerConfig {
             return Err(invalid(
                 "max_sessions and max_sessions_per_address must be at least 1",
             ));
+        }
+        if let Some(web) = &self.webtransport {
+            if !web.path.starts_with('/') {
+                return Err(invalid(
+                    "webtransport.path must start with '/' (for example \"/quicfeed\")",
+                ));
+            }
+            if let BrowserCertificate::Generated { names } = &web.certificate
+                && names.is_empty()
+            {
+                return Err(invalid(
+                    "webtransport.certificate needs at least one name to generate certificates for",
+                ));
+            }
         }
         Ok(())
     }

@@ -102,6 +102,9 @@ pub enum ServerError {
     /// Setting up the socket or the QUIC endpoint failed.
     #[error("cannot start the server's socket: {0}")]
     Io(#[from] io::Error),
+    /// The certificate for browsers could not be made.
+    #[error("cannot make the server's certificate for browsers: {0}")]
+    BrowserCertificate(#[from] CertError),
 }
 
 /// [`Client::connect`](crate::Client::connect) failed.

@@ -50,7 +50,7 @@
 //!   rates from samples). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested
 //!   with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as the
-//!   session needs it (two streams, datagrams, its end), implemented for quinn; `stream` frames
+//!   session needs it (two streams, datagrams, its end), implemented for quinn, and in `webtransport` for a browser's WebTransport session (`wtransport`, on the same endpoint, chosen by ALPN); `stream` frames
 //!   bytes on its streams; `congestion` is quinn's Cubic with a window floor; `session` holds a session's machine behind one lock (never held across
 //!   an `.await`) with the wake-ups between it and the application, and states the lock rule;
 //!   `connection` is the one task per attached connection that reads, writes and runs the timers (a
@@ -149,8 +149,8 @@ pub use broadcast::{Broadcast, Group};
 pub use certs::{Fingerprint, Identity, Trust};
 pub use client::Client;
 pub use config::{
-    ClientConfig, MAX_MIN_CONGESTION_WINDOW, ResumePolicy, ServerAddress, ServerConfig,
-    TransportConfig,
+    BrowserCertificate, ClientConfig, MAX_MIN_CONGESTION_WINDOW, ResumePolicy, ServerAddress,
+    ServerConfig, TransportConfig, WebTransportConfig,
 };
 pub use error::{
     CertError, ConfigError, ConnectError, Disconnect, RecvError, SendError, ServerError,

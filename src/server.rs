@@ -3,14 +3,14 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::broadcast::Broadcast;
-use crate::certs::{Fingerprint, Identity};
-use crate::config::ServerConfig;
+use crate::certs::{BrowserCertificates, BrowserTls, Fingerprint, Identity};
+use crate::config::{BrowserCertificate, ServerConfig};
 use crate::driver::session::AppRef;
 use crate::driver::{endpoint, server as driver};
 use crate::error::ServerError;
@@ -67,6 +67,10 @@ struct Inner {
     /// The certificate presented now; its lock also orders rotations.
     fingerprint: Mutex<Fingerprint>,
     token_key: endpoint::TokenKey,
+    /// The certificate browsers are shown, when the server takes them.
+    browsers: Option<BrowserTls>,
+    /// Replaces generated browser certificates on time; stopped with the server.
+    rotation: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -102,7 +106,14 @@ impl Server {
     ) -> Result<Server, ServerError> {
         config.validate()?;
         let token_key = endpoint::token_key()?;
-        let endpoint = endpoint::server(&config, &token_key, socket)?;
+        let browsers = match config.webtransport.as_ref().map(|web| &web.certificate) {
+            None => None,
+            Some(BrowserCertificate::Identity) => Some(BrowserTls::Identity),
+            Some(BrowserCertificate::Generated { names }) => Some(BrowserTls::Generated(Arc::new(
+                BrowserCertificates::generate(names.clone(), SystemTime::now())?,
+            ))),
+        };
+        let endpoint = endpoint::server(&config, &token_key, browsers.as_ref(), socket)?;
         let local_addr = endpoint.local_addr()?;
         let fingerprint = config.identity.fingerprint();
         let shared = Arc::new(driver::ServerShared::new(config));
@@ -112,6 +123,19 @@ impl Server {
             tokio::spawn(driver::log_server(Arc::downgrade(&shared), every));
         }
         tracing::info!(address = %local_addr, %fingerprint, "quicfeed server listening");
+        let rotation = match &browsers {
+            Some(BrowserTls::Generated(generated)) => {
+                let [current, next] = generated.hashes();
+                tracing::info!(
+                    path = shared.config.webtransport.as_ref().map_or("", |w| w.path.as_str()),
+                    %current,
+                    %next,
+                    "taking browsers over WebTransport; pages pin these certificate hashes"
+                );
+                Some(tokio::spawn(rotate_browser_certificates(generated.clone())))
+            }
+            _ => None,
+        };
         Ok(Server {
             inner: Arc::new(Inner {
                 endpoint,
@@ -122,6 +146,8 @@ impl Server {
                 local_addr,
                 fingerprint: Mutex::new(fingerprint),
                 token_key,
+                browsers,
+                rotation,
             }),
         })
     }
@@ -149,8 +175,12 @@ impl Server {
     /// key). Resumes after the rotation cannot use 0-RTT (their tickets came from the old
     /// configuration) and take one more round trip.
     pub fn rotate_identity(&self, identity: Identity) -> Result<(), ServerError> {
-        let config =
-            endpoint::server_config(&self.inner.shared.config, &identity, &self.inner.token_key)?;
+        let config = endpoint::server_config(
+            &self.inner.shared.config,
+            &identity,
+            &self.inner.token_key,
+            self.inner.browsers.as_ref(),
+        )?;
         let fingerprint = identity.fingerprint();
         // Held across the switch, so concurrent rotations leave the reported fingerprint that
         // of the certificate actually presented.
@@ -164,6 +194,19 @@ impl Server {
         drop(current);
         tracing::info!(%fingerprint, "server certificate rotated");
         Ok(())
+    }
+
+    /// The SHA-256 hashes browsers pin to accept the server's generated certificate
+    /// ([`BrowserCertificate::Generated`]): the current certificate's, then the next one's. A page
+    /// passes both as `serverCertificateHashes` (algorithm `sha-256`, the hash's 32 bytes), and
+    /// still connects after the next certificate takes over; fetch them again at least every
+    /// [`BROWSER_CERT_ROTATION`](crate::certs::BROWSER_CERT_ROTATION). Empty when the server takes
+    /// no browsers or shows them its CA-issued identity (browsers then check it themselves).
+    pub fn browser_certificate_hashes(&self) -> Vec<Fingerprint> {
+        match &self.inner.browsers {
+            Some(BrowserTls::Generated(generated)) => generated.hashes().to_vec(),
+            _ => Vec::new(),
+        }
     }
 
     /// The next session whose handshake completed, or `None` once the server has shut down.
@@ -337,7 +380,36 @@ impl Drop for Inner {
     /// same shutdown with [`Reason::ServerShutdown`] in the background (in the tokio runtime,
     /// which must still be running), without waiting for it.
     fn drop(&mut self) {
+        if let Some(rotation) = &self.rotation {
+            rotation.abort();
+        }
         request_shutdown(&self.shared, Reason::ServerShutdown, "server dropped");
+    }
+}
+
+/// Lets each generated browser certificate's successor take over when its time comes, for as
+/// long as the server runs. Each wait lasts until the next rotation (days), or an hour at most
+/// after a failure, so a clock that jumps is noticed within the hour.
+async fn rotate_browser_certificates(certificates: Arc<BrowserCertificates>) {
+    const RECHECK: Duration = Duration::from_secs(3600);
+    loop {
+        let wait = certificates
+            .rotate_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(RECHECK);
+        tokio::time::sleep(wait).await;
+        match certificates.rotate_if_due(SystemTime::now()) {
+            Ok(false) => {}
+            Ok(true) => {
+                let [current, next] = certificates.hashes();
+                tracing::info!(%current, %next, "browser certificate replaced; pages pin these hashes");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the next browser certificate; the current one stays, trying again in an hour");
+                tokio::time::sleep(RECHECK).await;
+            }
+        }
     }
 }
 

@@ -961,7 +961,7 @@ mod tests {
         // the race looks at.
         let server_config = ServerConfig::new(addr("127.0.0.1:0"), identity);
         let key = endpoint::token_key().unwrap();
-        let server = endpoint::server(&server_config, &key, None).unwrap();
+        let server = endpoint::server(&server_config, &key, None, None).unwrap();
         tokio::spawn({
             let server = server.clone();
             async move {

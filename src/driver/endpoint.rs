@@ -6,14 +6,20 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, Runtime, VarInt};
 
-use crate::certs::{Identity, Refusals};
+use crate::certs::{BrowserTls, Identity, Refusals};
 use crate::config::{ClientConfig, ServerConfig, TransportConfig};
 use crate::driver::congestion::FlooredCubic;
 use crate::driver::link::DATAGRAM_QUEUE;
 use crate::error::{ConfigError, ConnectError, ServerError};
 
 /// Bidirectional streams a client may open: main and feed.
-const CLIENT_STREAMS: u32 = 2;
+pub(crate) const CLIENT_STREAMS: u32 = 2;
+
+/// Bidirectional streams a browser opens: its HTTP/3 CONNECT stream, main and feed.
+const BROWSER_BIDI_STREAMS: u32 = 3;
+
+/// Unidirectional streams a browser opens: HTTP/3's control stream and QPACK's two.
+const BROWSER_UNI_STREAMS: u32 = 3;
 
 /// A socket given by the application instead of a bound UDP socket.
 pub(crate) type AbstractSocket = Arc<dyn quinn::AsyncUdpSocket>;
@@ -22,9 +28,10 @@ pub(crate) type AbstractSocket = Arc<dyn quinn::AsyncUdpSocket>;
 pub(crate) fn server(
     config: &ServerConfig,
     token_key: &TokenKey,
+    browsers: Option<&BrowserTls>,
     socket: Option<AbstractSocket>,
 ) -> Result<quinn::Endpoint, ServerError> {
-    let server = server_config(config, &config.identity, token_key)?;
+    let server = server_config(config, &config.identity, token_key, browsers)?;
     let socket = match socket {
         Some(socket) => socket,
         None => {
@@ -93,17 +100,30 @@ pub(crate) fn token_key() -> Result<TokenKey, ServerError> {
     Ok(Arc::new(prk))
 }
 
-/// The quinn server configuration of `config`, presenting `identity`.
+/// The quinn server configuration of `config`, presenting `identity` to native clients and, with
+/// `browsers`, taking browsers' WebTransport connections too.
 pub(crate) fn server_config(
     config: &ServerConfig,
     identity: &Identity,
     token_key: &TokenKey,
+    browsers: Option<&BrowserTls>,
 ) -> Result<quinn::ServerConfig, ServerError> {
-    let tls = identity.rustls_server_config(config.max_sessions.saturating_mul(4))?;
+    let tls = identity.rustls_server_config(config.max_sessions.saturating_mul(4), browsers)?;
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut server = quinn::ServerConfig::new(Arc::new(crypto), token_key.clone());
-    server.transport_config(Arc::new(transport(&config.transport, CLIENT_STREAMS)?));
+    let mut transport = transport(&config.transport, CLIENT_STREAMS)?;
+    if browsers.is_some() {
+        // Every connection is granted what a browser's needs before its ALPN is known: HTTP/3's
+        // control and QPACK streams, and the CONNECT stream beside main and feed. A native
+        // connection is brought back to its two streams as soon as its ALPN is known
+        // (`driver::server`); what a native client opens meanwhile shares its connection's
+        // receive window, like its own streams.
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(BROWSER_BIDI_STREAMS))
+            .max_concurrent_uni_streams(VarInt::from_u32(BROWSER_UNI_STREAMS));
+    }
+    server.transport_config(Arc::new(transport));
     server.migration(true);
     Ok(server)
 }

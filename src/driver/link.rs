@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{ConnectionError, VarInt};
 
-use crate::protocol::{LinkClosed, MAX_FAILURE_MESSAGE, Reason};
+use crate::protocol::{LinkClosed, MAX_FAILURE_MESSAGE, PlayerId, Reason, Token};
 
 /// How long a closing session waits for the peer to take what was sent last.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -92,6 +92,14 @@ pub(crate) trait Link: LinkHandle + Clone {
     /// The next datagram received; once the connection has ended (and the datagrams it had
     /// received are read), how it ended. The connection task learns of the end from this.
     fn read_datagram(&self) -> impl Future<Output = Result<Bytes, LinkClosed>> + Send + '_;
+    /// The next bidirectional stream the peer opened; how the connection ended, once it has.
+    fn accept_bi(
+        &self,
+    ) -> impl Future<Output = Result<(Self::Send, Self::Recv), LinkClosed>> + Send + '_;
+    /// The proof of `credential` a `RESUME` of `player_id`'s session carries on this connection
+    /// (PROTOCOL.md §7.2, and §14.5 for WebTransport); `None` while it cannot be computed yet (a
+    /// QUIC connection's TLS handshake has not completed).
+    fn resume_proof(&self, credential: &Token, player_id: PlayerId) -> Option<Token>;
     /// A shareable handle on this connection.
     fn handle(&self) -> Arc<dyn LinkHandle>;
 }
@@ -209,6 +217,16 @@ impl Link for quinn::Connection {
         quinn::Connection::read_datagram(self)
             .await
             .map_err(|e| link_closed(&e))
+    }
+
+    async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv), LinkClosed> {
+        quinn::Connection::accept_bi(self)
+            .await
+            .map_err(|e| link_closed(&e))
+    }
+
+    fn resume_proof(&self, credential: &Token, player_id: PlayerId) -> Option<Token> {
+        super::resume_proof(self, credential, player_id)
     }
 
     fn handle(&self) -> Arc<dyn LinkHandle> {

@@ -11,6 +11,7 @@ pub(crate) mod link;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod stream;
+pub(crate) mod webtransport;
 
 use std::time::{Duration, Instant};
 

@@ -14,17 +14,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use quinn::VarInt;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::connection::{self, ChannelStream, Streams};
-use super::link::{Link, close};
+use super::endpoint::CLIENT_STREAMS;
+use super::link::Link;
 use super::now;
 use super::session::{
     AppRef, Counters as SessionCounters, SessionCore, SessionOwner, SideHandle, lock,
 };
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
+use super::webtransport;
 use crate::auth::{AuthDecision, AuthRequest, PendingDecision, UserData};
 use crate::config::ServerConfig;
 use crate::error::Disconnect;
@@ -372,26 +375,147 @@ async fn serve(
     sessions: mpsc::Sender<AppRef>,
 ) {
     let remote = incoming.remote_address();
-    let deadline = super::deadline_after(shared.config.handshake_timeout);
-    let mut shutdown = shared.shutdown.subscribe();
-    let connecting = match (*incoming).accept() {
+    let mut attempt = Attempt {
+        remote,
+        deadline: super::deadline_after(shared.config.handshake_timeout),
+        shutdown: shared.shutdown.subscribe(),
+        evicted: Some(evicted),
+        ticket,
+    };
+    let mut connecting = match (*incoming).accept() {
         Ok(connecting) => connecting,
         Err(e) => return debug!(%remote, error = %e, "connection attempt refused"),
     };
+    if shared.config.webtransport.is_some()
+        && negotiated_alpn(&mut connecting, attempt.deadline)
+            .await
+            .as_deref()
+            == Some(webtransport::ALPN)
+    {
+        // Boxed: a browser's setup and link are larger than a native connection's, and every
+        // connection's task would otherwise be as large.
+        let Some(link) = Box::pin(open_webtransport(connecting, &mut attempt, &shared)).await
+        else {
+            return;
+        };
+        return Box::pin(serve_link(link, None, attempt, shared, sessions)).await;
+    }
     // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip. (quinn
     // always allows this on a server.) The handshake deadline below also bounds the QUIC
     // handshake: a client that never completes it sends nothing the handshake can read.
     let Ok((conn, tls_complete)) = connecting.into_0rtt() else {
         return debug!(%remote, "0.5-RTT refused");
     };
-    // Boxed: the handshake's state is large and needed only until it ends, while this task
-    // lives as long as the connection.
+    if shared.config.webtransport.is_some() {
+        // The endpoint grants every connection the streams HTTP/3 needs; a native client gets
+        // no more than its two from here on.
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(CLIENT_STREAMS));
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    }
+    serve_link(conn, Some(tls_complete), attempt, shared, sessions).await;
+}
+
+/// A connection attempt's place and limits, from its first packet until its handshake ends.
+pub(crate) struct Attempt {
+    pub(crate) remote: SocketAddr,
+    /// When the whole handshake (QUIC, HTTP/3 for a browser, and the token steps) must be done.
+    pub(crate) deadline: Instant,
+    pub(crate) shutdown: watch::Receiver<Option<Shutdown>>,
+    /// Resolves if the server needs the attempt's place for a newer one; `None` once resolved.
+    pub(crate) evicted: Option<oneshot::Receiver<()>>,
+    /// Its place among the handshakes in progress, given back when dropped.
+    ticket: PendingTicket,
+}
+
+impl Attempt {
+    /// Whether a shutdown or an eviction ends the attempt now (pending while neither does).
+    pub(crate) async fn ended(&mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown_signal(&mut self.shutdown) => return,
+                fired = optional(self.evicted.as_mut()), if self.evicted.is_some() => {
+                    self.evicted = None;
+                    // An error means the sender is gone without firing: nothing ends.
+                    if fired.is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A browser's WebTransport session on `connecting`, once its HTTP/3 setup and its CONNECT
+/// (path and origin checked) are done; `None` if it failed, was refused, or the attempt ended
+/// first (its deadline, a shutdown, an eviction). A refused or abandoned connection is closed.
+async fn open_webtransport(
+    connecting: quinn::Connecting,
+    attempt: &mut Attempt,
+    shared: &ServerShared,
+) -> Option<webtransport::WebTransportLink> {
+    let config = shared.config.webtransport.as_ref()?;
+    let remote = attempt.remote;
+    let setup = tokio::time::timeout_at(
+        attempt.deadline.into(),
+        webtransport::accept(connecting, config),
+    );
+    tokio::select! {
+        biased;
+        () = attempt.ended() => {
+            debug!(%remote, "WebTransport setup ended by a shutdown or an eviction");
+            None
+        }
+        opened = setup => match opened {
+            Ok(Ok(link)) => Some(link),
+            Ok(Err(e)) => {
+                debug!(%remote, error = %e, "WebTransport session not opened");
+                None
+            }
+            Err(_) => {
+                debug!(%remote, "WebTransport setup not done by the handshake deadline");
+                None
+            }
+        }
+    }
+}
+
+/// The ALPN protocol the client and the server agreed on, once the server has read the
+/// client's first flight (at once, in practice); `None` if the connection failed first.
+async fn negotiated_alpn(connecting: &mut quinn::Connecting, deadline: Instant) -> Option<Vec<u8>> {
+    let data = tokio::time::timeout_at(deadline.into(), connecting.handshake_data())
+        .await
+        .ok()?
+        .ok()?;
+    data.downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// A connection whose transport is up (native, or a browser's WebTransport session), from its
+/// token handshake to its end.
+async fn serve_link<L: Link>(
+    conn: L,
+    tls_complete: Option<quinn::ZeroRttAccepted>,
+    attempt: Attempt,
+    shared: Arc<ServerShared>,
+    sessions: mpsc::Sender<AppRef>,
+) {
+    let Attempt {
+        remote,
+        deadline,
+        mut shutdown,
+        evicted,
+        ticket,
+    } = attempt;
     let ends = HandshakeEnds {
         deadline,
         shutdown: &mut shutdown,
-        evicted: Some(evicted),
-        tls_complete: Some(tls_complete),
+        evicted,
+        tls_complete,
     };
+    // Boxed: the handshake's state is large and needed only until it ends, while this task
+    // lives as long as the connection.
     let outcome = Box::pin(handshake(&conn, &shared, remote, ends)).await;
     // The handshake is over, whichever way: its place among those in progress is free.
     drop(ticket);
@@ -420,7 +544,7 @@ async fn serve(
                 .registry()
                 .establish(player_id, established.credential, core.clone())
             {
-                return close(&conn, Reason::InternalError, "session slot lost");
+                return conn.close(Reason::InternalError, "session slot lost");
             }
             slot.keep();
             let (attach, streams) = attachment(&shared, &conn, &established, main, feed);
@@ -498,15 +622,15 @@ async fn grace(core: &Arc<SessionCore>, shutdown: &mut watch::Receiver<Option<Sh
 
 /// A handshaken connection as the session machine needs it, and its streams for the
 /// connection task (their readers switched to the session's frame limits).
-fn attachment(
+fn attachment<L: Link>(
     shared: &ServerShared,
-    conn: &quinn::Connection,
+    conn: &L,
     established: &ServerEstablished,
-    main: Stream,
-    feed: Stream,
-) -> (AttachLink, Streams<quinn::Connection>) {
+    main: Stream<L>,
+    feed: Stream<L>,
+) -> (AttachLink, Streams<L>) {
     let local = shared.config.frame_limits;
-    let stream = |stream: Stream, kind: ChannelKind| {
+    let stream = |stream: Stream<L>, kind: ChannelKind| {
         ChannelStream::established(stream.writer, stream.reader, local.get(kind))
     };
     let attach = AttachLink {
@@ -526,10 +650,10 @@ fn attachment(
 }
 
 /// A client stream during the handshake: its channel once declared, and both halves.
-struct Stream {
+struct Stream<L: Link> {
     channel: Option<ChannelKind>,
-    reader: FrameReader,
-    writer: FrameWriter,
+    reader: FrameReader<L::Recv>,
+    writer: FrameWriter<L::Send>,
 }
 
 /// What a stream produced.
@@ -538,8 +662,8 @@ enum Item {
     Frame(Bytes),
 }
 
-async fn next_item(
-    stream: &mut Option<Stream>,
+async fn next_item<L: Link>(
+    stream: &mut Option<Stream<L>>,
 ) -> (Option<ChannelKind>, Result<Item, ReadFailure>) {
     match stream {
         Some(s) => match s.channel {
@@ -550,7 +674,10 @@ async fn next_item(
     }
 }
 
-fn find(streams: &mut [Option<Stream>; 2], channel: ChannelKind) -> Option<&mut Stream> {
+fn find<L: Link>(
+    streams: &mut [Option<Stream<L>>; 2],
+    channel: ChannelKind,
+) -> Option<&mut Stream<L>> {
     streams
         .iter_mut()
         .flatten()
@@ -558,20 +685,20 @@ fn find(streams: &mut [Option<Stream>; 2], channel: ChannelKind) -> Option<&mut 
 }
 
 /// How a connection's handshake ended.
-enum Outcome {
+enum Outcome<L: Link> {
     /// A new session, whose registry slot `slot` holds.
     New {
         established: ServerEstablished,
-        main: Stream,
-        feed: Stream,
+        main: Stream<L>,
+        feed: Stream<L>,
         slot: Slot,
     },
     /// An existing session resumed; `lost_at` is when it lost its previous connection (`None`
     /// if that one was still open and has just been superseded).
     Resumed {
         established: ServerEstablished,
-        main: Stream,
-        feed: Stream,
+        main: Stream<L>,
+        feed: Stream<L>,
         core: Arc<SessionCore>,
         lost_at: Option<Instant>,
     },
@@ -597,12 +724,12 @@ struct HandshakeEnds<'a> {
 
 /// Runs the token handshake, or a resume, on an established QUIC connection. On failure the
 /// connection has been closed with the reason.
-async fn handshake(
-    conn: &quinn::Connection,
+async fn handshake<L: Link>(
+    conn: &L,
     shared: &Arc<ServerShared>,
     remote: SocketAddr,
     ends: HandshakeEnds<'_>,
-) -> Outcome {
+) -> Outcome<L> {
     let HandshakeEnds {
         deadline,
         shutdown,
@@ -616,7 +743,7 @@ async fn handshake(
         local_limits: config.frame_limits,
     });
     let mut entropy = SystemEntropy::new();
-    let mut streams: [Option<Stream>; 2] = [None, None];
+    let mut streams: [Option<Stream<L>>; 2] = [None, None];
     let mut auth: Option<PendingDecision<'_>> = None;
     let mut slot: Option<Slot> = None;
     let mut resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)> = None;
@@ -626,9 +753,11 @@ async fn handshake(
     let mut waiting_resume: Option<ResumeRequest> = None;
     // What a failure after this point leaves behind: a resumed session that superseded a live
     // connection has none left.
-    let failed = |resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)>| match resumed {
-        Some((core, _, true)) => Outcome::ResumeAborted { core },
-        _ => Outcome::Failed,
+    let failed = |resumed: Option<(Arc<SessionCore>, Option<Instant>, bool)>| -> Outcome<L> {
+        match resumed {
+            Some((core, _, true)) => Outcome::ResumeAborted { core },
+            _ => Outcome::Failed,
+        }
     };
 
     loop {
@@ -651,7 +780,7 @@ async fn handshake(
                         // CONN_OK least of all, may go out on a half-written stream.
                         (_, Err(reason)) => {
                             debug!(%remote, %reason, message = message.name(), "handshake reply not written");
-                            close(conn, reason, reason.describe());
+                            conn.close(reason, reason.describe());
                             return failed(resumed);
                         }
                     }
@@ -689,11 +818,7 @@ async fn handshake(
                     if established.resumed.is_some()
                         && !await_feed(conn, &mut streams, deadline).await
                     {
-                        close(
-                            conn,
-                            Reason::InvalidStream,
-                            "feed stream not opened after RESUME",
-                        );
+                        conn.close(Reason::InvalidStream, "feed stream not opened after RESUME");
                         return failed(resumed);
                     }
                     let [a, b] = streams;
@@ -721,7 +846,7 @@ async fn handshake(
                         },
                         (_, _, _, resumed) => {
                             warn!(%remote, "handshake completed without both streams and a slot");
-                            close(conn, Reason::InternalError, "internal error");
+                            conn.close(Reason::InternalError, "internal error");
                             failed(resumed)
                         }
                     };
@@ -731,7 +856,7 @@ async fn handshake(
                     if let Some(stream) = failed_on.and_then(|c| find(&mut streams, c)) {
                         stream.writer.finish_and_linger(FAIL_LINGER).await;
                     }
-                    close(conn, reason, &message);
+                    conn.close(reason, &message);
                     return failed(resumed);
                 }
             }
@@ -755,7 +880,7 @@ async fn handshake(
                 // flow control could stretch to the deadline, its place already given away).
                 if fired.is_ok() {
                     debug!(%remote, "handshake evicted to make room for a newer attempt");
-                    close(conn, Reason::ServerBusy, "too many handshakes in progress; try again");
+                    conn.close(Reason::ServerBusy, "too many handshakes in progress; try again");
                     return failed(resumed);
                 }
             }
@@ -848,11 +973,11 @@ fn address_full_message(limit: usize) -> String {
 /// supersedes its connection if it still has one, and tells the handshake to answer `CONN_OK`
 /// with where the server's receivers stand. Returns the session, when it lost its previous
 /// connection, and whether a live connection was superseded.
-fn decide_resume(
+fn decide_resume<L: Link>(
     shared: &ServerShared,
     handshake: &mut ServerHandshake,
     request: &ResumeRequest,
-    conn: &quinn::Connection,
+    conn: &L,
     remote: SocketAddr,
     entropy: &mut SystemEntropy,
 ) -> Option<(Arc<SessionCore>, Option<Instant>, bool)> {
@@ -868,7 +993,7 @@ fn decide_resume(
         // The request proves a credential if its proof is the one this connection's exporter
         // gives for that credential (compared in constant time).
         let proves = |credential: &Token| {
-            super::resume_proof(conn, credential, request.player_id)
+            conn.resume_proof(credential, request.player_id)
                 .is_some_and(|expected| tokens_equal(&expected, &request.proof))
         };
         let found = registry
@@ -915,9 +1040,9 @@ fn decide_resume(
 
 /// After `CONN_OK` on a resumed connection, waits (until `deadline`) for the client's feed
 /// stream, which it opens right after main. Returns whether it was declared.
-async fn await_feed(
-    conn: &quinn::Connection,
-    streams: &mut [Option<Stream>; 2],
+async fn await_feed<L: Link>(
+    conn: &L,
+    streams: &mut [Option<Stream<L>>; 2],
     deadline: Instant,
 ) -> bool {
     let wait = async {
@@ -952,7 +1077,7 @@ async fn await_feed(
 }
 
 /// The declaration byte of a stream not yet declared (pending forever otherwise).
-async fn next_tag(stream: &mut Option<Stream>) -> Result<u8, ReadFailure> {
+async fn next_tag<L: Link>(stream: &mut Option<Stream<L>>) -> Result<u8, ReadFailure> {
     match stream {
         Some(s) if s.channel.is_none() => s.reader.read_tag().await,
         _ => pending().await,
@@ -960,7 +1085,7 @@ async fn next_tag(stream: &mut Option<Stream>) -> Result<u8, ReadFailure> {
 }
 
 /// Records a stream's declaration after a resume: only feed may be declared now.
-fn declare(stream: &mut Option<Stream>, tag: Result<u8, ReadFailure>) -> bool {
+fn declare<L: Link>(stream: &mut Option<Stream<L>>, tag: Result<u8, ReadFailure>) -> bool {
     match (stream, tag.ok().and_then(ChannelKind::from_tag)) {
         (Some(s), Some(ChannelKind::Feed)) => {
             s.channel = Some(ChannelKind::Feed);
@@ -971,9 +1096,9 @@ fn declare(stream: &mut Option<Stream>, tag: Result<u8, ReadFailure>) -> bool {
 }
 
 /// Acts on one stream item. Returns `false` when the connection is gone.
-fn on_item(
+fn on_item<L: Link>(
     core: &mut ServerHandshake,
-    streams: &mut [Option<Stream>; 2],
+    streams: &mut [Option<Stream<L>>; 2],
     index: usize,
     channel: Option<ChannelKind>,
     item: Result<Item, ReadFailure>,
@@ -1030,8 +1155,8 @@ fn on_item(
 /// Returns the channel written on, or the reason to close with when the write cannot be done:
 /// no stream to write on, a stopped or reset stream, or a write that cannot complete by the
 /// deadline (a client that withholds flow-control credit).
-async fn send(
-    streams: &mut [Option<Stream>; 2],
+async fn send<L: Link>(
+    streams: &mut [Option<Stream<L>>; 2],
     channel: ChannelKind,
     message: &Message,
     deadline: Instant,

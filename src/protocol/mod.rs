@@ -46,7 +46,8 @@ pub use session::{
 };
 pub use token::{
     Entropy, EntropyError, IssuedToken, RESUME_PROOF_CONTEXT_LEN, RESUME_PROOF_LABEL,
-    SystemEntropy, TokenError, random_token, resume_proof_context,
+    SystemEntropy, TokenError, WEBTRANSPORT_PROOF_LABEL, random_token, resume_proof_context,
+    webtransport_resume_proof,
 };
 
 /// The ALPN protocol identifier of this protocol version.

@@ -66,6 +66,31 @@ pub fn resume_proof_context(
     context
 }
 
+/// The message a WebTransport resume proof authenticates, before the player ID.
+pub const WEBTRANSPORT_PROOF_LABEL: &[u8] = b"quicfeed-resume-webtransport";
+
+/// The proof of `credential` for a `RESUME` of `player_id`'s session on a WebTransport session
+/// (PROTOCOL.md §14.5): the first 16 bytes of HMAC-SHA256 keyed with the credential over
+/// [`WEBTRANSPORT_PROOF_LABEL`] and the player ID (u64, big-endian).
+///
+/// A page cannot read its connection's TLS exporter, so this proof is not bound to the
+/// connection the way [`resume_proof_context`]'s is. It needs no binding: browsers send no 0-RTT
+/// data (the `RESUME` always travels in 1-RTT data, which cannot be replayed onto another
+/// connection), and the credential is single use. It still keeps the credential itself off the
+/// wire, and a proof for one transport is no good on the other.
+pub fn webtransport_resume_proof(credential: &Token, player_id: PlayerId) -> Token {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &credential.0);
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(WEBTRANSPORT_PROOF_LABEL);
+    context.update(&player_id.0.to_be_bytes());
+    let tag = context.sign();
+    let mut proof = [0u8; TOKEN_LEN];
+    for (out, byte) in proof.iter_mut().zip(tag.as_ref()) {
+        *out = *byte;
+    }
+    Token(proof)
+}
+
 /// A fresh random token (for example, a resume credential).
 pub fn random_token(entropy: &mut dyn Entropy) -> Result<Token, EntropyError> {
     let mut bytes = [0u8; TOKEN_LEN];

@@ -1,0 +1,237 @@
+//! WebTransport sessions (browser players) as links: the same two streams and datagrams as a
+//! native connection, inside an HTTP/3 session on the same quinn endpoint.
+//!
+//! `wtransport` runs the HTTP/3 side (settings, the extended CONNECT, the session's stream and
+//! datagram headers) on the quinn connection whose ALPN is `h3`; quicfeed then sees two
+//! bidirectional streams and datagrams, exactly as on a native connection (PROTOCOL.md §14).
+//! Every stream operation goes to the quinn stream under the WebTransport one, whose header
+//! `wtransport` has already read or written, so framing, flow control and priorities are quinn's
+//! own, as on a native connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::link::{
+    DatagramRefused, Link, LinkHandle, PathSample, StreamError, StreamRecv, StreamSend,
+    link_closed, truncate,
+};
+use crate::config::WebTransportConfig;
+use crate::protocol::{LinkClosed, PlayerId, Reason, Token, webtransport_resume_proof};
+
+/// The ALPN protocol of HTTP/3, which browsers offer for WebTransport.
+pub(crate) const ALPN: &[u8] = b"h3";
+
+/// Why a browser's WebTransport session was not opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    /// The QUIC connection or its HTTP/3 setup failed.
+    #[error("HTTP/3 setup failed: {0}")]
+    Http3(#[from] wtransport::error::ConnectionError),
+    /// The CONNECT request named a path this server does not serve (answered 404).
+    #[error("CONNECT for {0:?}, which is not the WebTransport path (answered 404)")]
+    Path(String),
+    /// The page's origin is not allowed (answered 403).
+    #[error("CONNECT from origin {0:?}, which is not allowed (answered 403)")]
+    Origin(Option<String>),
+}
+
+/// Runs the HTTP/3 side of a browser's connection up to its WebTransport session: settings, then
+/// the extended CONNECT, answered 200 if its path and origin are the configured ones. Not
+/// bounded here: the caller's handshake deadline bounds it.
+pub(crate) async fn accept(
+    connecting: quinn::Connecting,
+    config: &WebTransportConfig,
+) -> Result<WebTransportLink, SetupError> {
+    let request =
+        wtransport::endpoint::IncomingSessionFuture::with_quic_connecting(connecting).await?;
+    if request.path() != config.path {
+        let path = request.path().to_owned();
+        request.not_found().await;
+        return Err(SetupError::Path(path));
+    }
+    if !config.allows_origin(request.origin()) {
+        let origin = request.origin().map(str::to_owned);
+        request.forbidden().await;
+        return Err(SetupError::Origin(origin));
+    }
+    Ok(WebTransportLink::new(request.accept().await?))
+}
+
+/// A WebTransport session as the session machine's link.
+#[derive(Clone)]
+pub(crate) struct WebTransportLink {
+    session: wtransport::Connection,
+    /// Whether this side closed the connection (through [`LinkHandle::close`]): a close this
+    /// side did not ask for was `wtransport`'s answer to the browser ending the session.
+    closed_here: Arc<AtomicBool>,
+}
+
+impl WebTransportLink {
+    pub(crate) fn new(session: wtransport::Connection) -> Self {
+        WebTransportLink {
+            session,
+            closed_here: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn quic(&self) -> &quinn::Connection {
+        self.session.quic_connection()
+    }
+
+    /// How the connection ended, in the protocol core's terms.
+    fn ended(&self) -> LinkClosed {
+        let closed = match self.quic().close_reason() {
+            Some(error) => link_closed(&error),
+            None => LinkClosed::Transport("the WebTransport session ended".into()),
+        };
+        browser_terms(closed, &self.closed_here)
+    }
+}
+
+/// A connection's ending as it counts for a browser's session. A browser cannot choose a QUIC
+/// close code (its closes carry HTTP/3 codes), so no close from it is a quicfeed reason: it is a
+/// transport ending, which keeps the session for a resume (PROTOCOL.md §14.6); a page that means
+/// to end its session finishes its streams first (§9.3). Nor is a close this side did not ask
+/// for: `wtransport` closes the connection itself when the page closes its WebTransport session.
+fn browser_terms(closed: LinkClosed, closed_here: &AtomicBool) -> LinkClosed {
+    match closed {
+        LinkClosed::Application { code, .. } => LinkClosed::Transport(format!(
+            "the browser closed its WebTransport connection (HTTP/3 code 0x{code:x})"
+        )),
+        LinkClosed::Locally if !closed_here.load(Ordering::Acquire) => {
+            LinkClosed::Transport("the browser ended its WebTransport session".into())
+        }
+        other => other,
+    }
+}
+
+/// A stream error with its connection ending in [`browser_terms`].
+fn stream_terms(error: StreamError, closed_here: &AtomicBool) -> StreamError {
+    match error {
+        StreamError::Lost(closed) => StreamError::Lost(browser_terms(closed, closed_here)),
+        other => other,
+    }
+}
+
+/// The sending half of a browser's stream.
+pub(crate) struct WebTransportSend {
+    stream: wtransport::SendStream,
+    closed_here: Arc<AtomicBool>,
+}
+
+/// The receiving half of a browser's stream.
+pub(crate) struct WebTransportRecv {
+    stream: wtransport::RecvStream,
+    closed_here: Arc<AtomicBool>,
+}
+
+impl LinkHandle for WebTransportLink {
+    fn close(&self, reason: Reason, message: &str) {
+        self.closed_here.store(true, Ordering::Release);
+        self.session.close(
+            wtransport::VarInt::from_u32(u32::from(reason.code())),
+            truncate(message).as_bytes(),
+        );
+    }
+
+    fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused> {
+        self.session.send_datagram(&datagram).map_err(|e| match e {
+            wtransport::error::SendDatagramError::TooLarge => DatagramRefused::TooLarge,
+            _ => DatagramRefused::Unavailable,
+        })
+    }
+
+    fn datagram_queued(&self) -> usize {
+        LinkHandle::datagram_queued(self.quic())
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        // Less the session's prefix on each datagram.
+        self.session.max_datagram_size()
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        self.quic().remote_address()
+    }
+
+    fn rtt(&self) -> Duration {
+        self.quic().rtt()
+    }
+
+    fn sample(&self) -> PathSample {
+        LinkHandle::sample(self.quic())
+    }
+}
+
+impl Link for WebTransportLink {
+    type Send = WebTransportSend;
+    type Recv = WebTransportRecv;
+
+    async fn read_datagram(&self) -> Result<Bytes, LinkClosed> {
+        match self.session.receive_datagram().await {
+            Ok(datagram) => Ok(datagram.payload()),
+            Err(_) => Err(self.ended()),
+        }
+    }
+
+    async fn accept_bi(&self) -> Result<(Self::Send, Self::Recv), LinkClosed> {
+        match self.session.accept_bi().await {
+            Ok((send, recv)) => Ok((
+                WebTransportSend {
+                    stream: send,
+                    closed_here: self.closed_here.clone(),
+                },
+                WebTransportRecv {
+                    stream: recv,
+                    closed_here: self.closed_here.clone(),
+                },
+            )),
+            Err(_) => Err(self.ended()),
+        }
+    }
+
+    fn resume_proof(&self, credential: &Token, player_id: PlayerId) -> Option<Token> {
+        Some(webtransport_resume_proof(credential, player_id))
+    }
+
+    fn handle(&self) -> Arc<dyn LinkHandle> {
+        Arc::new(self.clone())
+    }
+}
+
+impl StreamSend for WebTransportSend {
+    async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
+        StreamSend::write_chunks(self.stream.quic_stream_mut(), chunks)
+            .await
+            .map_err(|e| stream_terms(e, &self.closed_here))
+    }
+
+    fn finish(&mut self) {
+        StreamSend::finish(self.stream.quic_stream_mut());
+    }
+
+    fn stopped(&mut self) -> impl Future<Output = ()> + Send {
+        StreamSend::stopped(self.stream.quic_stream_mut())
+    }
+
+    fn acknowledged(&self) -> impl Future<Output = ()> + Send + 'static {
+        StreamSend::acknowledged(self.stream.quic_stream())
+    }
+
+    fn set_priority(&self, priority: i32) {
+        StreamSend::set_priority(self.stream.quic_stream(), priority);
+    }
+}
+
+impl StreamRecv for WebTransportRecv {
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
+        StreamRecv::read_chunk(self.stream.quic_stream_mut(), max)
+            .await
+            .map_err(|e| stream_terms(e, &self.closed_here))
+    }
+}
