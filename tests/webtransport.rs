@@ -322,3 +322,49 @@ async fn a_server_without_webtransport_refuses_browsers() {
     let attempt = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(url)).await;
     assert!(matches!(attempt, Ok(Err(_))), "the h3 ALPN must be refused");
 }
+
+#[tokio::test]
+async fn a_server_close_reaches_the_page_as_a_farewell_before_the_close() {
+    let fixture = webtransport_fixture().await;
+    let mut peer = WtPeer::connect(&fixture.server).await;
+    let (player_id, _) = peer.handshake().await;
+    let handle = within(async {
+        loop {
+            if let Some(handle) = fixture.server.session(player_id) {
+                return handle;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    handle.close(Reason::ServerShutdown, "maintenance");
+
+    // A page cannot read the QUIC close code: the reason comes first, on a stream of its own.
+    let mut farewell = within(peer.conn.accept_uni()).await.unwrap();
+    let mut frame = BytesMut::new();
+    let mut chunk = [0u8; 512];
+    while let Some(n) = within(farewell.read(&mut chunk)).await.unwrap() {
+        frame.extend_from_slice(&chunk[..n]);
+    }
+    let body = codec::decode_frame(&mut frame, 4096).unwrap().unwrap();
+    match codec::decode_message(body).unwrap() {
+        Message::ConnFailed {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, Reason::ServerShutdown);
+            assert_eq!(message, "maintenance");
+        }
+        other => panic!("expected CONN_FAILED as the farewell, got {other:?}"),
+    }
+    assert!(frame.is_empty(), "the farewell is one frame");
+    // Then the close itself, as on a native connection.
+    match within(peer.conn.closed()).await {
+        wtransport::error::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.code().into_inner(),
+                u64::from(Reason::ServerShutdown.code())
+            );
+        }
+        other => panic!("expected the server's close, got {other}"),
+    }
+}

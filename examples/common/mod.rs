@@ -1,6 +1,8 @@
 //! Shared by the examples: the demo game's messages and its server-side session loop.
 #![allow(dead_code)]
 
+pub(crate) mod http;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quicfeed::{Disconnect, RecvError, Session};

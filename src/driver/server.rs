@@ -398,7 +398,9 @@ async fn serve(
         else {
             return;
         };
-        return Box::pin(serve_link(link, None, attempt, shared, sessions)).await;
+        let farewell = link.clone();
+        Box::pin(serve_link(link, None, attempt, shared, sessions)).await;
+        return farewell.farewell_sent().await;
     }
     // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip. (quinn
     // always allows this on a server.) The handshake deadline below also bounds the QUIC

@@ -10,18 +10,20 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
 use super::link::{
     DatagramRefused, Link, LinkHandle, PathSample, StreamError, StreamRecv, StreamSend,
     link_closed, truncate,
 };
+use super::session::lock;
 use crate::config::WebTransportConfig;
-use crate::protocol::{LinkClosed, PlayerId, Reason, Token, webtransport_resume_proof};
+use crate::protocol::{LinkClosed, PlayerId, Reason, Token, codec, webtransport_resume_proof};
 
 /// The ALPN protocol of HTTP/3, which browsers offer for WebTransport.
 pub(crate) const ALPN: &[u8] = b"h3";
@@ -69,13 +71,35 @@ pub(crate) struct WebTransportLink {
     /// Whether this side closed the connection (through [`LinkHandle::close`]): a close this
     /// side did not ask for was `wtransport`'s answer to the browser ending the session.
     closed_here: Arc<AtomicBool>,
+    /// The runtime the farewell of [`LinkHandle::close`] runs on (a close may come from any
+    /// thread); `None` outside one, and then the close is sent without a farewell.
+    runtime: Option<tokio::runtime::Handle>,
+    /// The farewell in progress, once this side has closed.
+    farewell: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
+
+/// How long a close waits for the page to acknowledge its farewell stream before the QUIC
+/// close, which would discard it (PROTOCOL.md §14.6).
+pub(crate) const FAREWELL_LINGER: Duration = Duration::from_secs(1);
 
 impl WebTransportLink {
     pub(crate) fn new(session: wtransport::Connection) -> Self {
         WebTransportLink {
             session,
             closed_here: Arc::new(AtomicBool::new(false)),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            farewell: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Waits until this side's close, if it made one, has gone out: its farewell acknowledged
+    /// or [`FAREWELL_LINGER`] passed. The connection's task awaits this last, so a server's
+    /// drain (which waits for those tasks) does not cut the farewell short.
+    pub(crate) async fn farewell_sent(&self) {
+        let task = lock(&self.farewell).take();
+        if let Some(task) = task {
+            // The task bounds itself by FAREWELL_LINGER; a failure in it is no concern here.
+            let _ = task.await;
         }
     }
 
@@ -131,12 +155,31 @@ pub(crate) struct WebTransportRecv {
 }
 
 impl LinkHandle for WebTransportLink {
+    /// A page cannot read a QUIC close code, so the close is said first as a `CONN_FAILED` on a
+    /// unidirectional stream of its own (the farewell), then made, once the page has it or after
+    /// [`FAREWELL_LINGER`], with the code as on a native connection (PROTOCOL.md §14.6).
     fn close(&self, reason: Reason, message: &str) {
-        self.closed_here.store(true, Ordering::Release);
-        self.session.close(
-            wtransport::VarInt::from_u32(u32::from(reason.code())),
-            truncate(message).as_bytes(),
-        );
+        if self.closed_here.swap(true, Ordering::AcqRel) {
+            return; // the first close wins
+        }
+        let code = wtransport::VarInt::from_u32(u32::from(reason.code()));
+        let message = truncate(message).to_owned();
+        let frame = codec::encode_message(&codec::conn_failed(reason, &message, None));
+        let (Some(runtime), Ok(frame)) = (&self.runtime, frame) else {
+            return self.session.close(code, message.as_bytes());
+        };
+        let session = self.session.clone();
+        let task = runtime.spawn(async move {
+            let said = async {
+                let mut stream = session.open_uni().await.ok()?.await.ok()?;
+                stream.write_all(&frame).await.ok()?;
+                // Resolves once the page has acknowledged the whole stream.
+                stream.finish().await.ok()
+            };
+            let _ = tokio::time::timeout(FAREWELL_LINGER, said).await;
+            session.close(code, message.as_bytes());
+        });
+        *lock(&self.farewell) = Some(task);
     }
 
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused> {
