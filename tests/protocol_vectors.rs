@@ -5,9 +5,10 @@
 //! checks that the real encoder produces exactly those bytes and that the real decoder turns
 //! them back into the same message (`DATA` vectors also through the send path's encoders); it
 //! checks that every message tag is covered and that the declaration bytes are the ones the code
-//! writes. It also checks the document's `reasons` block against [`Reason::from_code`], and the
-//! framing (§4), varint decoding (§5.1) and `DATA` size (§5.5.8) rules the document states against
-//! the real decoder and encoder.
+//! writes. It also checks the document's `reasons` block against [`Reason::from_code`], its
+//! resume-proof blocks (the TLS exporter's inputs, §7.2, and the WebTransport proof, §14.5)
+//! against the code that computes them, and the framing (§4), varint decoding (§5.1) and `DATA`
+//! size (§5.5.8) rules the document states against the real decoder and encoder.
 
 use std::collections::BTreeSet;
 
@@ -214,6 +215,18 @@ fn entries(info: &str) -> Vec<(&'static str, &'static str)> {
             (name.trim(), value.trim())
         })
         .collect()
+}
+
+/// The block's `key: value` lines as a map, each key once, skipping blank and `#` comment lines.
+fn key_values(info: &str) -> std::collections::BTreeMap<&'static str, &'static str> {
+    let mut fields = std::collections::BTreeMap::new();
+    for (key, value) in entries(info) {
+        assert!(
+            fields.insert(key, value).is_none(),
+            "`{key}` twice in the `{info}` block"
+        );
+    }
+    fields
 }
 
 /// Lowercase hex, no separators.
@@ -707,13 +720,7 @@ fn typed_payload_examples_match_the_encoder() {
 /// proof's length.
 #[test]
 fn the_resume_proof_inputs_match_the_specification() {
-    let mut fields = std::collections::BTreeMap::new();
-    for line in fenced_block("resume-proof") {
-        let (key, value) = line
-            .split_once(':')
-            .unwrap_or_else(|| panic!("not `key: value`: {line:?}"));
-        fields.insert(key.trim(), value.trim());
-    }
+    let fields = key_values("resume-proof");
     let label = hex_decode(fields["label"]);
     assert_eq!(label, quicfeed::protocol::RESUME_PROOF_LABEL);
     assert_eq!(label, b"EXPORTER-quicfeed-resume");
@@ -725,4 +732,53 @@ fn the_resume_proof_inputs_match_the_specification() {
         fields["length"].parse::<usize>().unwrap(),
         quicfeed::protocol::TOKEN_LEN
     );
+}
+
+/// Proves: PROTOCOL.md §14.5's block is what the code computes: the label is
+/// [`WEBTRANSPORT_PROOF_LABEL`](quicfeed::protocol::WEBTRANSPORT_PROOF_LABEL), the message is
+/// the label then the player ID as a big-endian u64, the proof is the first 16 bytes of
+/// HMAC-SHA256 keyed with the credential over that message (computed here independently, and by
+/// [`webtransport_resume_proof`](quicfeed::protocol::webtransport_resume_proof)), and it travels
+/// as the `proof` field of `RESUME`, whose frame is exactly the block's.
+#[test]
+fn the_webtransport_resume_proof_matches_the_specification() {
+    use quicfeed::protocol::{WEBTRANSPORT_PROOF_LABEL, webtransport_resume_proof};
+    let fields = key_values("webtransport-resume-proof");
+    let label = hex_decode(fields["label"]);
+    assert_eq!(label, WEBTRANSPORT_PROOF_LABEL);
+    assert_eq!(label, b"quicfeed-resume-webtransport");
+    let credential = Token(hex_decode(fields["credential"]).try_into().unwrap());
+    assert_eq!(
+        credential, CREDENTIAL,
+        "the vectors' credential, c0 c1 … cf"
+    );
+    let player_id = PlayerId(fields["player_id"].parse().unwrap());
+
+    let message = hex_decode(fields["message"]);
+    assert_eq!(
+        message,
+        [&label[..], &player_id.0.to_be_bytes()].concat(),
+        "the label, then the player ID as a big-endian u64"
+    );
+    let proof = hex_decode(fields["proof"]);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &credential.0);
+    let tag = ring::hmac::sign(&key, &message);
+    assert_eq!(proof, tag.as_ref()[..16], "HMAC-SHA256 cut to 16 bytes");
+    let computed = webtransport_resume_proof(&credential, player_id);
+    assert_eq!(computed.0.to_vec(), proof, "webtransport_resume_proof");
+    assert_ne!(computed, credential, "the credential itself is no proof");
+
+    let resume = Message::Resume {
+        player_id,
+        proof: computed,
+        max_main_frame: 65536,
+        max_feed_frame: 65536,
+        main_next: 0,
+        feed_next: 0,
+    };
+    let frame = hex_decode(fields["resume"]);
+    let encoded = codec::encode_message(&resume).unwrap();
+    assert_eq!(&encoded[..], &frame[..], "the RESUME frame");
+    assert_eq!(decode_one(&frame), resume);
+    assert!(frame.len() - 4 <= HANDSHAKE_FRAME_LIMIT);
 }
