@@ -4,8 +4,9 @@
 //!
 //! Chromium is found as `$QUICFEED_CHROMIUM`, else `chromium`, `chromium-browser` or
 //! `google-chrome` on the `PATH`. Without one the cases are skipped with a message saying how
-//! to run them (`apt-get install chromium`). The page reports each case over HTTP; the last
-//! line of the output is `browser cases: N passed, M failed`.
+//! to run them (`apt-get install chromium`); with `QUICFEED_REQUIRE_BROWSER` set (as CI does)
+//! a missing Chromium fails the test instead. The page reports each case over HTTP; the last
+//! line of the report is `browser cases: N passed, M failed`.
 
 #[path = "../examples/common/http.rs"]
 mod http;
@@ -172,6 +173,11 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_cases() {
     let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("QUICFEED_REQUIRE_BROWSER").is_none(),
+            "QUICFEED_REQUIRE_BROWSER is set and no Chromium was found (install it with \
+             `apt-get install chromium`, or set QUICFEED_CHROMIUM to its path)"
+        );
         say(
             "browser cases skipped: no Chromium found. Install it (`apt-get install chromium`) \
              or set QUICFEED_CHROMIUM to its path, then run `cargo test --test browser`.",

@@ -68,7 +68,7 @@ pub(crate) fn child_role() -> Option<i32> {
     let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let addr = rt.block_on(async {
         match role.as_str() {
-            "quicfeed" => {
+            "quicfeed" | "quicfeed-browser" => {
                 let identity = Identity::generate_self_signed(&["localhost"]).expect("cert");
                 std::fs::write(
                     std::env::var("QUICFEED_BENCH_CERT").expect("cert path"),
@@ -78,8 +78,19 @@ pub(crate) fn child_role() -> Option<i32> {
                 let mut config = ServerConfig::new(loopback(), identity);
                 config.max_sessions = 100_000;
                 config.max_sessions_per_address = config.max_sessions;
+                if role == "quicfeed-browser" {
+                    config.webtransport = Some(quicfeed::WebTransportConfig::default());
+                }
                 let server = quicfeed::Server::bind(config).await.expect("server");
                 let addr = server.local_addr();
+                if role == "quicfeed-browser" {
+                    // A browser pins the certificate's hash instead.
+                    std::fs::write(
+                        std::env::var("QUICFEED_BENCH_CERT").expect("cert path"),
+                        server.browser_certificate_hashes()[0].0,
+                    )
+                    .expect("write hash");
+                }
                 let held = held.clone();
                 tokio::spawn(async move {
                     let mut sessions = Vec::new();
@@ -216,9 +227,18 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A browser's session as a page holds it: a WebTransport session with main and feed open,
+/// handshaken by a raw WebTransport client that speaks the wire protocol (PROTOCOL.md §14).
+type BrowserSession = (
+    wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+    wtransport::Connection,
+    [(wtransport::SendStream, wtransport::RecvStream); 2],
+);
+
 /// Holds open client connections of either kind.
 enum Held {
     Quicfeed(Vec<quicfeed::Session>),
+    Browser(Vec<BrowserSession>),
     Quinn(
         Vec<(
             quinn::Endpoint,
@@ -237,6 +257,9 @@ async fn open(server: &ServerProcess, count: usize, held: &mut Held) {
                 let config =
                     ClientConfig::new(server.addr, Trust::Certificate(certificate.clone()));
                 sessions.push(Client::connect(&config).await.expect("connect"));
+            }
+            Held::Browser(sessions) => {
+                sessions.push(browser_session(server).await);
             }
             Held::Quinn(conns) => {
                 let tls = crate::common::Tls::trusting(certificate.clone());
@@ -261,11 +284,77 @@ async fn open(server: &ServerProcess, count: usize, held: &mut Held) {
     }
 }
 
+/// Opens a browser's session on `server` and runs the three-step handshake on it.
+async fn browser_session(server: &ServerProcess) -> BrowserSession {
+    use bytes::BytesMut;
+    use quicfeed::protocol::{ChannelKind, Message, codec};
+
+    async fn send(stream: &mut wtransport::SendStream, message: &Message) {
+        let frame = codec::encode_message(message).expect("encode");
+        stream.write_all(&frame).await.expect("write");
+    }
+    async fn recv(stream: &mut wtransport::RecvStream) -> Message {
+        let mut buf = BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(body) = codec::decode_frame(&mut buf, 1 << 16).expect("frame") {
+                return codec::decode_message(body).expect("message");
+            }
+            let n = stream.read(&mut chunk).await.expect("read").expect("open");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    let hash: [u8; 32] = server.certificate.as_slice().try_into().expect("hash");
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_address(loopback())
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).expect("endpoint");
+    let conn = endpoint
+        .connect(format!("https://127.0.0.1:{}/quicfeed", server.addr.port()))
+        .await
+        .expect("WebTransport session");
+    let open = async |kind: ChannelKind| {
+        let (mut send, recv) = conn.open_bi().await.expect("open").await.expect("stream");
+        send.write_all(&[kind.tag()]).await.expect("declare");
+        (send, recv)
+    };
+    let (mut main_send, mut main_recv) = open(ChannelKind::Main).await;
+    let (mut feed_send, mut feed_recv) = open(ChannelKind::Feed).await;
+    send(
+        &mut main_send,
+        &Message::ConnInit {
+            max_main_frame: 65536,
+            max_feed_frame: 65536,
+            credentials: bytes::Bytes::new(),
+        },
+    )
+    .await;
+    let Message::ConnInitReply { player_id, token_a } = recv(&mut main_recv).await else {
+        panic!("expected CONN_INIT_REPLY");
+    };
+    send(&mut feed_send, &Message::FeedInit { player_id, token_a }).await;
+    let Message::FeedInitReply { token_b } = recv(&mut feed_recv).await else {
+        panic!("expected FEED_INIT_REPLY");
+    };
+    send(&mut main_send, &Message::FinalAuth { token_b }).await;
+    let Message::ConnOk { .. } = recv(&mut main_recv).await else {
+        panic!("expected CONN_OK");
+    };
+    (
+        endpoint,
+        conn,
+        [(main_send, main_recv), (feed_send, feed_recv)],
+    )
+}
+
 /// Per idle session, in bytes: (server heap, server RSS, client heap).
 async fn per_session(kind: &str, count: usize) -> (f64, f64, f64) {
     let mut server = ServerProcess::start(kind);
     let mut held = match kind {
         "quicfeed" => Held::Quicfeed(Vec::new()),
+        "quicfeed-browser" => Held::Browser(Vec::new()),
         _ => Held::Quinn(Vec::new()),
     };
     open(&server, WARM, &mut held).await;
@@ -289,6 +378,7 @@ pub(crate) async fn run(quick: bool) -> Section {
     let count = if quick { 100 } else { 1000 };
     let ours = per_session("quicfeed", count).await;
     let bare = per_session("quinn", count).await;
+    let browser = per_session("quicfeed-browser", count).await;
     let kb = |bytes: f64| format!("{:.1} kB", bytes / 1000.0);
     let mut section = Section::new(
         "Memory per idle session",
@@ -299,7 +389,10 @@ pub(crate) async fn run(quick: bool) -> Section {
              too (it includes allocator slack). The client side is this process's heap growth \
              per client (each client has its own endpoint and UDP socket). The baseline is bare \
              quinn with quicfeed's transport settings, holding two open bidirectional streams \
-             per connection. Sessions are idle: keep-alives only."
+             per connection. Sessions are idle: keep-alives only. Browser sessions \
+             (WebTransport, on a server with it turned on) are opened by a raw WebTransport \
+             client that runs the handshake as a page does; their client side is that \
+             client's, not a browser's."
         ),
         &[
             "",
@@ -321,6 +414,18 @@ pub(crate) async fn run(quick: bool) -> Section {
         kb(ours.1 - bare.1),
         kb(ours.2 - bare.2),
     ]);
+    section.row(vec![
+        "quicfeed, browser sessions (WebTransport)".into(),
+        kb(browser.0),
+        kb(browser.1),
+        kb(browser.2),
+    ]);
+    section.row(vec![
+        "browser session / native session".into(),
+        format!("{:.2}x", browser.0 / ours.0),
+        format!("{:.2}x", browser.1 / ours.1),
+        format!("{:.2}x", browser.2 / ours.2),
+    ]);
     section.target(
         "memory per idle server-side session (heap)",
         kb(ours.0),
@@ -331,6 +436,7 @@ pub(crate) async fn run(quick: bool) -> Section {
         "sessions": count,
         "quicfeed": {"server_heap_bytes": ours.0, "server_rss_bytes": ours.1, "client_heap_bytes": ours.2},
         "bare_quinn": {"server_heap_bytes": bare.0, "server_rss_bytes": bare.1, "client_heap_bytes": bare.2},
+        "browser": {"server_heap_bytes": browser.0, "server_rss_bytes": browser.1, "client_heap_bytes": browser.2},
     });
     section
 }
