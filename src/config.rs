@@ -259,7 +259,9 @@ pub struct ServerConfig {
     /// with [`Reason::ServerBusy`](crate::Reason::ServerBusy): honest handshakes take a few
     /// round trips, so the oldest are those that stall, and stalled connections cannot keep
     /// honest clients out until their deadline. An unvalidated attempt at the cap is dropped (only
-    /// possible with `retry_threshold` above this cap). Default 1024.
+    /// possible with `retry_threshold` above this cap). Also the most connections abandoned in
+    /// a browser's setup the server lets stay open before it refuses new browsers (see
+    /// SECURITY.md, Known limits). Default 1024.
     pub max_pending_handshakes: usize,
     /// How long a handshake must have been in progress before a new attempt may evict it at the
     /// `max_pending_handshakes` cap; attempts that find only younger handshakes are dropped

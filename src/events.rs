@@ -204,6 +204,11 @@ pub struct ServerCounters {
     /// Handshakes ended with `SERVER_BUSY` to make room for a newer attempt when as many were
     /// in progress as the server allows (the oldest go first: those that stall).
     pub handshakes_evicted: u64,
+    /// Browser connections refused at once because more connections than
+    /// `max_pending_handshakes` were still open that no task serves: browser setups that failed
+    /// while the browser held an HTTP/3 stream open, which the server cannot close (see
+    /// SECURITY.md), and connections still draining.
+    pub browsers_refused: u64,
     /// Connections in their handshake right now (a gauge, not a count).
     pub handshakes_in_progress: u64,
 }

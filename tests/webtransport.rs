@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,7 +14,7 @@ use quicfeed::protocol::lane::{Datagram, decode_datagram, encode_lane_datagram};
 use quicfeed::protocol::{
     ChannelKind, Message, PlayerId, Reason, Token, webtransport_resume_proof,
 };
-use quicfeed::{Fingerprint, Server, ServerConfig, WebTransportConfig};
+use quicfeed::{BrowserCertificate, Fingerprint, Server, ServerConfig, WebTransportConfig};
 
 /// A stream of a WebTransport session, with a read buffer.
 struct WtStream {
@@ -367,4 +368,75 @@ async fn a_server_close_reaches_the_page_as_a_farewell_before_the_close() {
         }
         other => panic!("expected the server's close, got {other}"),
     }
+}
+
+/// A browser-like connection (ALPN `h3`) that opens an HTTP/3 unidirectional stream, sends the
+/// first byte of its two-byte type and nothing more, and never sends SETTINGS: its setup can
+/// only fail at the deadline, and the stream it holds keeps wtransport reading. An error if
+/// the server closed the connection first.
+async fn abandoned_setup(
+    fixture: &Fixture,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    let mut config = common::raw_client_config_alpn(&fixture.certificate, b"h3");
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(200)));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = within(endpoint.connect(fixture.addr, "localhost").unwrap()).await?;
+    let mut stream = within(conn.open_uni()).await?;
+    if within(stream.write_all(&[0x40])).await.is_err() {
+        return Err(within(conn.closed()).await);
+    }
+    // Kept open: a dropped stream would be finished.
+    std::mem::forget(stream);
+    Ok((endpoint, conn))
+}
+
+#[tokio::test]
+async fn browser_connections_abandoned_mid_setup_are_bounded() {
+    let fixture = Fixture::start_with(|config| {
+        let mut web = WebTransportConfig::default();
+        web.certificate = BrowserCertificate::Identity;
+        config.webtransport = Some(web);
+        config.handshake_timeout = Duration::from_millis(300);
+        config.max_pending_handshakes = 2;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(abandoned_setup(&fixture).await.unwrap());
+    }
+
+    // Once the server has given up their setups (at their deadline), it holds more connections
+    // it cannot close than handshakes may be in progress: the next browser is refused at once,
+    // within its QUIC handshake (so as a transport-level APPLICATION_ERROR without the reason).
+    let refusal = within(async {
+        loop {
+            match abandoned_setup(&fixture).await {
+                Err(refused) => return refused,
+                // Not yet: this one joins the held ones until its own deadline.
+                Ok(probe) => held.push(probe),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    match refusal {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::APPLICATION_ERROR
+            );
+        }
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, Reason::ServerBusy.code().into());
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(fixture.server.counters().browsers_refused >= 1);
+    // Native players are not affected.
+    let mut native = fixture.connect().await;
+    common::assert_echoes(&mut native, 3).await;
+    drop(held);
 }

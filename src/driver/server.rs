@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::pending;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,7 @@ struct Counters {
     retries_sent: AtomicU64,
     attempts_dropped: AtomicU64,
     handshakes_evicted: AtomicU64,
+    browsers_refused: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -84,6 +85,10 @@ pub(crate) struct ServerShared {
     counters: Counters,
     /// Woken whenever a session is queued for the application to accept.
     pub(crate) session_queued: Notify,
+    /// Connections quinn still holds that no connection task serves, as the accept loop last
+    /// counted them: browser setups that failed while the browser held an HTTP/3 stream open
+    /// (see [`serve`]), and connections still draining after their close.
+    untracked_connections: AtomicUsize,
 }
 
 impl ServerShared {
@@ -109,6 +114,7 @@ impl ServerShared {
             events: broadcast::Sender::new(EVENT_CAPACITY),
             counters: Counters::default(),
             session_queued: Notify::new(),
+            untracked_connections: AtomicUsize::new(0),
         }
     }
 
@@ -160,6 +166,7 @@ impl ServerShared {
             retries_sent: get(&c.retries_sent),
             attempts_dropped: get(&c.attempts_dropped),
             handshakes_evicted: get(&c.handshakes_evicted),
+            browsers_refused: get(&c.browsers_refused),
             handshakes_in_progress: u64::try_from(lock(&self.pending).admission.pending())
                 .unwrap_or(u64::MAX),
         }
@@ -277,6 +284,10 @@ pub(crate) async fn accept_loop(
             }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
+                    // Every task holds one connection at most (none before it accepts): what
+                    // quinn holds beyond them, no task can close.
+                    let untracked = endpoint.open_connections().saturating_sub(tasks.len());
+                    shared.untracked_connections.store(untracked, Ordering::Relaxed);
                     if let Some((ticket, evicted)) = admit(&shared, &incoming) {
                         // Boxed: the task's future keeps its arguments' slots for as long as it
                         // lives (the whole session), and an `Incoming` is 384 bytes.
@@ -386,12 +397,32 @@ async fn serve(
         Ok(connecting) => connecting,
         Err(e) => return debug!(%remote, error = %e, "connection attempt refused"),
     };
-    if shared.config.webtransport.is_some()
-        && negotiated_alpn(&mut connecting, attempt.deadline)
-            .await
-            .as_deref()
-            == Some(webtransport::ALPN)
-    {
+    let browser = match shared.config.webtransport {
+        None => false,
+        Some(_) => match negotiated_alpn(&mut connecting, &mut attempt).await {
+            Ok(alpn) => alpn.as_deref() == Some(webtransport::ALPN),
+            Err(why) => return debug!(%remote, "connection attempt ended: {why}"),
+        },
+    };
+    if browser {
+        // A browser setup that fails (its deadline, a refused path or origin, an eviction)
+        // drops wtransport's setup, which gives no handle to close the connection with: while
+        // the browser holds an HTTP/3 stream open without its header, wtransport's reader of
+        // that stream keeps the connection alive. Those connections are bounded here: past
+        // as many as handshakes may be in progress, new browsers are refused at once.
+        if shared.untracked_connections.load(Ordering::Relaxed)
+            > shared.config.max_pending_handshakes
+        {
+            bump(&shared.counters.browsers_refused);
+            debug!(%remote, "browser refused: too many abandoned connections are still open");
+            if let Ok((conn, _)) = connecting.into_0rtt() {
+                conn.close(
+                    Reason::ServerBusy.code().into(),
+                    b"too many abandoned browser connections are still open; try again later",
+                );
+            }
+            return;
+        }
         // Boxed: a browser's setup and link are larger than a native connection's, and every
         // connection's task would otherwise be as large.
         let Some(link) = Box::pin(open_webtransport(connecting, &mut attempt, &shared)).await
@@ -482,16 +513,28 @@ async fn open_webtransport(
     }
 }
 
-/// The ALPN protocol the client and the server agreed on, once the server has read the
-/// client's first flight (at once, in practice); `None` if the connection failed first.
-async fn negotiated_alpn(connecting: &mut quinn::Connecting, deadline: Instant) -> Option<Vec<u8>> {
-    let data = tokio::time::timeout_at(deadline.into(), connecting.handshake_data())
-        .await
-        .ok()?
-        .ok()?;
-    data.downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?
-        .protocol
+/// The ALPN protocol the client and the server agreed on (`None` if the client offered none),
+/// once the server has read the client's first flight (at once, in practice); an error says
+/// why the attempt ended first: the connection failed, its deadline passed, a shutdown or an
+/// eviction.
+async fn negotiated_alpn(
+    connecting: &mut quinn::Connecting,
+    attempt: &mut Attempt,
+) -> Result<Option<Vec<u8>>, &'static str> {
+    let read = tokio::time::timeout_at(attempt.deadline.into(), connecting.handshake_data());
+    let data = tokio::select! {
+        biased;
+        () = attempt.ended() => return Err("ended by a shutdown or an eviction"),
+        data = read => match data {
+            Ok(Ok(data)) => data,
+            Ok(Err(_)) => return Err("the connection failed before its first flight was read"),
+            Err(_) => return Err("no first flight by the handshake deadline"),
+        },
+    };
+    Ok(data
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()
+        .and_then(|data| data.protocol))
 }
 
 /// A connection whose transport is up (native, or a browser's WebTransport session), from its

@@ -187,6 +187,15 @@ pub fn raw_client_config_early_data(certificate: &CertificateDer<'static>) -> qu
     rustls_client_with(certificate, true)
 }
 
+/// As [`raw_client_config`], offering `alpn` instead of quicfeed's (`b"h3"`: a browser's
+/// connection, before its HTTP/3 setup).
+pub fn raw_client_config_alpn(
+    certificate: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> quinn::ClientConfig {
+    rustls_client_offering(certificate, false, alpn)
+}
+
 fn rustls_client(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
     rustls_client_with(certificate, false)
 }
@@ -194,6 +203,14 @@ fn rustls_client(certificate: &CertificateDer<'static>) -> quinn::ClientConfig {
 fn rustls_client_with(
     certificate: &CertificateDer<'static>,
     early_data: bool,
+) -> quinn::ClientConfig {
+    rustls_client_offering(certificate, early_data, ALPN)
+}
+
+fn rustls_client_offering(
+    certificate: &CertificateDer<'static>,
+    early_data: bool,
+    alpn: &[u8],
 ) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate.clone()).unwrap();
@@ -204,7 +221,7 @@ fn rustls_client_with(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.enable_early_data = early_data;
     quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
