@@ -50,6 +50,13 @@ pub(crate) struct PathSample {
 pub(crate) trait LinkHandle: Send + Sync + 'static {
     /// Closes the connection with `reason` as the application error code (the first close wins).
     fn close(&self, reason: Reason, message: &str);
+    /// As [`close`](Self::close), for a close that says nothing beyond its code or must not
+    /// wait: the reason already went out in a `CONN_FAILED` on main or feed, or the close is an
+    /// eviction, which gets no more of the server's time (a browser's link then sends no
+    /// farewell, PROTOCOL.md §14.6).
+    fn close_at_once(&self, reason: Reason, message: &str) {
+        self.close(reason, message);
+    }
     /// Queues a datagram; the transport drops the oldest queued ones when its buffer is full.
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused>;
     /// Bytes of datagrams queued and not yet sent (0 when none are), as the transport counts

@@ -898,10 +898,14 @@ async fn handshake<L: Link>(
                 }
                 ServerOutput::Close { reason, message } => {
                     debug!(%remote, %reason, %message, "handshake failed");
-                    if let Some(stream) = failed_on.and_then(|c| find(&mut streams, c)) {
-                        stream.writer.finish_and_linger(FAIL_LINGER).await;
+                    match failed_on.and_then(|c| find(&mut streams, c)) {
+                        // The refusal went out: the close repeats its code, nothing more.
+                        Some(stream) => {
+                            stream.writer.finish_and_linger(FAIL_LINGER).await;
+                            conn.close_at_once(reason, &message);
+                        }
+                        None => conn.close(reason, &message),
                     }
-                    conn.close(reason, &message);
                     return failed(resumed);
                 }
             }
@@ -925,7 +929,7 @@ async fn handshake<L: Link>(
                 // flow control could stretch to the deadline, its place already given away).
                 if fired.is_ok() {
                     debug!(%remote, "handshake evicted to make room for a newer attempt");
-                    conn.close(Reason::ServerBusy, "too many handshakes in progress; try again");
+                    conn.close_at_once(Reason::ServerBusy, "too many handshakes in progress; try again");
                     return failed(resumed);
                 }
             }

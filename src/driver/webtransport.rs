@@ -154,32 +154,63 @@ pub(crate) struct WebTransportRecv {
     closed_here: Arc<AtomicBool>,
 }
 
+/// A close to make: made when this is dropped, so a farewell task that is cancelled (its
+/// runtime shutting down) still closes the connection.
+struct Closing {
+    session: wtransport::Connection,
+    code: wtransport::VarInt,
+    message: String,
+}
+
+impl Closing {
+    fn new(session: wtransport::Connection, reason: Reason, message: &str) -> Self {
+        Closing {
+            session,
+            code: wtransport::VarInt::from_u32(u32::from(reason.code())),
+            message: truncate(message).to_owned(),
+        }
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.session.close(self.code, self.message.as_bytes());
+    }
+}
+
 impl LinkHandle for WebTransportLink {
     /// A page cannot read a QUIC close code, so the close is said first as a `CONN_FAILED` on a
     /// unidirectional stream of its own (the farewell), then made, once the page has it or after
     /// [`FAREWELL_LINGER`], with the code as on a native connection (PROTOCOL.md §14.6).
     fn close(&self, reason: Reason, message: &str) {
+        // One critical section: a close either finds the farewell stored by an earlier one, or
+        // stores its own before [`farewell_sent`](Self::farewell_sent) can look.
+        let mut farewell = lock(&self.farewell);
         if self.closed_here.swap(true, Ordering::AcqRel) {
             return; // the first close wins
         }
-        let code = wtransport::VarInt::from_u32(u32::from(reason.code()));
-        let message = truncate(message).to_owned();
-        let frame = codec::encode_message(&codec::conn_failed(reason, &message, None));
+        let closing = Closing::new(self.session.clone(), reason, message);
+        let frame = codec::encode_message(&codec::conn_failed(reason, &closing.message, None));
         let (Some(runtime), Ok(frame)) = (&self.runtime, frame) else {
-            return self.session.close(code, message.as_bytes());
+            return drop(closing);
         };
-        let session = self.session.clone();
-        let task = runtime.spawn(async move {
+        *farewell = Some(runtime.spawn(async move {
             let said = async {
-                let mut stream = session.open_uni().await.ok()?.await.ok()?;
+                let mut stream = closing.session.open_uni().await.ok()?.await.ok()?;
                 stream.write_all(&frame).await.ok()?;
                 // Resolves once the page has acknowledged the whole stream.
                 stream.finish().await.ok()
             };
             let _ = tokio::time::timeout(FAREWELL_LINGER, said).await;
-            session.close(code, message.as_bytes());
-        });
-        *lock(&self.farewell) = Some(task);
+            // `closing` closes the connection as it goes, here or if the task is cancelled.
+        }));
+    }
+
+    fn close_at_once(&self, reason: Reason, message: &str) {
+        let _farewell = lock(&self.farewell);
+        if !self.closed_here.swap(true, Ordering::AcqRel) {
+            drop(Closing::new(self.session.clone(), reason, message));
+        }
     }
 
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused> {
