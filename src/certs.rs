@@ -237,7 +237,7 @@ impl Identity {
 }
 
 /// The ALPN protocol browsers offer for WebTransport (HTTP/3).
-const BROWSER_ALPN: &[u8] = b"h3";
+pub(crate) const BROWSER_ALPN: &[u8] = b"h3";
 
 /// How long a certificate made for browsers is valid after it is made. Browsers take a
 /// certificate by its hash only if it is valid for at most 14 days in all, backdating included.
@@ -288,10 +288,12 @@ impl rustls::server::ResolvesServerCert for ByAlpn {
 }
 
 /// A generated browser certificate, ready to present.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BrowserCert {
     key: Arc<rustls::sign::CertifiedKey>,
     fingerprint: Fingerprint,
+    /// When it was made: it is valid until [`BROWSER_CERT_LIFETIME`] after.
+    made: std::time::SystemTime,
 }
 
 impl BrowserCert {
@@ -304,9 +306,28 @@ impl BrowserCert {
         Ok(BrowserCert {
             key: Arc::new(key),
             fingerprint: identity.fingerprint(),
+            made: now,
         })
     }
+
+    /// When it stops being valid.
+    fn expires(&self) -> std::time::SystemTime {
+        self.made
+            .checked_add(BROWSER_CERT_LIFETIME)
+            .unwrap_or(self.made)
+    }
+
+    /// The latest time it may stop being the current one: two rotation periods after it was
+    /// made (one as the next, one as the current), within its validity.
+    fn retire_by(&self) -> std::time::SystemTime {
+        self.made
+            .checked_add(BROWSER_CERT_ROTATION.saturating_mul(2))
+            .unwrap_or(self.made)
+    }
 }
+
+/// How soon a rotation that could not make a new certificate is tried again.
+pub(crate) const BROWSER_CERT_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The certificates a server makes for browsers ([`BrowserCertificate::Generated`]): the
 /// current one, which it presents, and the next one, made in advance so that pages can pin
@@ -337,7 +358,7 @@ impl BrowserCertificates {
         let pair = BrowserPair {
             current: BrowserCert::generate(&names, now)?,
             next: BrowserCert::generate(&names, now)?,
-            rotate_at: now.checked_add(BROWSER_CERT_ROTATION).unwrap_or(now),
+            rotate_at: BrowserPair::rotation_after(now),
         };
         Ok(BrowserCertificates {
             names,
@@ -363,27 +384,53 @@ impl BrowserCertificates {
         [pair.current.fingerprint, pair.next.fingerprint]
     }
 
-    /// When the next certificate takes over.
+    /// When the next certificate takes over (or a failed rotation is tried again).
     pub(crate) fn rotate_at(&self) -> std::time::SystemTime {
         self.read().rotate_at
     }
 
+    /// When the certificate presented now stops being valid.
+    pub(crate) fn current_expires(&self) -> std::time::SystemTime {
+        self.read().current.expires()
+    }
+
     /// If its time has come (at `now`), lets the next certificate take over and makes a new
-    /// next one. Returns whether it did.
+    /// next one; returns whether it did. If the new one cannot be made, the next certificate
+    /// takes over all the same (it was made later, so it stays valid longer) and stays
+    /// published as the next one too, the error is returned, and the rotation is due again
+    /// [`BROWSER_CERT_RETRY`] later.
     pub(crate) fn rotate_if_due(&self, now: std::time::SystemTime) -> Result<bool, CertError> {
         if now < self.rotate_at() {
             return Ok(false);
         }
         // Made before taking the lock: generating takes a while, and handshakes read the pair.
-        let fresh = BrowserCert::generate(&self.names, now)?;
+        let fresh = BrowserCert::generate(&self.names, now);
         let mut pair = self
             .pair
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let old_next = std::mem::replace(&mut pair.next, fresh);
-        pair.current = old_next;
-        pair.rotate_at = now.checked_add(BROWSER_CERT_ROTATION).unwrap_or(now);
-        Ok(true)
+        match fresh {
+            Ok(fresh) => {
+                let old_next = std::mem::replace(&mut pair.next, fresh);
+                pair.current = old_next;
+                pair.rotate_at = BrowserPair::rotation_after(now).min(pair.current.retire_by());
+                Ok(true)
+            }
+            Err(e) => {
+                if pair.next.made > pair.current.made {
+                    pair.current = pair.next.clone();
+                }
+                pair.rotate_at = now.checked_add(BROWSER_CERT_RETRY).unwrap_or(now);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl BrowserPair {
+    /// One rotation period after `now`.
+    fn rotation_after(now: std::time::SystemTime) -> std::time::SystemTime {
+        now.checked_add(BROWSER_CERT_ROTATION).unwrap_or(now)
     }
 }
 
@@ -1010,5 +1057,61 @@ mod tests {
             pem("X", b"hello!?"),
             "-----BEGIN X-----\naGVsbG8hPw==\n-----END X-----\n"
         );
+    }
+    /// Proves: browser certificates rotate on time, the next one taking over and a new next
+    /// one made; none is presented past two rotation periods after it was made, within its
+    /// validity, even when a rotation comes late; and when a new one cannot be made, the next
+    /// one takes over all the same and the rotation is tried again an hour later.
+    #[test]
+    fn browser_certificates_rotate_on_time_and_survive_a_failed_rotation() {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let t0 = std::time::SystemTime::UNIX_EPOCH + day * 20_000;
+        let mut certs = BrowserCertificates::generate(vec!["localhost".into()], t0).unwrap();
+        let [first, second] = certs.hashes();
+        assert_ne!(first, second);
+        assert_eq!(certs.rotate_at(), t0 + BROWSER_CERT_ROTATION);
+        assert!(!certs.rotate_if_due(t0 + day).unwrap(), "not due yet");
+        assert_eq!(certs.hashes(), [first, second]);
+
+        // Due: the next takes over, a new next is made.
+        let t1 = t0 + BROWSER_CERT_ROTATION;
+        assert!(certs.rotate_if_due(t1).unwrap());
+        let [current, third] = certs.hashes();
+        assert_eq!(current, second);
+        assert_ne!(third, second);
+        // `second` was made at t0 with the first: it retires two periods after t0.
+        assert_eq!(certs.rotate_at(), t0 + BROWSER_CERT_ROTATION * 2);
+        assert_eq!(certs.current_expires(), t0 + BROWSER_CERT_LIFETIME);
+
+        // A late rotation (a day late): `third`, made at t1, still retires by t1 + 12 days.
+        let late = t0 + BROWSER_CERT_ROTATION * 2 + day;
+        assert!(certs.rotate_if_due(late).unwrap());
+        assert_eq!(certs.hashes()[0], third);
+        assert_eq!(certs.rotate_at(), t1 + BROWSER_CERT_ROTATION * 2);
+        assert!(certs.rotate_at() < certs.current_expires());
+
+        // Names that cannot be put in a certificate: no new next one can be made.
+        let fourth = certs.hashes()[1];
+        certs.names = vec!["\u{e9}t\u{e9}".into()];
+        let t3 = t1 + BROWSER_CERT_ROTATION * 2;
+        assert!(certs.rotate_if_due(t3).is_err());
+        assert_eq!(
+            certs.hashes(),
+            [fourth, fourth],
+            "the next took over all the same"
+        );
+        assert_eq!(certs.rotate_at(), t3 + BROWSER_CERT_RETRY);
+        // Again an hour later, still failing: the newest stays.
+        assert!(certs.rotate_if_due(t3 + BROWSER_CERT_RETRY).is_err());
+        assert_eq!(certs.hashes(), [fourth, fourth]);
+        // Fixed: a new next one is made; the current one keeps its own retirement time.
+        certs.names = vec!["localhost".into()];
+        let t4 = t3 + BROWSER_CERT_RETRY * 2;
+        assert!(certs.rotate_if_due(t4).unwrap());
+        let [current, fifth] = certs.hashes();
+        assert_eq!(current, fourth);
+        assert_ne!(fifth, fourth);
+        assert!(certs.rotate_at() <= t4 + BROWSER_CERT_ROTATION);
+        assert!(certs.rotate_at() < certs.current_expires());
     }
 }

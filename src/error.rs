@@ -103,7 +103,11 @@ pub enum ServerError {
     #[error("cannot start the server's socket: {0}")]
     Io(#[from] io::Error),
     /// The certificate for browsers could not be made.
-    #[error("cannot make the server's certificate for browsers: {0}")]
+    #[error(
+        "cannot make the server's certificate for browsers: {0}; check the names in \
+         WebTransportConfig::certificate (DNS names or IP addresses), or use \
+         BrowserCertificate::Identity with a certificate from a CA browsers trust"
+    )]
     BrowserCertificate(#[from] CertError),
 }
 

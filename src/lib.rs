@@ -46,13 +46,15 @@
 //!   datagram), the replay plan of a new connection, the dead-path rule, the graceful close, the
 //!   grace period, and which connection endings keep the session. Under it, `protocol::reliability`
 //!   (sequence numbers, acknowledgements, replay buffers, gaps), `protocol::lane` (the datagram
-//!   formats, the newest-wins receiver and the drop-not-delay outbox) and `protocol::stats` (RTT percentiles, jitter, loss and
-//!   rates from samples). No I/O, no clock, no tokio or quinn: time is passed in, so it is tested
-//!   with virtual time.
+//!   formats, the newest-wins receiver and the drop-not-delay outbox) and `protocol::stats` (RTT
+//!   percentiles, jitter, loss and rates from samples). No I/O, no clock, no tokio or quinn: time
+//!   is passed in, so it is tested with virtual time.
 //! - `driver`: the thin async layer, the only code touching quinn. `link` is the connection as the
-//!   session needs it (two streams, datagrams, its end), implemented for quinn, and in `webtransport` for a browser's WebTransport session (`wtransport`, on the same endpoint, chosen by ALPN); `stream` frames
-//!   bytes on its streams; `congestion` is quinn's Cubic with a window floor; `session` holds a session's machine behind one lock (never held across
-//!   an `.await`) with the wake-ups between it and the application, and states the lock rule;
+//!   session needs it (two streams, datagrams, its end), implemented for quinn, and in
+//!   `webtransport` for a browser's WebTransport session (`wtransport`, on the same endpoint,
+//!   chosen by ALPN); `stream` frames bytes on its streams; `congestion` is quinn's Cubic with a
+//!   window floor; `session` holds a session's machine behind one lock (never held across an
+//!   `.await`) with the wake-ups between it and the application, and states the lock rule;
 //!   `connection` is the one task per attached connection that reads, writes and runs the timers (a
 //!   send whose stream is idle writes at once in the sender's task, through the connection's
 //!   writers, which sit behind a second lock taken before the session's); `client` resolves the
@@ -64,12 +66,12 @@
 //!   and the server's broadcasts send it to many sessions without waiting.
 //! - Leaves: [`events`] (session and server events, [`SessionEvent`], and counters), [`stats`]
 //!   (connection quality, [`SessionStats`], [`ServerStats`], and what a session buffers,
-//!   [`SessionBuffers`]), [`ServerConfig`], [`ClientConfig`] (with [`ServerAddress`]), [`TransportConfig`] (configuration
-//!   with documented defaults tuned for games), [`Identity`], [`ServerSecret`] (the server's
-//!   long-lived secret its reset and connection-ID keys derive from), [`Trust`], [`Fingerprint`],
-//!   [`KnownHosts`] (certificates, pinning, trust on first use), the [`Authenticator`] hook (and
-//!   the [`UserData`] it attaches to a session), and
-//!   the errors [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
+//!   [`SessionBuffers`]), [`ServerConfig`], [`ClientConfig`] (with [`ServerAddress`]),
+//!   [`TransportConfig`] (configuration with documented defaults tuned for games), [`Identity`],
+//!   [`ServerSecret`] (the server's long-lived secret its reset and connection-ID keys derive
+//!   from), [`Trust`], [`Fingerprint`], [`KnownHosts`] (certificates, pinning, trust on first use),
+//!   the [`Authenticator`] hook (and the [`UserData`] it attaches to a session), and the errors
+//!   [`ServerError`], [`ConnectError`], [`SendError`], [`RecvError`], [`Disconnect`].
 //! - `conditioner` (cargo feature `conditioner`, on by default): an in-process UDP relay that adds
 //!   latency, jitter, loss, duplication, reordering, blackholes and NAT rebindings to a loopback
 //!   link, for tests and benchmarks.

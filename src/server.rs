@@ -391,7 +391,10 @@ impl Drop for Inner {
 /// long as the server runs. Each wait lasts until the next rotation (days), or an hour at most
 /// after a failure, so a clock that jumps is noticed within the hour.
 async fn rotate_browser_certificates(certificates: Arc<BrowserCertificates>) {
+    // The clock may jump (a suspended machine): look at least this often.
     const RECHECK: Duration = Duration::from_secs(3600);
+    // How long before its expiry a certificate that could not be replaced is an error.
+    const EXPIRY_ALARM: Duration = Duration::from_secs(24 * 3600);
     loop {
         let wait = certificates
             .rotate_at()
@@ -406,8 +409,16 @@ async fn rotate_browser_certificates(certificates: Arc<BrowserCertificates>) {
                 tracing::info!(%current, %next, "browser certificate replaced; pages pin these hashes");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot make the next browser certificate; the current one stays, trying again in an hour");
-                tokio::time::sleep(RECHECK).await;
+                let expires = certificates.current_expires();
+                let left = expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                let hours = left.as_secs() / 3600;
+                if left < EXPIRY_ALARM {
+                    tracing::error!(error = %e, hours_left = hours, "cannot make a new browser certificate and the current one expires within a day: browsers will fail to connect then; trying again in an hour");
+                } else {
+                    tracing::warn!(error = %e, hours_left = hours, "cannot make a new browser certificate; the newest one is presented and pinned as current and next; trying again in an hour");
+                }
             }
         }
     }

@@ -65,7 +65,7 @@ export interface ConnectOptions {
   serverCertificateHashes?: Iterable<CertificateHash>;
   /** `CONN_INIT` credentials; a string is UTF-8 encoded. At most 4082 bytes. */
   credentials?: BufferSource | string;
-  /** Total time to resume after a loss (default 30000). */
+  /** Total time to resume after a loss (default 10000, as the native client; keep it within the server's grace period, 15 s by default). */
   resumeBudgetMs?: number;
   /** Deadline of one resume attempt, WebTransport setup included (default 2000). */
   resumeAttemptTimeoutMs?: number;

@@ -887,7 +887,7 @@ export class ResumePolicy {
    * @param {number} now
    */
   constructor(options, now) {
-    this.end = now + (options.budgetMs ?? 30000);
+    this.end = now + (options.budgetMs ?? 10000);
     this.attemptTimeoutMs = options.attemptTimeoutMs ?? 2000;
     this.backoff = options.backoffMs ?? 250;
     this.backoffMax = options.backoffMaxMs ?? 2000;
@@ -932,7 +932,7 @@ export const DEFAULTS = Object.freeze({
   finishGraceMs: 3000,
   livenessTimeoutMs: 0,
   // The WebTransport client's resume policy (PROTOCOL.md's reference: 10 s, 100 ms, 1 s).
-  resumeBudgetMs: 30000,
+  resumeBudgetMs: 10000,
   resumeAttemptTimeoutMs: 2000,
   resumeBackoffMs: 250,
   resumeBackoffMaxMs: 2000,
@@ -2680,7 +2680,7 @@ export class Session extends EventTarget {
  * @param {Iterable<string | Uint8Array | ArrayBuffer | {algorithm?: string, value: string | BufferSource}>} [options.serverCertificateHashes]
  *   SHA-256 hashes of acceptable server certificates (hex or bytes), for development servers
  * @param {Uint8Array | ArrayBuffer | string} [options.credentials] CONN_INIT credentials; a string is UTF-8 encoded
- * @param {number} [options.resumeBudgetMs] default 30000
+ * @param {number} [options.resumeBudgetMs] default 10000 (as the native client; within the server's default grace period of 15 s)
  * @param {number} [options.resumeAttemptTimeoutMs] default 2000
  * @param {number} [options.resumeBackoffMs] default 250, doubled per failed attempt
  * @param {number} [options.resumeBackoffMaxMs] default 2000

@@ -84,8 +84,13 @@ where
 {
     let handler = Arc::new(handler);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, say: wait rather than spin, it may pass.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let handler = handler.clone();
         tokio::spawn(async move {
@@ -95,7 +100,10 @@ where
             {
                 let (mut stream, request) = request;
                 let response = handler(request);
-                let _ = write_response(&mut stream, &response).await;
+                // A browser that stops reading loses its connection at the same deadline.
+                let _ =
+                    tokio::time::timeout(REQUEST_TIMEOUT, write_response(&mut stream, &response))
+                        .await;
             }
         });
     }

@@ -116,9 +116,9 @@ pub(crate) fn server_config(
     if browsers.is_some() {
         // Every connection is granted what a browser's needs before its ALPN is known: HTTP/3's
         // control and QPACK streams, and the CONNECT stream beside main and feed. A native
-        // connection is brought back to its two streams as soon as its ALPN is known
-        // (`driver::server`); what a native client opens meanwhile shares its connection's
-        // receive window, like its own streams.
+        // connection is given no more streams once its ALPN is known (`driver::server`), but
+        // QUIC cannot take this first grant back: what a native client opens of it beyond main
+        // and feed shares its connection's receive window, like its own streams.
         transport
             .max_concurrent_bidi_streams(VarInt::from_u32(BROWSER_BIDI_STREAMS))
             .max_concurrent_uni_streams(VarInt::from_u32(BROWSER_UNI_STREAMS));

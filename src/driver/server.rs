@@ -440,8 +440,10 @@ async fn serve(
         return debug!(%remote, "0.5-RTT refused");
     };
     if shared.config.webtransport.is_some() {
-        // The endpoint grants every connection the streams HTTP/3 needs; a native client gets
-        // no more than its two from here on.
+        // The endpoint grants every connection the streams HTTP/3 needs. QUIC cannot take a
+        // grant back: a native client may still open that first grant (3 bidirectional, 3
+        // unidirectional streams), but is given no more; what it opens beyond main and feed
+        // shares its connection's receive window, like its own streams.
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(CLIENT_STREAMS));
         conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
     }
@@ -461,7 +463,7 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    /// Whether a shutdown or an eviction ends the attempt now (pending while neither does).
+    /// Resolves when a shutdown or an eviction ends the attempt (pending while neither does).
     pub(crate) async fn ended(&mut self) {
         loop {
             tokio::select! {
@@ -481,7 +483,8 @@ impl Attempt {
 
 /// A browser's WebTransport session on `connecting`, once its HTTP/3 setup and its CONNECT
 /// (path and origin checked) are done; `None` if it failed, was refused, or the attempt ended
-/// first (its deadline, a shutdown, an eviction). A refused or abandoned connection is closed.
+/// first (its deadline, a shutdown, an eviction). A refused or abandoned connection is left
+/// to quinn to close once wtransport drops its handles (see [`serve`] for when it cannot).
 async fn open_webtransport(
     connecting: quinn::Connecting,
     attempt: &mut Attempt,
@@ -1039,8 +1042,9 @@ fn decide_resume<L: Link>(
     };
     let found = {
         let mut registry = shared.registry();
-        // The request proves a credential if its proof is the one this connection's exporter
-        // gives for that credential (compared in constant time).
+        // The request proves a credential if its proof is the one this link makes for that
+        // credential (from the connection's TLS exporter, or for a browser the HMAC of
+        // PROTOCOL.md §14.5), compared in constant time.
         let proves = |credential: &Token| {
             conn.resume_proof(credential, request.player_id)
                 .is_some_and(|expected| tokens_equal(&expected, &request.proof))

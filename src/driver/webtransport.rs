@@ -26,7 +26,7 @@ use crate::config::WebTransportConfig;
 use crate::protocol::{LinkClosed, PlayerId, Reason, Token, codec, webtransport_resume_proof};
 
 /// The ALPN protocol of HTTP/3, which browsers offer for WebTransport.
-pub(crate) const ALPN: &[u8] = b"h3";
+pub(crate) use crate::certs::BROWSER_ALPN as ALPN;
 
 /// Why a browser's WebTransport session was not opened.
 #[derive(Debug, thiserror::Error)]

@@ -74,9 +74,11 @@ pub const WEBTRANSPORT_PROOF_LABEL: &[u8] = b"quicfeed-resume-webtransport";
 /// [`WEBTRANSPORT_PROOF_LABEL`] and the player ID (u64, big-endian).
 ///
 /// A page cannot read its connection's TLS exporter, so this proof is not bound to the
-/// connection the way [`resume_proof_context`]'s is. It needs no binding: browsers send no 0-RTT
-/// data (the `RESUME` always travels in 1-RTT data, which cannot be replayed onto another
-/// connection), and the credential is single use. It still keeps the credential itself off the
+/// connection the way [`resume_proof_context`]'s is. It needs no binding for replay: the
+/// server reads nothing on a WebTransport session before the QUIC handshake is complete (its
+/// HTTP/3 setup waits for it), so a `RESUME` there is always 1-RTT data, which cannot be replayed
+/// onto another connection, whatever the client sends as 0-RTT; and the credential is single
+/// use. It still keeps the credential itself off the
 /// wire, and a proof for one transport is no good on the other.
 pub fn webtransport_resume_proof(credential: &Token, player_id: PlayerId) -> Token {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &credential.0);
