@@ -440,3 +440,45 @@ async fn browser_connections_abandoned_mid_setup_are_bounded() {
     common::assert_echoes(&mut native, 3).await;
     drop(held);
 }
+
+#[tokio::test]
+async fn a_page_that_finishes_its_streams_and_closes_ends_its_session_normally() {
+    let fixture = webtransport_fixture().await;
+    let mut events = fixture.server.events();
+    let mut peer = WtPeer::connect(&fixture.server).await;
+    let (player_id, _) = peer.handshake().await;
+    let handle = within(async {
+        loop {
+            if let Some(handle) = fixture.server.session(player_id) {
+                return handle;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // As web/quicfeed.js closes gracefully: both streams finished and acknowledged, then the
+    // WebTransport session closed (with a code the server cannot read as a quicfeed reason).
+    for stream in [&mut peer.main, &mut peer.feed] {
+        within(stream.send.finish()).await.unwrap();
+    }
+    peer.conn.close(wtransport::VarInt::from_u32(0), b"");
+
+    let ended = within(handle.closed()).await;
+    assert!(
+        matches!(
+            ended,
+            quicfeed::Disconnect::ByPeer {
+                reason: Reason::Normal,
+                ..
+            }
+        ),
+        "{ended}"
+    );
+    while let Some(event) = events.try_next() {
+        assert!(
+            !matches!(event.event, quicfeed::SessionEvent::ConnectionLost { .. }),
+            "the page's close was taken as a loss"
+        );
+    }
+    assert_eq!(fixture.server.counters().sessions_expired, 0);
+}

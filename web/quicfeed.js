@@ -1319,8 +1319,12 @@ export class SessionCore {
         if (code !== null && code <= 0xffff && !RETRYABLE_RESUME_CLOSES.has(code)) return this.#end(peerError(code));
         return this.#retry(localError('TRANSPORT_ERROR', 'connection lost during the resume'));
       case 'established':
-        // §3.3 / §9.3: after a FIN, the close that follows is the graceful end.
-        if (k.fin.main || k.fin.feed) return this.#end(new QuicfeedError(Reason.NORMAL, 'closed by the server', { local: false }));
+        // §3.3 / §9.3: after a FIN, the close that follows is the graceful end, with the reason
+        // the farewell gave (NORMAL unless the server's application chose another).
+        if (k.fin.main || k.fin.feed) {
+          if (code !== null && code <= 0xffff) return this.#end(new QuicfeedError(code, detail || 'closed by the server', { local: false }));
+          return this.#end(new QuicfeedError(Reason.NORMAL, 'closed by the server', { local: false }));
+        }
         // §9.4: a close code that keeps the session, or none at all: resume.
         if (code === null || code > 0xffff || SURVIVING_CLOSES.has(code)) return this.#lost(localError('TRANSPORT_ERROR', 'connection lost'));
         return this.#end(peerError(code));
@@ -1665,7 +1669,6 @@ export class SessionCore {
       k.probe = null;
     }
     if (this.state === 'closing') this.#checkCloseDone();
-    else if (k.peerFinAt != null) this.#checkPeerDone();
   }
 
   #onFin(channel, now) {
@@ -1675,17 +1678,9 @@ export class SessionCore {
     k.fin[channel] = true;
     if (k.peerFinAt == null) k.peerFinAt = now;
     this.#ack(channel);
+    // Otherwise wait for the server's close, which says its reason in the farewell (§14.6), at
+    // most the finish grace (then the session ends as NORMAL, §3.3).
     if (this.state === 'closing') this.#checkCloseDone();
-    else this.#checkPeerDone();
-  }
-
-  #checkPeerDone() {
-    const k = this.conn;
-    // Both channels finished and our own messages acknowledged: the session ends normally.
-    if (k.fin.main && k.fin.feed && this.out.main.allAcked && this.out.feed.allAcked) {
-      this.#close(Reason.NORMAL, '');
-      this.#end(new QuicfeedError(Reason.NORMAL, 'closed by the server', { local: false }));
-    }
   }
 
   #checkCloseDone() {

@@ -939,7 +939,26 @@ impl SessionMachine {
             return;
         }
         let disconnect = closed.disconnect();
-        if closed.keeps_session() {
+        let finished = [ChannelKind::Main, ChannelKind::Feed]
+            .into_iter()
+            .find(|&kind| self.channel(kind).peer_finished.is_some());
+        let transport_ending =
+            closed.keeps_session() && !matches!(closed, LinkClosed::Application { .. });
+        if let (true, Some(kind)) = (transport_ending, finished) {
+            // The peer had finished a stream to close gracefully, and its connection ended
+            // without a close (PROTOCOL.md §3.3): the session is over, as the peer asked, as
+            // when its close does not follow within the finish grace. (A browser's close is
+            // always such an ending, §14.6: a page that finished its streams and closed ends
+            // normally.) A close that keeps the session, `SUPERSEDED` say, still keeps it.
+            let message = format!("{kind} finished, then the connection ended ({disconnect})");
+            self.finish(
+                Disconnect::ByPeer {
+                    reason: Reason::Normal,
+                    message,
+                },
+                None,
+            );
+        } else if closed.keeps_session() {
             self.lose_link(now, LinkEnd::Lost(disconnect));
         } else if self.closing.is_some()
             && matches!(

@@ -984,3 +984,34 @@ fn random_schedules_deliver_exactly_once_in_order_or_report_gaps() {
         assert!(pair.client.ended().is_none() && pair.server.ended().is_none());
     }
 }
+
+/// Proves: a connection that ends without a close after the peer finished a stream (as a
+/// browser's always does, PROTOCOL.md §14.6) ends the session at once as the peer's normal
+/// close, where the same ending without a FIN keeps the session for a resume.
+#[test]
+fn a_connection_lost_after_the_peers_fin_ends_the_session_normally() {
+    let now = Instant::now();
+    let lost = LinkClosed::Transport("the browser closed its WebTransport connection".into());
+
+    let mut m = SessionMachine::new(config(Side::Server), now);
+    let g = m.attach(now, attach_link((0, 0))).unwrap().generation;
+    m.handle_link_closed(g, &lost, now);
+    assert!(m.ended().is_none(), "no FIN: kept for a resume");
+
+    let mut m = SessionMachine::new(config(Side::Server), now);
+    let g = m.attach(now, attach_link((0, 0))).unwrap().generation;
+    m.handle_stream_end(g, FEED, StreamEnd::Finished, now);
+    m.handle_stream_end(g, MAIN, StreamEnd::Finished, now);
+    m.handle_link_closed(g, &lost, now + Duration::from_millis(1));
+    assert!(matches!(
+        m.ended(),
+        Some(Disconnect::ByPeer {
+            reason: Reason::Normal,
+            ..
+        })
+    ));
+    assert!(
+        m.poll_close().is_none(),
+        "the connection is gone: nothing to close"
+    );
+}
