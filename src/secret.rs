@@ -160,17 +160,20 @@ impl ServerSecret {
         Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key))
     }
 
-    /// The key of the connection IDs (quinn's hashed connection ID generator) of a server bound
-    /// to `bound`.
-    pub(crate) fn connection_id_key(&self, bound: SocketAddr) -> Result<u64, ConfigError> {
-        let mut key = [0u8; 8];
+    /// The key that tags the connection IDs of a server bound to `bound` (HMAC-SHA256), so that
+    /// the server restarted with the same secret recognises the IDs it issued.
+    pub(crate) fn connection_id_key(
+        &self,
+        bound: SocketAddr,
+    ) -> Result<ring::hmac::Key, ConfigError> {
+        let mut key = [0u8; 32];
         self.derive(b"quicfeed connection ids", bound, &mut key)?;
-        Ok(u64::from_be_bytes(key))
+        Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key))
     }
 
     /// Fills `out` with the HKDF-SHA256 expansion of the secret for `label` and the address
     /// `bound` (info: the label, a space, the address as text). HKDF fails only for more than
-    /// 255 hash lengths; the keys are 8 and 32 bytes.
+    /// 255 hash lengths; the keys are 32 bytes.
     fn derive(&self, label: &[u8], bound: SocketAddr, out: &mut [u8]) -> Result<(), ConfigError> {
         struct Len(usize);
         impl hkdf::KeyType for Len {
@@ -202,10 +205,13 @@ mod tests {
         assert_eq!(first, again);
         let bound: SocketAddr = "127.0.0.1:4433".parse().unwrap();
         let other = ServerSecret::generate().unwrap();
-        assert_ne!(
-            first.connection_id_key(bound).unwrap(),
-            other.connection_id_key(bound).unwrap()
-        );
+        let tag = |secret: &ServerSecret| {
+            ring::hmac::sign(&secret.connection_id_key(bound).unwrap(), b"id")
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(tag(&first), tag(&again));
+        assert_ne!(tag(&first), tag(&other));
         // No staged file is left behind.
         let left = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(left, 1);
@@ -230,23 +236,24 @@ mod tests {
         let prk = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, prk.as_ref());
         let block =
             |label: &str| ring::hmac::sign(&prk, format!("{label} 127.0.0.1:4433\x01").as_bytes());
+        let id = b"a connection id";
+        let tag = |key: &ring::hmac::Key| ring::hmac::sign(key, id).as_ref().to_vec();
+        // Both keys: the expansion for their label, used as an HMAC-SHA256 key.
         let ids = block("quicfeed connection ids");
-        let expected = u64::from_be_bytes(ids.as_ref()[..8].try_into().unwrap());
-        assert_eq!(secret.connection_id_key(bound).unwrap(), expected);
-        // The reset key: the same expansion for its label, used as an HMAC-SHA256 key.
+        let expected = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ids.as_ref());
+        assert_eq!(
+            tag(&secret.connection_id_key(bound).unwrap()),
+            tag(&expected)
+        );
         let reset = block("quicfeed stateless reset");
         let expected = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
-        let id = b"a connection id";
-        assert_eq!(
-            ring::hmac::sign(&secret.reset_key(bound).unwrap(), id).as_ref(),
-            ring::hmac::sign(&expected, id).as_ref()
-        );
+        assert_eq!(tag(&secret.reset_key(bound).unwrap()), tag(&expected));
         // The labels and the address separate the keys.
-        assert_ne!(reset.as_ref()[..8], ids.as_ref()[..8]);
+        assert_ne!(reset.as_ref(), ids.as_ref());
         let elsewhere: SocketAddr = "127.0.0.1:4434".parse().unwrap();
         assert_ne!(
-            secret.connection_id_key(bound).unwrap(),
-            secret.connection_id_key(elsewhere).unwrap()
+            tag(&secret.connection_id_key(bound).unwrap()),
+            tag(&secret.connection_id_key(elsewhere).unwrap())
         );
     }
 
