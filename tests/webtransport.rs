@@ -163,6 +163,20 @@ impl WtPeer {
     }
 }
 
+/// The server's handle of `player_id`'s session, once the server has it (its `CONN_OK` may
+/// reach the peer before the server's application has the session).
+async fn established_session(fixture: &Fixture, player_id: PlayerId) -> quicfeed::SessionHandle {
+    within(async {
+        loop {
+            if let Some(handle) = fixture.server.session(player_id) {
+                return handle;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
 async fn webtransport_fixture() -> Fixture {
     Fixture::start_with(|config| config.webtransport = Some(WebTransportConfig::default())).await
 }
@@ -329,15 +343,7 @@ async fn a_server_close_reaches_the_page_as_a_farewell_before_the_close() {
     let fixture = webtransport_fixture().await;
     let mut peer = WtPeer::connect(&fixture.server).await;
     let (player_id, _) = peer.handshake().await;
-    let handle = within(async {
-        loop {
-            if let Some(handle) = fixture.server.session(player_id) {
-                return handle;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let handle = established_session(&fixture, player_id).await;
     handle.close(Reason::ServerShutdown, "maintenance");
 
     // A page cannot read the QUIC close code: the reason comes first, on a stream of its own.
@@ -447,15 +453,7 @@ async fn a_page_that_finishes_its_streams_and_closes_ends_its_session_normally()
     let mut events = fixture.server.events();
     let mut peer = WtPeer::connect(&fixture.server).await;
     let (player_id, _) = peer.handshake().await;
-    let handle = within(async {
-        loop {
-            if let Some(handle) = fixture.server.session(player_id) {
-                return handle;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let handle = established_session(&fixture, player_id).await;
     // As web/quicfeed.js closes gracefully: both streams finished and acknowledged, then the
     // WebTransport session closed (with a code the server cannot read as a quicfeed reason).
     for stream in [&mut peer.main, &mut peer.feed] {
