@@ -122,6 +122,13 @@ pub(crate) async fn run<L: Link>(
         if let Err(end) = on_read(core, generation, kind, Ok(()), reader) {
             *ended_streams.get_mut(kind) = true;
             if let Some(closed) = end {
+                take_in_the_rest(
+                    core,
+                    generation,
+                    &mut main_r,
+                    &mut feed_r,
+                    &mut ended_streams,
+                );
                 core.update(|m, now| m.handle_link_closed(generation, &closed, now));
                 return ended(core, generation);
             }
@@ -144,8 +151,15 @@ pub(crate) async fn run<L: Link>(
                         for bytes in ready {
                             m.handle_datagram(generation, bytes, now);
                         }
-                        m.handle_link_closed(generation, &closed, now);
                     });
+                    take_in_the_rest(
+                        core,
+                        generation,
+                        &mut main_r,
+                        &mut feed_r,
+                        &mut ended_streams,
+                    );
+                    core.update(|m, now| m.handle_link_closed(generation, &closed, now));
                     return ended(core, generation);
                 }
                 None => break,
@@ -282,6 +296,13 @@ pub(crate) async fn run<L: Link>(
                     Err(end) => {
                         *ended_streams.get_mut(kind) = true;
                         if let Some(closed) = end {
+                            take_in_the_rest(
+                                core,
+                                generation,
+                                &mut main_r,
+                                &mut feed_r,
+                                &mut ended_streams,
+                            );
                             core.update(|m, now| m.handle_link_closed(generation, &closed, now));
                             return ended(core, generation);
                         }
@@ -295,6 +316,13 @@ pub(crate) async fn run<L: Link>(
                         datagram.set(link.read_datagram());
                     }
                     Err(closed) => {
+                        take_in_the_rest(
+                            core,
+                            generation,
+                            &mut main_r,
+                            &mut feed_r,
+                            &mut ended_streams,
+                        );
                         core.update(|m, now| m.handle_link_closed(generation, &closed, now));
                         return ended(core, generation);
                     }
@@ -409,6 +437,37 @@ impl<W: StreamSend> InlineWrite for Writers<W> {
 }
 
 /// How the connection ended for the session, once it is no longer attached.
+/// Takes in what both streams received before the connection ended, a FIN included, without
+/// waiting: the ending is told to the machine after it, so that a graceful close the peer made
+/// just before (its FIN, then its close, PROTOCOL.md §3.3; a page's close always reads as a
+/// transport ending) is seen as one, whichever of the stream and the ending this task noticed
+/// first. Bounded: a stream holds at most its receive window, taken [`READ_AHEAD`] reads at a
+/// time, and only while the channel has room, as in any round.
+fn take_in_the_rest<R: StreamRecv>(
+    core: &SessionCore,
+    generation: u64,
+    main: &mut FrameReader<R>,
+    feed: &mut FrameReader<R>,
+    ended_streams: &mut PerChannel<bool>,
+) {
+    for (kind, reader) in [(ChannelKind::Main, main), (ChannelKind::Feed, feed)] {
+        loop {
+            if *ended_streams.get(kind)
+                || !core.update(|m, _| wants_read(m, generation, kind, reader))
+            {
+                break;
+            }
+            let Some(read) = poll_now(std::pin::pin!(reader.read_more())) else {
+                break; // nothing more arrived
+            };
+            if on_read(core, generation, kind, read, reader).is_err() {
+                // Finished, failed, or the connection's end: nothing more comes on it.
+                *ended_streams.get_mut(kind) = true;
+            }
+        }
+    }
+}
+
 fn ended(core: &SessionCore, generation: u64) -> LinkEnd {
     core.update(|m, _| m.link_end(generation))
         .unwrap_or(LinkEnd::Ended)
