@@ -396,7 +396,7 @@ impl BrowserCertificates {
 
     /// If its time has come (at `now`), lets the next certificate take over and makes a new
     /// next one; returns whether it did. If the new one cannot be made, the next certificate
-    /// takes over all the same (it was made later, so it stays valid longer) and stays
+    /// takes over all the same if it was made later (so it stays valid longer) and stays
     /// published as the next one too, the error is returned, and the rotation is due again
     /// [`BROWSER_CERT_RETRY`] later.
     pub(crate) fn rotate_if_due(&self, now: std::time::SystemTime) -> Result<bool, CertError> {

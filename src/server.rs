@@ -388,8 +388,8 @@ impl Drop for Inner {
 }
 
 /// Lets each generated browser certificate's successor take over when its time comes, for as
-/// long as the server runs. Each wait lasts until the next rotation (days), or an hour at most
-/// after a failure, so a clock that jumps is noticed within the hour.
+/// long as the server runs. Each wait lasts until the next rotation, or an hour at most, so a
+/// clock that jumps is noticed within the hour (and a failed rotation is retried an hour on).
 async fn rotate_browser_certificates(certificates: Arc<BrowserCertificates>) {
     // The clock may jump (a suspended machine): look at least this often.
     const RECHECK: Duration = Duration::from_secs(3600);

@@ -1322,7 +1322,9 @@ export class SessionCore {
         // §3.3 / §9.3: after a FIN, the close that follows is the graceful end, with the reason
         // the farewell gave (NORMAL unless the server's application chose another).
         if (k.fin.main || k.fin.feed) {
-          if (code !== null && code <= 0xffff) return this.#end(new QuicfeedError(code, detail || 'closed by the server', { local: false }));
+          // (A close that would keep the session, DEAD_PATH say, cannot here: the server was
+          // ending it. It reads as the graceful end.)
+          if (code !== null && code <= 0xffff && !SURVIVING_CLOSES.has(code)) return this.#end(new QuicfeedError(code, detail || 'closed by the server', { local: false }));
           return this.#end(new QuicfeedError(Reason.NORMAL, 'closed by the server', { local: false }));
         }
         // §9.4: a close code that keeps the session, or none at all: resume.

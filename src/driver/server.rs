@@ -89,6 +89,8 @@ pub(crate) struct ServerShared {
     /// counted them: browser setups that failed while the browser held an HTTP/3 stream open
     /// (see [`serve`]), and connections still draining after their close.
     untracked_connections: AtomicUsize,
+    /// Connection tasks that hold no connection: their session lost it and waits for a resume.
+    waiting_for_resume: AtomicUsize,
 }
 
 impl ServerShared {
@@ -115,6 +117,7 @@ impl ServerShared {
             counters: Counters::default(),
             session_queued: Notify::new(),
             untracked_connections: AtomicUsize::new(0),
+            waiting_for_resume: AtomicUsize::new(0),
         }
     }
 
@@ -284,9 +287,13 @@ pub(crate) async fn accept_loop(
             }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    // Every task holds one connection at most (none before it accepts): what
-                    // quinn holds beyond them, no task can close.
-                    let untracked = endpoint.open_connections().saturating_sub(tasks.len());
+                    // Every task holds one connection, except those whose session waits for a
+                    // resume (and, for an instant, one not yet accepted): what quinn holds
+                    // beyond them, no task can close.
+                    let holding = tasks.len().saturating_sub(
+                        shared.waiting_for_resume.load(Ordering::Relaxed),
+                    );
+                    let untracked = endpoint.open_connections().saturating_sub(holding);
                     shared.untracked_connections.store(untracked, Ordering::Relaxed);
                     if let Some((ticket, evicted)) = admit(&shared, &incoming) {
                         // Boxed: the task's future keeps its arguments' slots for as long as it
@@ -410,9 +417,8 @@ async fn serve(
         // the browser holds an HTTP/3 stream open without its header, wtransport's reader of
         // that stream keeps the connection alive. Those connections are bounded here: past
         // as many as handshakes may be in progress, new browsers are refused at once.
-        if shared.untracked_connections.load(Ordering::Relaxed)
-            > shared.config.max_pending_handshakes
-        {
+        let abandoned = shared.untracked_connections.load(Ordering::Relaxed);
+        if !lock(&shared.pending).admission.admits_browser(abandoned) {
             bump(&shared.counters.browsers_refused);
             debug!(%remote, "browser refused: too many abandoned connections are still open");
             if let Ok((conn, _)) = connecting.into_0rtt() {
@@ -640,7 +646,7 @@ async fn serve_link<L: Link>(
         }
         Outcome::ResumeAborted { core } => {
             // The old connection was already detached: the session now waits for the client.
-            return grace(&core, &mut shutdown).await;
+            return grace(&shared, &core, &mut shutdown).await;
         }
         Outcome::Failed => return,
     };
@@ -654,13 +660,26 @@ async fn serve_link<L: Link>(
     };
     if let LinkEnd::Lost(why) = end {
         debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
-        grace(&core, &mut shutdown).await;
+        grace(&shared, &core, &mut shutdown).await;
     }
 }
 
 /// Waits, at most the grace period, for a lost session's client to resume it; the session
 /// machine ends it then.
-async fn grace(core: &Arc<SessionCore>, shutdown: &mut watch::Receiver<Option<Shutdown>>) {
+async fn grace(
+    shared: &ServerShared,
+    core: &Arc<SessionCore>,
+    shutdown: &mut watch::Receiver<Option<Shutdown>>,
+) {
+    /// Counts the task among those that hold no connection while it waits.
+    struct Waiting<'a>(&'a AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    shared.waiting_for_resume.fetch_add(1, Ordering::Relaxed);
+    let _waiting = Waiting(&shared.waiting_for_resume);
     tokio::select! {
         biased;
         () = core.await_resume() => {}
@@ -901,13 +920,15 @@ async fn handshake<L: Link>(
                 }
                 ServerOutput::Close { reason, message } => {
                     debug!(%remote, %reason, %message, "handshake failed");
-                    match failed_on.and_then(|c| find(&mut streams, c)) {
-                        // The refusal went out: the close repeats its code, nothing more.
-                        Some(stream) => {
-                            stream.writer.finish_and_linger(FAIL_LINGER).await;
-                            conn.close_at_once(reason, &message);
-                        }
-                        None => conn.close(reason, &message),
+                    let received = match failed_on.and_then(|c| find(&mut streams, c)) {
+                        Some(stream) => stream.writer.finish_and_linger(FAIL_LINGER).await,
+                        None => false,
+                    };
+                    if received {
+                        // The client has the refusal: the close repeats its code, no more.
+                        conn.close_at_once(reason, &message);
+                    } else {
+                        conn.close(reason, &message);
                     }
                     return failed(resumed);
                 }

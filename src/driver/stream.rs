@@ -213,13 +213,15 @@ impl<W: StreamSend> FrameWriter<W> {
     }
 
     /// Flushes, finishes, and waits until the peer has received it all, for at most `linger`
-    /// in all (a `CONN_FAILED` before the connection closes).
-    pub(crate) async fn finish_and_linger(&mut self, linger: Duration) {
-        let _ = tokio::time::timeout(linger, async {
+    /// in all (a `CONN_FAILED` before the connection closes). Returns whether the wait ended
+    /// before `linger`: the peer has it all (or the stream or the connection is gone).
+    pub(crate) async fn finish_and_linger(&mut self, linger: Duration) -> bool {
+        tokio::time::timeout(linger, async {
             let _ = self.flush().await;
             self.finish();
             self.stream.stopped().await;
         })
-        .await;
+        .await
+        .is_ok()
     }
 }

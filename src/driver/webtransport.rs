@@ -97,9 +97,17 @@ impl WebTransportLink {
     /// drain (which waits for those tasks) does not cut the farewell short.
     pub(crate) async fn farewell_sent(&self) {
         let task = lock(&self.farewell).take();
-        if let Some(task) = task {
+        match task {
             // The task bounds itself by FAREWELL_LINGER; a failure in it is no concern here.
-            let _ = task.await;
+            Some(task) => {
+                let _ = task.await;
+            }
+            // A close can come after the connection's task has ended (a session's closes are
+            // made once its lock is released, possibly in another task): wait for the
+            // connection's end, as long as a farewell can take. At once if it has ended.
+            None => {
+                let _ = tokio::time::timeout(FAREWELL_LINGER, self.quic().closed()).await;
+            }
         }
     }
 
@@ -183,8 +191,8 @@ impl LinkHandle for WebTransportLink {
     /// unidirectional stream of its own (the farewell), then made, once the page has it or after
     /// [`FAREWELL_LINGER`], with the code as on a native connection (PROTOCOL.md §14.6).
     fn close(&self, reason: Reason, message: &str) {
-        // One critical section: a close either finds the farewell stored by an earlier one, or
-        // stores its own before [`farewell_sent`](Self::farewell_sent) can look.
+        // The flag and the stored task change together, under the lock: a later close, or
+        // [`farewell_sent`](Self::farewell_sent), sees both or neither.
         let mut farewell = lock(&self.farewell);
         if self.closed_here.swap(true, Ordering::AcqRel) {
             return; // the first close wins

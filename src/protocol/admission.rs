@@ -112,6 +112,14 @@ impl Admission {
         self.places.len()
     }
 
+    /// Whether a browser's connection (ALPN `h3`) may begin its WebTransport setup while
+    /// `abandoned` connections the server cannot close are open (setups given up while the
+    /// browser held an HTTP/3 stream open, and connections still draining; SECURITY.md, Known
+    /// limits): no more than as many as handshakes may be in progress.
+    pub fn admits_browser(&self, abandoned: usize) -> bool {
+        abandoned <= self.limits.max_pending
+    }
+
     /// Decides about an attempt from `ip` at `now`; `validated` is whether QUIC has already
     /// validated the address (the Initial carried a Retry token).
     pub fn consider(&mut self, ip: IpAddr, validated: bool, now: Instant) -> Admit {
@@ -189,6 +197,16 @@ mod tests {
             Admit::Accept(place) => place,
             other => panic!("expected Accept, got {other:?}"),
         }
+    }
+
+    /// Proves: browsers are admitted while the connections the server cannot close number at
+    /// most the handshake cap, and refused past it.
+    #[test]
+    fn browsers_are_refused_past_the_cap_on_abandoned_connections() {
+        let a = Admission::new(LIMITS);
+        assert!(a.admits_browser(0));
+        assert!(a.admits_browser(LIMITS.max_pending));
+        assert!(!a.admits_browser(LIMITS.max_pending + 1));
     }
 
     #[test]

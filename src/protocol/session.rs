@@ -942,8 +942,10 @@ impl SessionMachine {
         let finished = [ChannelKind::Main, ChannelKind::Feed]
             .into_iter()
             .find(|&kind| self.channel(kind).peer_finished.is_some());
-        let transport_ending =
-            closed.keeps_session() && !matches!(closed, LinkClosed::Application { .. });
+        // (Not while this side's own graceful close is under way: that ends as its own close.)
+        let transport_ending = closed.keeps_session()
+            && !matches!(closed, LinkClosed::Application { .. })
+            && self.closing.is_none();
         if let (true, Some(kind)) = (transport_ending, finished) {
             // The peer had finished a stream to close gracefully, and its connection ended
             // without a close (PROTOCOL.md §3.3): the session is over, as the peer asked, as

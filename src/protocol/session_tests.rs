@@ -1014,4 +1014,19 @@ fn a_connection_lost_after_the_peers_fin_ends_the_session_normally() {
         m.poll_close().is_none(),
         "the connection is gone: nothing to close"
     );
+
+    // Both sides closing gracefully at once: this side's close completes as its own, on
+    // either side.
+    for side in [Side::Server, Side::Client] {
+        let mut m = SessionMachine::new(config(side), now);
+        let g = m.attach(now, attach_link((0, 0))).unwrap().generation;
+        let reason = Reason::Application(0x1001);
+        m.close_gracefully(now, reason, "round over", Duration::from_secs(2));
+        m.handle_stream_end(g, MAIN, StreamEnd::Finished, now);
+        m.handle_link_closed(g, &lost, now + Duration::from_millis(1));
+        match m.ended() {
+            Some(Disconnect::Locally { reason: r, .. }) => assert_eq!(*r, reason),
+            other => panic!("{side:?}: expected this side's own close, got {other:?}"),
+        }
+    }
 }

@@ -436,6 +436,12 @@ test('§3.3, §9.3: a graceful close by the server', () => {
 
   h = established();
   h.core.onStreamEnd('main', 0);
+  h.drain();
+  h.core.connectionLost(5, { closeCode: Reason.DEAD_PATH, reason: 'nothing received' });
+  assert.equal(h.drain().outcome('ended').error.code, Reason.NORMAL, 'a close that keeps the session, after a FIN, is the graceful end');
+
+  h = established();
+  h.core.onStreamEnd('main', 0);
   h.drain().advance(2999);
   assert.equal(h.outcomes.length, 0);
   h.advance(1);
