@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::error::Disconnect;
 use crate::protocol::{PlayerId, Reason};
@@ -116,11 +116,29 @@ pub struct SessionCounters {
     pub datagrams_too_old: u64,
 }
 
+/// What [`Events`] needs of its session: whether it has ended, and a wake-up when that may
+/// have changed. (Implemented by the driver's session state, so this module does not depend on
+/// the driver.)
+pub(crate) trait EndSignal: Send + Sync {
+    /// Whether the session has ended.
+    fn has_ended(&self) -> bool;
+    /// Resolves when the session's status changes (see `SessionCore::status_changed`).
+    fn status_changed(&self) -> tokio::sync::futures::Notified<'_>;
+}
+
 /// A session's events, in order. See [`SessionHandle::events`](crate::SessionHandle::events).
-#[derive(Debug)]
 pub struct Events {
     pub(crate) events: broadcast::Receiver<SessionEvent>,
-    pub(crate) ended: watch::Receiver<Option<Disconnect>>,
+    /// The session's end.
+    pub(crate) end: std::sync::Arc<dyn EndSignal>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("ended", &self.end.has_ended())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Events {
@@ -148,7 +166,10 @@ impl Events {
                 Err(broadcast::error::TryRecvError::Closed) => return None,
                 Err(broadcast::error::TryRecvError::Empty) => {}
             }
-            if self.ended.borrow_and_update().is_some() {
+            let end = &self.end;
+            let mut changed = std::pin::pin!(end.status_changed());
+            changed.as_mut().enable();
+            if end.has_ended() {
                 return None;
             }
             tokio::select! {
@@ -158,9 +179,7 @@ impl Events {
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                changed = self.ended.changed() => if changed.is_err() {
-                    return None;
-                },
+                () = changed => {}
             }
         }
     }

@@ -201,7 +201,7 @@ impl SessionHandle {
     pub fn events(&self) -> Events {
         Events {
             events: self.core().subscribe_events(),
-            ended: self.core().subscribe_end(),
+            end: self.core().clone(),
         }
     }
 
@@ -310,15 +310,7 @@ impl SessionHandle {
     /// Waits until the session ends and says why. After a local close on a client, it also
     /// waits (at most 2 s) until the close has been sent.
     pub async fn closed(&self) -> Disconnect {
-        let mut ended = self.core().subscribe_end();
-        let why = loop {
-            if let Some(why) = ended.borrow_and_update().clone() {
-                break why;
-            }
-            if ended.changed().await.is_err() {
-                break Disconnect::Transport("session state lost".into());
-            }
-        };
+        let why = self.core().wait_ended().await;
         if let (Disconnect::Locally { .. }, Some(endpoint)) = (&why, self.core().endpoint()) {
             drain(endpoint).await;
         }

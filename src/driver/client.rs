@@ -130,7 +130,14 @@ pub(crate) async fn connect(
         jitter: Jitter::new(config.resume.jitter_seed),
     };
     let player_id = done.established.player_id;
-    let core = SessionCore::new(player_id, session, SideHandle::Client { endpoint }, None);
+    let core = SessionCore::new(
+        player_id,
+        session,
+        SideHandle::Client {
+            endpoint: Box::new(endpoint),
+        },
+        None,
+    );
     if zero_rtt {
         Counters::bump(&core.counters.connect_0rtt, 1);
     }
@@ -177,7 +184,7 @@ fn attachment(
     conn: &quinn::Connection,
     done: Handshaken,
     local: FrameLimits,
-) -> (AttachLink, Streams<quinn::Connection>) {
+) -> (AttachLink, Box<Streams<quinn::Connection>>) {
     let established = done.established;
     let stream = |stream: Stream, kind: ChannelKind| {
         ChannelStream::established(stream.writer, stream.reader, local.get(kind))
@@ -188,10 +195,10 @@ fn attachment(
         rules: (established.main_rules, established.feed_rules),
         datagrams: conn.max_datagram_size().is_some_and(|max| max > 0),
     };
-    let streams = Streams {
+    let streams = Box::new(Streams {
         main: stream(done.main, ChannelKind::Main),
         feed: stream(done.feed, ChannelKind::Feed),
-    };
+    });
     (attach, streams)
 }
 
@@ -202,7 +209,7 @@ async fn run_session(
     mut resumer: Resumer,
     mut generation: u64,
     mut conn: quinn::Connection,
-    mut streams: Streams<quinn::Connection>,
+    mut streams: Box<Streams<quinn::Connection>>,
 ) {
     loop {
         match connection::run(&core, generation, conn, streams, resumer.priorities).await {
@@ -246,14 +253,14 @@ async fn run_session(
 struct Resumed {
     generation: u64,
     conn: quinn::Connection,
-    streams: Streams<quinn::Connection>,
+    streams: Box<Streams<quinn::Connection>>,
     replayed: u64,
     lost: u64,
     handshake: Duration,
 }
 
 /// A resumed session's new connection: its generation, the connection and its streams.
-type ResumedLink = (u64, quinn::Connection, Streams<quinn::Connection>);
+type ResumedLink = (u64, quinn::Connection, Box<Streams<quinn::Connection>>);
 
 /// How one resume attempt failed.
 enum AttemptError {

@@ -10,8 +10,9 @@
 //! Waits, and what bounds them: the `select!` resolves on any read, write progress, datagram,
 //! wake-up from the application, timer or the connection's end; the machine's timers (dead
 //! path, acknowledgements, finished-stream grace, close linger) bound how long nothing happens.
-//! While lane messages wait for QUIC to take them, a second timer looks again every
+//! While lane messages wait for QUIC to take them, the task also looks again every
 //! millisecond (QUIC says nothing when its datagram queue empties); it stops when none wait.
+//! Both deadlines share one timer, armed at the earlier.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -83,30 +84,19 @@ pub(crate) async fn run<L: Link>(
     core: &Arc<SessionCore>,
     generation: u64,
     link: L,
-    streams: Streams<L>,
+    streams: Box<Streams<L>>,
     priorities: (i32, i32),
 ) -> LinkEnd {
-    let Streams { main, feed } = streams;
-    let (main_w, mut main_r) = (main.writer, main.reader);
-    let (feed_w, mut feed_r) = (feed.writer, feed.reader);
-    main_w.set_priority(priorities.0);
-    feed_w.set_priority(priorities.1);
-    let writers = Arc::new(Writers {
-        generation,
-        streams: Mutex::new(PerChannel {
-            main: Slot::new(main_w),
-            feed: Slot::new(feed_w),
-        }),
-    });
-    core.set_writers(generation, writers.clone());
+    let (writers, mut main_r, mut feed_r) = start(core, generation, streams, priorities);
     let handle = link.handle();
     let mut datagram = pin!(link.read_datagram());
+    // One timer for the machine's deadline and the lane's recheck (while messages wait for
+    // QUIC), armed at the earlier. A round woken by the recheck alone runs nothing but the
+    // lane's hand-over: the statistics sample and the liveness check wait for `timer_at`.
     let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut timer_at: Option<Instant> = None;
-    // The lane's recheck while messages wait for QUIC: a timer of its own, so that it runs
-    // nothing but the lane's hand-over (no statistics sample, no liveness check).
-    let mut lane_timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut lane_timer_at: Option<Instant> = None;
+    let mut armed_at: Option<Instant> = None;
     let mut ended_streams = PerChannel::both(false);
     // A finished stream's acknowledgement, which a graceful close waits for (bounded by the
     // close's linger: the machine's timer).
@@ -136,149 +126,160 @@ pub(crate) async fn run<L: Link>(
     }
 
     loop {
-        // Datagrams already received go in first, so a flood on a stream cannot hold up the
-        // acknowledgement datagrams behind it.
-        let mut ready = Vec::new();
-        while ready.len() < DATAGRAM_BATCH {
-            match poll_now(datagram.as_mut()) {
-                Some(Ok(bytes)) => {
-                    ready.push(bytes);
-                    datagram.set(link.read_datagram());
+        // In a block: what the round plans is not kept across the wait below (nor in the
+        // task's future for the session's life), only which streams to read and to flush.
+        let (want_read, pending) = {
+            // Datagrams already received go in first, so a flood on a stream cannot hold up the
+            // acknowledgement datagrams behind it.
+            let mut ready = Vec::new();
+            while ready.len() < DATAGRAM_BATCH {
+                match poll_now(datagram.as_mut()) {
+                    Some(Ok(bytes)) => {
+                        ready.push(bytes);
+                        datagram.set(link.read_datagram());
+                    }
+                    Some(Err(closed)) => {
+                        // The connection has ended (its datagrams all read): so has this task.
+                        core.update(|m, now| {
+                            for bytes in ready {
+                                m.handle_datagram(generation, bytes, now);
+                            }
+                        });
+                        take_in_the_rest(
+                            core,
+                            generation,
+                            &mut main_r,
+                            &mut feed_r,
+                            &mut ended_streams,
+                        );
+                        core.update(|m, now| m.handle_link_closed(generation, &closed, now));
+                        return ended(core, generation);
+                    }
+                    None => break,
                 }
-                Some(Err(closed)) => {
-                    // The connection has ended (its datagrams all read): so has this task.
-                    core.update(|m, now| {
-                        for bytes in ready {
-                            m.handle_datagram(generation, bytes, now);
+            }
+            let due = timer_at.is_some_and(|t| t <= now());
+            let sample = due.then(|| handle.sample());
+            // What QUIC holds unsent, asked only while lane messages wait (the recheck is armed;
+            // a message that has just started to wait arms it in this round and is looked at when
+            // it fires), and before the session's lock: quinn's own lock is taken inside.
+            let quic_datagrams = lane_timer_at
+                .is_some()
+                .then(|| (handle.datagram_queued(), handle.max_datagram_size()));
+            // Lock order: the writers, then the session (as a send that writes at once takes them).
+            let plan = {
+                let mut streams = lock(&writers.streams);
+                if due {
+                    // An idle session holds no write queue: given back on the machine's timer
+                    // (a few times a second at most), not after every write.
+                    streams.main.writer.release_idle();
+                    streams.feed.writer.release_idle();
+                }
+                core.update(|m, now| {
+                    for bytes in ready {
+                        m.handle_datagram(generation, bytes, now);
+                    }
+                    if let Some(sample) = &sample {
+                        m.handle_received(generation, sample.received_datagrams, now);
+                        m.handle_timeout(now);
+                    }
+                    if !m.is_attached(generation) {
+                        return None;
+                    }
+                    for kind in [ChannelKind::Main, ChannelKind::Feed] {
+                        let slot = streams.get_mut(kind);
+                        if !slot.writer.has_pending() && !slot.finishing && !slot.finished {
+                            slot.finishing = fill(m, generation, kind, &mut slot.writer);
                         }
-                    });
-                    take_in_the_rest(
-                        core,
-                        generation,
-                        &mut main_r,
-                        &mut feed_r,
-                        &mut ended_streams,
-                    );
-                    core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                    return ended(core, generation);
-                }
-                None => break,
-            }
-        }
-        let due = timer_at.is_some_and(|t| t <= now());
-        let sample = due.then(|| handle.sample());
-        // What QUIC holds unsent, asked only while lane messages wait (the recheck is armed;
-        // a message that has just started to wait arms it in this round and is looked at when
-        // it fires), and before the session's lock: quinn's own lock is taken inside.
-        let quic_datagrams = lane_timer_at
-            .is_some()
-            .then(|| (handle.datagram_queued(), handle.max_datagram_size()));
-        // Lock order: the writers, then the session (as a send that writes at once takes them).
-        let plan = {
-            let mut streams = lock(&writers.streams);
-            core.update(|m, now| {
-                for bytes in ready {
-                    m.handle_datagram(generation, bytes, now);
-                }
-                if let Some(sample) = &sample {
-                    m.handle_received(generation, sample.received_datagrams, now);
-                    m.handle_timeout(now);
-                }
-                if !m.is_attached(generation) {
-                    return None;
-                }
-                for kind in [ChannelKind::Main, ChannelKind::Feed] {
-                    let slot = streams.get_mut(kind);
-                    if !slot.writer.has_pending() && !slot.finishing && !slot.finished {
-                        slot.finishing = fill(m, generation, kind, &mut slot.writer);
+                        // Finished once everything queued before the end is written.
+                        slot.finish_if_written();
                     }
-                    // Finished once everything queued before the end is written.
-                    slot.finish_if_written();
-                }
-                let pending = PerChannel {
-                    main: streams.main.writer.has_pending(),
-                    feed: streams.feed.writer.has_pending(),
-                };
-                for kind in [ChannelKind::Main, ChannelKind::Feed] {
-                    if let Some(ack) = streams.get_mut(kind).acknowledged.take() {
-                        *acknowledged.get_mut(kind) = Some(ack);
+                    let pending = PerChannel {
+                        main: streams.main.writer.has_pending(),
+                        feed: streams.feed.writer.has_pending(),
+                    };
+                    for kind in [ChannelKind::Main, ChannelKind::Feed] {
+                        if let Some(ack) = streams.get_mut(kind).acknowledged.take() {
+                            *acknowledged.get_mut(kind) = Some(ack);
+                        }
                     }
-                }
-                let mut datagrams = Vec::new();
-                let mut lanes = Vec::new();
-                while let Some(d) = m.poll_datagram(generation) {
-                    datagrams.push(d);
-                }
-                // Lane messages that waited for QUIC: the first when it holds nothing unsent,
-                // then the rest of that burst (counted as queued as they are handed over).
-                if let Some((mut queued, max)) = quic_datagrams {
-                    while let Some(d) = m.poll_lane(generation, queued, max, now) {
-                        queued =
-                            queued.saturating_add(d.len().saturating_add(DATAGRAM_BOOKKEEPING));
-                        lanes.push(d);
+                    let mut datagrams = Vec::new();
+                    let mut lanes = Vec::new();
+                    while let Some(d) = m.poll_datagram(generation) {
+                        datagrams.push(d);
                     }
-                }
-                Some(Plan {
-                    read: PerChannel {
-                        main: !ended_streams.main
-                            && wants_read(m, generation, ChannelKind::Main, &mut main_r),
-                        feed: !ended_streams.feed
-                            && wants_read(m, generation, ChannelKind::Feed, &mut feed_r),
-                    },
-                    pending,
-                    datagrams,
-                    lanes,
-                    timeout: m.poll_timeout(),
-                    lane_recheck: m.poll_lane_recheck(),
+                    // Lane messages that waited for QUIC: the first when it holds nothing unsent,
+                    // then the rest of that burst (counted as queued as they are handed over).
+                    if let Some((mut queued, max)) = quic_datagrams {
+                        while let Some(d) = m.poll_lane(generation, queued, max, now) {
+                            queued =
+                                queued.saturating_add(d.len().saturating_add(DATAGRAM_BOOKKEEPING));
+                            lanes.push(d);
+                        }
+                    }
+                    Some(Plan {
+                        read: PerChannel {
+                            main: !ended_streams.main
+                                && wants_read(m, generation, ChannelKind::Main, &mut main_r),
+                            feed: !ended_streams.feed
+                                && wants_read(m, generation, ChannelKind::Feed, &mut feed_r),
+                        },
+                        pending,
+                        datagrams,
+                        lanes,
+                        timeout: m.poll_timeout(),
+                        lane_recheck: m.poll_lane_recheck(),
+                    })
                 })
-            })
-        };
-        if let Some(sample) = sample {
-            core.sample(now(), generation, &sample);
-            let now_remote = handle.remote_address();
-            if now_remote != remote {
-                migrated(core, remote, now_remote);
-                remote = now_remote;
+            };
+            if let Some(sample) = sample {
+                core.sample(now(), generation, &sample);
+                let now_remote = handle.remote_address();
+                if now_remote != remote {
+                    migrated(core, remote, now_remote);
+                    remote = now_remote;
+                }
             }
-        }
-        let Some(plan) = plan else {
-            return ended(core, generation);
-        };
-        for datagram in plan.datagrams {
-            // Best effort: an acknowledgement datagram that does not go out is covered by the
-            // next one and by the in-band acknowledgements.
-            let _ = handle.send_datagram(datagram);
-        }
-        for datagram in plan.lanes {
-            match handle.send_datagram(datagram) {
-                Ok(()) => Counters::bump(&core.counters.datagrams_sent, 1),
-                Err(_) => Counters::bump(&core.counters.datagrams_unsent, 1),
+            let Some(plan) = plan else {
+                return ended(core, generation);
+            };
+            for datagram in plan.datagrams {
+                // Best effort: an acknowledgement datagram that does not go out is covered by the
+                // next one and by the in-band acknowledgements.
+                let _ = handle.send_datagram(datagram);
             }
-        }
-        if plan.timeout != timer_at {
+            for datagram in plan.lanes {
+                match handle.send_datagram(datagram) {
+                    Ok(()) => Counters::bump(&core.counters.datagrams_sent, 1),
+                    Err(_) => Counters::bump(&core.counters.datagrams_unsent, 1),
+                }
+            }
             timer_at = plan.timeout;
-            if let Some(t) = timer_at {
-                timer.as_mut().reset(t.into());
-            }
-        }
-        if plan.lane_recheck != lane_timer_at {
             lane_timer_at = plan.lane_recheck;
-            if let Some(t) = lane_timer_at {
-                lane_timer.as_mut().reset(t.into());
+            let wake_at = match (timer_at, lane_timer_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if wake_at != armed_at {
+                armed_at = wake_at;
+                if let Some(t) = armed_at {
+                    timer.as_mut().reset(t.into());
+                }
             }
-        }
+            (plan.read, plan.pending)
+        };
         feed_first = !feed_first;
 
         tokio::select! {
             biased;
             () = core.connection_notified() => {}
-            written = writers.flush(ChannelKind::Main), if plan.pending.main => {
+            written = writers.flush(ChannelKind::Main), if pending.main => {
                 on_written(core, generation, ChannelKind::Main, written);
             }
-            written = writers.flush(ChannelKind::Feed), if plan.pending.feed => {
+            written = writers.flush(ChannelKind::Feed), if pending.feed => {
                 on_written(core, generation, ChannelKind::Feed, written);
             }
-            (kind, read) = next_read(&mut main_r, &mut feed_r, plan.read, feed_first) => {
+            (kind, read) = next_read(&mut main_r, &mut feed_r, want_read, feed_first) => {
                 let reader = match kind {
                     ChannelKind::Main => &mut main_r,
                     ChannelKind::Feed => &mut feed_r,
@@ -336,10 +337,50 @@ pub(crate) async fn run<L: Link>(
                 acknowledged.feed = None;
                 core.update(|m, _| m.handle_finish_acknowledged(generation, ChannelKind::Feed));
             }
-            () = &mut timer, if timer_at.is_some() => {}
-            () = &mut lane_timer, if lane_timer_at.is_some() => {}
+            () = &mut timer, if armed_at.is_some() => {}
         }
     }
+}
+
+/// Hands the connection's writers to the session (for sends that write at once) and returns
+/// them with the readers. Not async, so that neither the streams' moved-from slots nor their
+/// box outlive this call (in the connection task's future, for the session's life).
+#[allow(clippy::type_complexity)]
+#[expect(
+    clippy::boxed_local,
+    reason = "the box is freed here, not at the end of the connection task"
+)]
+fn start<L: Link>(
+    core: &Arc<SessionCore>,
+    generation: u64,
+    streams: Box<Streams<L>>,
+    priorities: (i32, i32),
+) -> (
+    Arc<Writers<L::Send>>,
+    FrameReader<L::Recv>,
+    FrameReader<L::Recv>,
+) {
+    let Streams {
+        main: ChannelStream {
+            writer: main_w,
+            reader: main_r,
+        },
+        feed: ChannelStream {
+            writer: feed_w,
+            reader: feed_r,
+        },
+    } = *streams;
+    main_w.set_priority(priorities.0);
+    feed_w.set_priority(priorities.1);
+    let writers = Arc::new(Writers {
+        generation,
+        streams: Mutex::new(PerChannel {
+            main: Slot::new(main_w),
+            feed: Slot::new(feed_w),
+        }),
+    });
+    core.set_writers(generation, writers.clone());
+    (writers, main_r, feed_r)
 }
 
 /// Waits for a finished stream's acknowledgement, or forever when there is none.

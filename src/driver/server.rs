@@ -78,6 +78,8 @@ fn bump(counter: &AtomicU64) {
 /// [`Server`](crate::Server).
 pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
+    /// Every session's configuration (from `config`), shared.
+    session_config: Arc<SessionConfig>,
     registry: Mutex<SessionRegistry<Arc<SessionCore>>>,
     pending: Mutex<Pending>,
     pub(crate) shutdown: watch::Sender<Option<Shutdown>>,
@@ -108,8 +110,15 @@ impl ServerShared {
             }),
             evictors: HashMap::new(),
         });
+        let session_config = Arc::new(super::session::session_config(
+            Side::Server,
+            &config.transport,
+            config.frame_limits,
+            Some(config.grace_period),
+        ));
         ServerShared {
             config,
+            session_config,
             registry,
             pending,
             shutdown: watch::Sender::new(None),
@@ -175,13 +184,8 @@ impl ServerShared {
         }
     }
 
-    fn session_config(&self) -> SessionConfig {
-        super::session::session_config(
-            Side::Server,
-            &self.config.transport,
-            self.config.frame_limits,
-            Some(self.config.grace_period),
-        )
+    fn session_config(&self) -> Arc<SessionConfig> {
+        self.session_config.clone()
     }
 }
 
@@ -385,6 +389,10 @@ async fn shutdown_signal(rx: &mut watch::Receiver<Option<Shutdown>>) -> Shutdown
 }
 
 /// One connection, from its first packet to its end.
+///
+/// Two phases, so that the task's future is no larger than the long one needs: the opening
+/// (QUIC, a browser's HTTP/3 setup, the token handshake, the session's establishment), boxed
+/// and freed once it ends, then the session's life on the connection (and its grace period).
 async fn serve(
     incoming: Box<quinn::Incoming>,
     ticket: PendingTicket,
@@ -392,6 +400,53 @@ async fn serve(
     shared: Arc<ServerShared>,
     sessions: mpsc::Sender<AppRef>,
 ) {
+    let opened = Box::pin(open(incoming, ticket, evicted, &shared, sessions)).await;
+    // Matched as a temporary that ends with this statement: matched in place, the opened
+    // state's slot would stay in the task's future for the whole session.
+    match std::convert::identity(opened) {
+        None => {}
+        Some(Opened::Native(attached)) => live(&shared, attached).await,
+        // Boxed: a browser's link is larger than a native connection's, and every
+        // connection's task would otherwise be as large.
+        Some(Opened::Browser(attached)) => Box::pin(live_browser(&shared, attached)).await,
+        Some(Opened::Waiting { core, mut shutdown }) => {
+            grace(&shared, &core, &mut shutdown).await;
+        }
+    }
+}
+
+/// A connection's session once the opening phase is done.
+enum Opened {
+    Native(Attached<quinn::Connection>),
+    /// Boxed, so that a native connection's task does not hold a browser's larger link.
+    Browser(Box<Attached<webtransport::WebTransportLink>>),
+    /// A resume that failed after the old connection was detached: the session waits for its
+    /// client, with no connection.
+    Waiting {
+        core: Arc<SessionCore>,
+        shutdown: watch::Receiver<Option<Shutdown>>,
+    },
+}
+
+/// A session attached to its connection, and what its connection task needs.
+struct Attached<L: Link> {
+    core: Arc<SessionCore>,
+    generation: u64,
+    conn: L,
+    streams: Box<Streams<L>>,
+    priorities: (i32, i32),
+    shutdown: watch::Receiver<Option<Shutdown>>,
+}
+
+/// The opening phase of [`serve`]: `None` if the connection ended in it (refused, failed,
+/// evicted, shut down), each way logged.
+async fn open(
+    incoming: Box<quinn::Incoming>,
+    ticket: PendingTicket,
+    evicted: oneshot::Receiver<()>,
+    shared: &Arc<ServerShared>,
+    sessions: mpsc::Sender<AppRef>,
+) -> Option<Opened> {
     let remote = incoming.remote_address();
     let mut attempt = Attempt {
         remote,
@@ -402,13 +457,19 @@ async fn serve(
     };
     let mut connecting = match (*incoming).accept() {
         Ok(connecting) => connecting,
-        Err(e) => return debug!(%remote, error = %e, "connection attempt refused"),
+        Err(e) => {
+            debug!(%remote, error = %e, "connection attempt refused");
+            return None;
+        }
     };
     let browser = match shared.config.webtransport {
         None => false,
         Some(_) => match negotiated_alpn(&mut connecting, &mut attempt).await {
             Ok(alpn) => alpn.as_deref() == Some(webtransport::ALPN),
-            Err(why) => return debug!(%remote, "connection attempt ended: {why}"),
+            Err(why) => {
+                debug!(%remote, "connection attempt ended: {why}");
+                return None;
+            }
         },
     };
     if browser {
@@ -427,23 +488,32 @@ async fn serve(
                     b"too many abandoned browser connections are still open; try again later",
                 );
             }
-            return;
+            return None;
         }
         // Boxed: a browser's setup and link are larger than a native connection's, and every
-        // connection's task would otherwise be as large.
-        let Some(link) = Box::pin(open_webtransport(connecting, &mut attempt, &shared)).await
-        else {
-            return;
-        };
+        // native connection's opening would otherwise be as large.
+        let link = Box::pin(open_webtransport(connecting, &mut attempt, shared)).await?;
         let farewell = link.clone();
-        Box::pin(serve_link(link, None, attempt, shared, sessions)).await;
-        return farewell.farewell_sent().await;
+        let opened = Box::pin(establish(link, None, attempt, shared, sessions)).await;
+        return match opened {
+            Established::Attached(attached) => Some(Opened::Browser(Box::new(attached))),
+            // Whatever closed the refused resume's connection said its farewell first.
+            Established::Waiting { core, shutdown } => {
+                farewell.farewell_sent().await;
+                Some(Opened::Waiting { core, shutdown })
+            }
+            Established::Failed => {
+                farewell.farewell_sent().await;
+                None
+            }
+        };
     }
     // Answer in 0.5-RTT: a resume sent in 0-RTT then costs the client one round trip. (quinn
     // always allows this on a server.) The handshake deadline below also bounds the QUIC
     // handshake: a client that never completes it sends nothing the handshake can read.
     let Ok((conn, tls_complete)) = connecting.into_0rtt() else {
-        return debug!(%remote, "0.5-RTT refused");
+        debug!(%remote, "0.5-RTT refused");
+        return None;
     };
     if shared.config.webtransport.is_some() {
         // The endpoint grants every connection the streams HTTP/3 needs. QUIC cannot take a
@@ -453,7 +523,11 @@ async fn serve(
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(CLIENT_STREAMS));
         conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
     }
-    serve_link(conn, Some(tls_complete), attempt, shared, sessions).await;
+    match establish(conn, Some(tls_complete), attempt, shared, sessions).await {
+        Established::Attached(attached) => Some(Opened::Native(attached)),
+        Established::Waiting { core, shutdown } => Some(Opened::Waiting { core, shutdown }),
+        Established::Failed => None,
+    }
 }
 
 /// A connection attempt's place and limits, from its first packet until its handshake ends.
@@ -546,15 +620,28 @@ async fn negotiated_alpn(
         .and_then(|data| data.protocol))
 }
 
-/// A connection whose transport is up (native, or a browser's WebTransport session), from its
-/// token handshake to its end.
-async fn serve_link<L: Link>(
+/// How the token handshake on a connection ended.
+enum Established<L: Link> {
+    /// The session (new or resumed) is attached to the connection.
+    Attached(Attached<L>),
+    /// A resume failed after the old connection was detached.
+    Waiting {
+        core: Arc<SessionCore>,
+        shutdown: watch::Receiver<Option<Shutdown>>,
+    },
+    /// The handshake failed, or the session ended before it was attached.
+    Failed,
+}
+
+/// A connection whose transport is up (native, or a browser's WebTransport session), through
+/// its token handshake to its session attached.
+async fn establish<L: Link>(
     conn: L,
     tls_complete: Option<quinn::ZeroRttAccepted>,
     attempt: Attempt,
-    shared: Arc<ServerShared>,
+    shared: &Arc<ServerShared>,
     sessions: mpsc::Sender<AppRef>,
-) {
+) -> Established<L> {
     let Attempt {
         remote,
         deadline,
@@ -568,18 +655,14 @@ async fn serve_link<L: Link>(
         evicted,
         tls_complete,
     };
-    // Boxed: the handshake's state is large and needed only until it ends, while this task
-    // lives as long as the connection.
-    let outcome = Box::pin(handshake(&conn, &shared, remote, ends)).await;
+    let outcome = handshake(&conn, shared, remote, ends).await;
     // The handshake is over, whichever way: its place among those in progress is free.
     drop(ticket);
     let priorities = (
         shared.config.transport.main_priority,
         shared.config.transport.feed_priority,
     );
-    // Matched as a temporary that ends with this statement: matched in place, the outcome's
-    // slot (464 bytes) would stay in the task's future for the whole session.
-    let (core, generation, streams) = match std::convert::identity(outcome) {
+    let (core, generation, streams) = match outcome {
         Outcome::New {
             established,
             main,
@@ -587,7 +670,7 @@ async fn serve_link<L: Link>(
             slot,
         } => {
             let player_id = established.player_id;
-            let owner: std::sync::Weak<dyn SessionOwner> = Arc::downgrade(&shared) as _;
+            let owner: std::sync::Weak<dyn SessionOwner> = Arc::downgrade(shared) as _;
             let core = SessionCore::new(
                 player_id,
                 shared.session_config(),
@@ -598,12 +681,13 @@ async fn serve_link<L: Link>(
                 .registry()
                 .establish(player_id, established.credential, core.clone())
             {
-                return conn.close(Reason::InternalError, "session slot lost");
+                conn.close(Reason::InternalError, "session slot lost");
+                return Established::Failed;
             }
             slot.keep();
-            let (attach, streams) = attachment(&shared, &conn, &established, main, feed);
+            let (attach, streams) = attachment(shared, &conn, &established, main, feed);
             let Ok(attached) = core.attach(conn.handle(), attach) else {
-                return;
+                return Established::Failed;
             };
             bump(&shared.counters.sessions_established);
             info!(%player_id, %remote, "session established");
@@ -611,12 +695,13 @@ async fn serve_link<L: Link>(
                 biased;
                 sent = sessions.send(AppRef::new(core.clone())) => if sent.is_err() {
                     // The server is gone; the session was dropped with the failed send.
-                    return;
+                    return Established::Failed;
                 } else {
                     shared.session_queued.notify_waiters();
                 },
                 s = shutdown_signal(&mut shutdown) => {
-                    return core.close(s.reason, &s.message);
+                    core.close(s.reason, &s.message);
+                    return Established::Failed;
                 }
             }
             (core, attached.generation, streams)
@@ -629,9 +714,9 @@ async fn serve_link<L: Link>(
             lost_at,
         } => {
             core.expect_confirmation();
-            let (attach, streams) = attachment(&shared, &conn, &established, main, feed);
+            let (attach, streams) = attachment(shared, &conn, &established, main, feed);
             let Ok(attached) = core.attach(conn.handle(), attach) else {
-                return;
+                return Established::Failed;
             };
             let outage = lost_at.map_or(Duration::ZERO, |t| now().saturating_duration_since(t));
             SessionCounters::bump(&core.counters.resumes, 1);
@@ -646,10 +731,42 @@ async fn serve_link<L: Link>(
         }
         Outcome::ResumeAborted { core } => {
             // The old connection was already detached: the session now waits for the client.
-            return grace(&shared, &core, &mut shutdown).await;
+            return Established::Waiting { core, shutdown };
         }
-        Outcome::Failed => return,
+        Outcome::Failed => return Established::Failed,
     };
+    Established::Attached(Attached {
+        core,
+        generation,
+        conn,
+        streams,
+        priorities,
+        shutdown,
+    })
+}
+
+/// A browser's session on its WebTransport session: as [`live`], then the farewell is waited
+/// for (the close that ended it is said first as a `CONN_FAILED`, PROTOCOL.md §14.6).
+async fn live_browser(
+    shared: &ServerShared,
+    attached: Box<Attached<webtransport::WebTransportLink>>,
+) {
+    let farewell = attached.conn.clone();
+    live(shared, *attached).await;
+    farewell.farewell_sent().await;
+}
+
+/// A session's life on its connection: the connection task, then, if the connection was lost,
+/// the grace period for a resume.
+async fn live<L: Link>(shared: &ServerShared, attached: Attached<L>) {
+    let Attached {
+        core,
+        generation,
+        conn,
+        streams,
+        priorities,
+        mut shutdown,
+    } = attached;
     let end = tokio::select! {
         biased;
         end = connection::run(&core, generation, conn, streams, priorities) => end,
@@ -660,7 +777,9 @@ async fn serve_link<L: Link>(
     };
     if let LinkEnd::Lost(why) = end {
         debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
-        grace(&shared, &core, &mut shutdown).await;
+        // Boxed: the grace period's wait is needed only after a loss, and the task's future
+        // would otherwise hold its slot beside the connection task's for the whole session.
+        Box::pin(grace(shared, &core, &mut shutdown)).await;
     }
 }
 
@@ -695,7 +814,7 @@ fn attachment<L: Link>(
     established: &ServerEstablished,
     main: Stream<L>,
     feed: Stream<L>,
-) -> (AttachLink, Streams<L>) {
+) -> (AttachLink, Box<Streams<L>>) {
     let local = shared.config.frame_limits;
     let stream = |stream: Stream<L>, kind: ChannelKind| {
         ChannelStream::established(stream.writer, stream.reader, local.get(kind))
@@ -709,10 +828,10 @@ fn attachment<L: Link>(
         ),
         datagrams: conn.max_datagram_size().is_some_and(|max| max > 0),
     };
-    let streams = Streams {
+    let streams = Box::new(Streams {
         main: stream(main, ChannelKind::Main),
         feed: stream(feed, ChannelKind::Feed),
-    };
+    });
     (attach, streams)
 }
 

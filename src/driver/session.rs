@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 use tracing::{debug, info};
 
 use super::link::{CLOSE_LINGER, DatagramRefused, LinkHandle, PathSample, drain};
@@ -103,8 +103,9 @@ pub(crate) trait SessionOwner: Send + Sync {
 
 /// Which end of the session this is, and what that end needs.
 pub(crate) enum SideHandle {
-    /// A client: its endpoint (rebinding, draining the close).
-    Client { endpoint: quinn::Endpoint },
+    /// A client: its endpoint (rebinding, draining the close). Boxed: an endpoint handle is
+    /// 80 bytes, and every server-side session would otherwise hold as many.
+    Client { endpoint: Box<quinn::Endpoint> },
     /// A server-side session: its server, to tell.
     Server { owner: Weak<dyn SessionOwner> },
 }
@@ -123,6 +124,16 @@ pub(crate) trait InlineWrite: Send + Sync {
     /// Takes `kind`'s frames from the machine and writes them, without waiting. Returns whether
     /// everything was written; if not, the connection's task must be woken to finish.
     fn try_write(&self, core: &SessionCore, kind: ChannelKind) -> bool;
+}
+
+impl crate::events::EndSignal for SessionCore {
+    fn has_ended(&self) -> bool {
+        self.ended.get().is_some()
+    }
+
+    fn status_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.status_changed.notified()
+    }
 }
 
 /// Counts the driver keeps itself (the machine counts the rest).
@@ -153,9 +164,11 @@ pub(crate) struct SessionCore {
     wake_recv: PerChannel<Notify>,
     wake_lane: Notify,
     wake_room: PerChannel<Notify>,
-    /// The machine's generation, for watchers of "a connection was attached or lost".
-    changed: watch::Sender<u64>,
-    ended: watch::Sender<Option<Disconnect>>,
+    /// Woken (all waiters) when a connection is attached or lost and when the session ends.
+    /// (A `Notify` and the value below rather than a watch channel, which costs 370 bytes.)
+    status_changed: Notify,
+    /// Why the session ended, once it has (set once, by `publish_end`).
+    ended: std::sync::OnceLock<Disconnect>,
     /// Created on the first subscription: most sessions never have a subscriber.
     events: std::sync::OnceLock<broadcast::Sender<SessionEvent>>,
     pub(crate) counters: Counters,
@@ -181,7 +194,7 @@ impl std::fmt::Debug for SessionCore {
 impl SessionCore {
     pub(crate) fn new(
         player_id: PlayerId,
-        config: SessionConfig,
+        config: impl Into<Arc<SessionConfig>>,
         side: SideHandle,
         user_data: Option<UserData>,
     ) -> Arc<Self> {
@@ -196,8 +209,8 @@ impl SessionCore {
             wake_recv: PerChannel::default(),
             wake_lane: Notify::new(),
             wake_room: PerChannel::default(),
-            changed: watch::Sender::new(0),
-            ended: watch::Sender::new(None),
+            status_changed: Notify::new(),
+            ended: std::sync::OnceLock::new(),
             events: std::sync::OnceLock::new(),
             counters: Counters::default(),
             stats: Mutex::new(StatsWindow::new()),
@@ -225,7 +238,7 @@ impl SessionCore {
         let now = now();
         let mut closes = Vec::new();
         let mut events = Vec::new();
-        let (result, wakes, generation, ended) = {
+        let (result, wakes, ended) = {
             let mut state = lock(&self.state);
             let result = change(&mut state.machine, now);
             while let Some((generation, reason, message)) = state.machine.poll_close() {
@@ -256,7 +269,7 @@ impl SessionCore {
                 .state
                 .then(|| state.machine.ended().cloned())
                 .flatten();
-            (result, wakes, state.machine.generation(), ended)
+            (result, wakes, ended)
         };
         for (handle, reason, message) in closes {
             handle.close(reason, &message);
@@ -276,11 +289,7 @@ impl SessionCore {
             self.wake_lane.notify_waiters();
         }
         if wakes.state {
-            self.changed.send_if_modified(|g| {
-                let changed = *g != generation;
-                *g = generation;
-                changed
-            });
+            self.status_changed.notify_waiters();
         }
         for event in events {
             match event {
@@ -300,13 +309,8 @@ impl SessionCore {
 
     /// Tells everyone, once, that the session ended.
     fn publish_end(&self, why: Disconnect) {
-        let first = self.ended.send_if_modified(|current| {
-            current.is_none() && {
-                *current = Some(why.clone());
-                true
-            }
-        });
-        if first {
+        if self.ended.set(why.clone()).is_ok() {
+            self.status_changed.notify_waiters();
             info!(player_id = %self.player_id, %why, "session ended");
             if let Some(owner) = self.owner() {
                 owner.session_ended(self.player_id, &why);
@@ -356,17 +360,25 @@ impl SessionCore {
 
     /// Why the session ended, if it has.
     pub(crate) fn ended(&self) -> Option<Disconnect> {
-        self.ended.borrow().clone()
+        self.ended.get().cloned()
     }
 
-    /// Watches for the end of the session.
-    pub(crate) fn subscribe_end(&self) -> watch::Receiver<Option<Disconnect>> {
-        self.ended.subscribe()
+    /// Resolves when a connection is attached or lost or the session ends, from the moment
+    /// it is [enabled](tokio::sync::futures::Notified::enable) or first polled.
+    pub(crate) fn status_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.status_changed.notified()
     }
 
-    /// Watches the machine's generation (bumped by every attach and detach, and at the end).
-    pub(crate) fn subscribe_changed(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Waits until the session ends and says why.
+    pub(crate) async fn wait_ended(&self) -> Disconnect {
+        loop {
+            let mut changed = pin!(self.status_changed());
+            changed.as_mut().enable();
+            if let Some(why) = self.ended() {
+                return why;
+            }
+            changed.await;
+        }
     }
 
     /// The attached connection's handle, if one is attached.
@@ -567,8 +579,9 @@ impl SessionCore {
     /// Server: after the connection was lost, waits for the client to resume the session
     /// (another connection task takes over then), or for the grace period to end it.
     pub(crate) async fn await_resume(&self) {
-        let mut changed = self.subscribe_changed();
         loop {
+            let mut changed = pin!(self.status_changed());
+            changed.as_mut().enable();
             let (attached, ended, timeout) = {
                 let state = lock(&self.state);
                 let m = &state.machine;
@@ -583,12 +596,12 @@ impl SessionCore {
             }
             let Some(timeout) = timeout else {
                 // Nothing can end the wait but an attach or the end.
-                let _ = changed.changed().await;
+                changed.await;
                 continue;
             };
             tokio::select! {
                 biased;
-                result = changed.changed() => if result.is_err() { return },
+                () = changed => {}
                 () = tokio::time::sleep_until(timeout.into()) => {
                     self.update(|m, now| m.handle_timeout(now));
                 }
@@ -612,10 +625,9 @@ impl SessionCore {
     /// a client, waits (at most as long again) for the close to go out.
     pub(crate) async fn close_gracefully(&self, reason: Reason, message: &str) {
         self.update(|m, now| m.close_gracefully(now, reason, message, CLOSE_LINGER));
-        let mut ended = self.subscribe_end();
         // The machine ends the session at the linger at the latest; the margin covers a
         // connection task that is slow to run its timer.
-        let wait = ended.wait_for(Option::is_some);
+        let wait = self.wait_ended();
         let bound = CLOSE_LINGER.saturating_add(Duration::from_millis(500));
         if tokio::time::timeout(bound, wait).await.is_err() {
             self.close(reason, message);

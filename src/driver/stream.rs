@@ -177,6 +177,13 @@ impl<W: StreamSend> FrameWriter<W> {
         }
     }
 
+    /// Gives back the queue's memory if nothing is queued.
+    pub(crate) fn release_idle(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+        }
+    }
+
     /// Whether queued bytes wait to be written.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()

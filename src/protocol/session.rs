@@ -31,6 +31,7 @@
 //!   so a superseded connection's late frames can neither deliver nor confirm anything.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -498,7 +499,8 @@ struct Closing {
 /// The established session's state machine (see the [module docs](self)).
 #[derive(Debug)]
 pub struct SessionMachine {
-    config: SessionConfig,
+    /// Shared: a server's sessions all have the same.
+    config: Arc<SessionConfig>,
     epoch: Instant,
     channels: PerChannel<Channel>,
     lane_next: u64,
@@ -515,16 +517,18 @@ pub struct SessionMachine {
     /// Bumped by every attach and detach.
     generation: u64,
     /// How the last detached connection ended, by generation.
-    detached: Option<(u64, LinkEnd)>,
+    detached: Option<Box<(u64, LinkEnd)>>,
     /// When the session last heard from a connection it has since lost (cleared on attach).
     lost_at: Option<Instant>,
     /// Server: when the session expires without a connection.
     expires_at: Option<Instant>,
     /// Server: a resume issued a credential the client has not confirmed yet.
     unconfirmed: bool,
-    closing: Option<Closing>,
-    end: Option<Disconnect>,
-    violation: Option<(Source, Reason, String)>,
+    // Boxed, as `detached`: most sessions never have one, and every session would otherwise
+    // hold their room.
+    closing: Option<Box<Closing>>,
+    end: Option<Box<Disconnect>>,
+    violation: Option<Box<(Source, Reason, String)>>,
     /// Connections to close: (generation, reason, message).
     closes: Vec<(u64, Reason, String)>,
     events: VecDeque<Event>,
@@ -536,7 +540,10 @@ const KINDS: [ChannelKind; 2] = [ChannelKind::Main, ChannelKind::Feed];
 
 impl SessionMachine {
     /// A session with no connection yet, started at `now` (the lane's clock starts here).
-    pub fn new(config: SessionConfig, now: Instant) -> Self {
+    /// A server shares one configuration among its sessions (`Arc<SessionConfig>`); a
+    /// `SessionConfig` of its own works too.
+    pub fn new(config: impl Into<Arc<SessionConfig>>, now: Instant) -> Self {
+        let config = config.into();
         let capacity = config.replay_capacity;
         SessionMachine {
             epoch: now,
@@ -606,7 +613,7 @@ impl SessionMachine {
 
     /// Why the session ended, if it has.
     pub fn ended(&self) -> Option<&Disconnect> {
-        self.end.as_ref()
+        self.end.as_deref()
     }
 
     /// Whether a graceful close is under way.
@@ -666,7 +673,7 @@ impl SessionMachine {
         if self.end.is_some() {
             return Some(LinkEnd::Ended);
         }
-        Some(match &self.detached {
+        Some(match self.detached.as_deref() {
             Some((detached, end)) if *detached == generation => end.clone(),
             // Replaced before its own ending was recorded: a newer connection took over.
             _ => LinkEnd::Superseded,
@@ -821,7 +828,7 @@ impl SessionMachine {
     /// generation. A connection still attached is closed as superseded. A position that claims
     /// messages never sent ends the session with `SEQUENCE_ERROR`.
     pub fn attach(&mut self, now: Instant, link: AttachLink) -> Result<Attached, Disconnect> {
-        if let Some(ended) = &self.end {
+        if let Some(ended) = self.end.as_deref() {
             return Err(ended.clone());
         }
         if self.link.is_some() {
@@ -990,7 +997,7 @@ impl SessionMachine {
             self.counts.connections_lost = self.counts.connections_lost.saturating_add(1);
             self.events.push_back(Event::Lost(why.clone()));
         }
-        self.detached = Some((link.generation, end));
+        self.detached = Some(Box::new((link.generation, end)));
         for channel in self.channels.iter_mut() {
             channel.ack_frame = false;
             channel.ack_frame_since = None;
@@ -1307,7 +1314,7 @@ impl SessionMachine {
     /// closing. Without a connection the budget does not apply: the message is kept, and the
     /// oldest kept messages give way beyond the replay capacity (reported with a `GAP`).
     pub fn send(&mut self, kind: ChannelKind, payload: Bytes) -> Result<u64, Refused> {
-        if let Some(ended) = &self.end {
+        if let Some(ended) = self.end.as_deref() {
             return Err(Refused::Ended(ended.clone()));
         }
         if let Some(closing) = &self.closing {
@@ -1379,8 +1386,9 @@ impl SessionMachine {
                 Delivery::Gap(missed) => Err(Received::Gap(missed)),
             });
         }
-        let end = self.end.clone()?;
-        if let Some((Source::Channel(source), reason, message)) = self.violation.clone() {
+        let end = self.end.as_deref()?.clone();
+        if let Some((Source::Channel(source), reason, message)) = self.violation.as_deref().cloned()
+        {
             let channel = self.channel_mut(kind);
             if source == kind && !channel.violation_reported {
                 channel.violation_reported = true;
@@ -1412,7 +1420,7 @@ impl SessionMachine {
         max_datagram: Option<usize>,
         now: Instant,
     ) -> Result<LaneSend, Disconnect> {
-        if let Some(ended) = &self.end {
+        if let Some(ended) = self.end.as_deref() {
             return Err(ended.clone());
         }
         let Some(link) = &self.link else {
@@ -1484,8 +1492,8 @@ impl SessionMachine {
         if let Some(payload) = self.lane_take() {
             return Some(Ok(payload));
         }
-        let end = self.end.clone()?;
-        if let Some((Source::Lane, reason, message)) = &self.violation
+        let end = self.end.as_deref()?.clone();
+        if let Some((Source::Lane, reason, message)) = self.violation.as_deref()
             && !self.lane_violation_reported
         {
             self.lane_violation_reported = true;
@@ -1527,11 +1535,11 @@ impl SessionMachine {
             self.finish(Disconnect::Locally { reason, message }, None);
             return;
         }
-        self.closing = Some(Closing {
+        self.closing = Some(Box::new(Closing {
             reason,
             message,
             deadline: now.checked_add(linger).unwrap_or(now),
-        });
+        }));
         self.wakes.connection = true;
         self.wakes.room = PerChannel::both(true);
         self.complete_close_if_done();
@@ -1595,7 +1603,7 @@ impl SessionMachine {
             Source::Channel(kind) => format!("{kind}: {message}"),
             Source::Lane => format!("feed datagram: {message}"),
         };
-        self.violation = Some((source, reason, message.clone()));
+        self.violation = Some(Box::new((source, reason, message.clone())));
         self.close_locally(reason, &message);
     }
 
@@ -1604,7 +1612,7 @@ impl SessionMachine {
         if self.end.is_some() {
             return;
         }
-        self.end = Some(disconnect);
+        self.end = Some(Box::new(disconnect));
         self.closing = None;
         self.expires_at = None;
         if let Some(link) = self.link.take() {
