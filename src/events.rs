@@ -129,14 +129,18 @@ pub(crate) trait EndSignal: Send + Sync {
 /// A session's events, in order. See [`SessionHandle::events`](crate::SessionHandle::events).
 pub struct Events {
     pub(crate) events: broadcast::Receiver<SessionEvent>,
-    /// The session's end.
-    pub(crate) end: std::sync::Arc<dyn EndSignal>,
+    /// The session's end. Weak: a subscriber does not keep a session's state in memory; a
+    /// session whose state is gone has ended.
+    pub(crate) end: std::sync::Weak<dyn EndSignal>,
 }
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Events")
-            .field("ended", &self.end.has_ended())
+            .field(
+                "ended",
+                &self.end.upgrade().is_none_or(|end| end.has_ended()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -166,7 +170,7 @@ impl Events {
                 Err(broadcast::error::TryRecvError::Closed) => return None,
                 Err(broadcast::error::TryRecvError::Empty) => {}
             }
-            let end = &self.end;
+            let end = self.end.upgrade()?;
             let mut changed = std::pin::pin!(end.status_changed());
             changed.as_mut().enable();
             if end.has_ended() {

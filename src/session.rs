@@ -201,7 +201,11 @@ impl SessionHandle {
     pub fn events(&self) -> Events {
         Events {
             events: self.core().subscribe_events(),
-            end: self.core().clone(),
+            end: {
+                let end: std::sync::Weak<dyn crate::events::EndSignal> =
+                    Arc::downgrade(self.core()) as _;
+                end
+            },
         }
     }
 
