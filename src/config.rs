@@ -130,11 +130,11 @@ pub struct TransportConfig {
     pub main_priority: i32,
     /// The send priority of the feed channel's stream. Default 0 (see `main_priority`).
     pub feed_priority: i32,
-    /// Seed for QUIC's own random choices (connection IDs, skipped packet numbers): `None`, the
-    /// default, draws it from the operating system. A seed makes a simulation on a custom socket
+    /// Seed for quinn's own random choices (skipped packet numbers and its connections' other
+    /// draws; connection IDs stay random): `None`, the default, draws it from the operating
+    /// system. A seed makes a simulation on a custom socket
     /// ([`Server::bind_with_socket`](crate::Server::bind_with_socket)) replay the same way.
-    /// WARNING: predictable connection IDs let someone who knows the seed recognise a
-    /// connection across network changes; never set it in production.
+    /// WARNING: predictable choices help someone who knows the seed; never set it in production.
     pub rng_seed: Option<[u8; 32]>,
     /// Log connection statistics ([`crate::stats`]) through `tracing` at `info` level, target
     /// `quicfeed::stats`, this often: a server logs its server-wide figures, a client its
