@@ -112,15 +112,14 @@ pub(crate) async fn run<L: Link>(
         if let Err(end) = on_read(core, generation, kind, Ok(()), reader) {
             *ended_streams.get_mut(kind) = true;
             if let Some(closed) = end {
-                take_in_the_rest(
+                return end_with(
                     core,
                     generation,
+                    &closed,
                     &mut main_r,
                     &mut feed_r,
                     &mut ended_streams,
                 );
-                core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                return ended(core, generation);
             }
         }
     }
@@ -145,15 +144,14 @@ pub(crate) async fn run<L: Link>(
                                 m.handle_datagram(generation, bytes, now);
                             }
                         });
-                        take_in_the_rest(
+                        return end_with(
                             core,
                             generation,
+                            &closed,
                             &mut main_r,
                             &mut feed_r,
                             &mut ended_streams,
                         );
-                        core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                        return ended(core, generation);
                     }
                     None => break,
                 }
@@ -297,15 +295,14 @@ pub(crate) async fn run<L: Link>(
                     Err(end) => {
                         *ended_streams.get_mut(kind) = true;
                         if let Some(closed) = end {
-                            take_in_the_rest(
+                            return end_with(
                                 core,
                                 generation,
+                                &closed,
                                 &mut main_r,
                                 &mut feed_r,
                                 &mut ended_streams,
                             );
-                            core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                            return ended(core, generation);
                         }
                     }
                 }
@@ -317,15 +314,14 @@ pub(crate) async fn run<L: Link>(
                         datagram.set(link.read_datagram());
                     }
                     Err(closed) => {
-                        take_in_the_rest(
+                        return end_with(
                             core,
                             generation,
+                            &closed,
                             &mut main_r,
                             &mut feed_r,
                             &mut ended_streams,
                         );
-                        core.update(|m, now| m.handle_link_closed(generation, &closed, now));
-                        return ended(core, generation);
                     }
                 }
             }
@@ -477,7 +473,21 @@ impl<W: StreamSend> InlineWrite for Writers<W> {
     }
 }
 
-/// How the connection ended for the session, once it is no longer attached.
+/// Ends the connection for the session after its transport ended (`closed`): takes in what
+/// both streams still hold, then tells the machine, and returns how it ended for the session.
+fn end_with<R: StreamRecv>(
+    core: &SessionCore,
+    generation: u64,
+    closed: &crate::protocol::LinkClosed,
+    main: &mut FrameReader<R>,
+    feed: &mut FrameReader<R>,
+    ended_streams: &mut PerChannel<bool>,
+) -> LinkEnd {
+    take_in_the_rest(core, generation, main, feed, ended_streams);
+    core.update(|m, now| m.handle_link_closed(generation, closed, now));
+    ended(core, generation)
+}
+
 /// Takes in what both streams received before the connection ended, a FIN included, without
 /// waiting: the ending is told to the machine after it, so that a graceful close the peer made
 /// just before (its FIN, then its close, PROTOCOL.md §3.3; a page's close always reads as a
@@ -509,6 +519,7 @@ fn take_in_the_rest<R: StreamRecv>(
     }
 }
 
+/// How the connection ended for the session, once it is no longer attached.
 fn ended(core: &SessionCore, generation: u64) -> LinkEnd {
     core.update(|m, _| m.link_end(generation))
         .unwrap_or(LinkEnd::Ended)
