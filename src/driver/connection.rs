@@ -710,3 +710,188 @@ fn poll_now<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::
         Poll::Pending => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Weak;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::TransportConfig;
+    use crate::driver::link::{DatagramRefused, LinkHandle, PathSample};
+    use crate::driver::session::{SessionOwner, SideHandle, session_config};
+    use crate::error::Disconnect;
+    use crate::protocol::codec::encode_data;
+    use crate::protocol::{
+        AttachLink, FrameLimits, InboundRules, LinkClosed, PlayerId, Reason, Side, Token,
+    };
+
+    /// A connection that has already ended: its first `read_datagram` reports the end, and only
+    /// from then on do its streams hand over what they hold (the peer's FINs arrived, but this
+    /// task noticed the connection's end first).
+    #[derive(Clone)]
+    struct EndedLink {
+        end_seen: Arc<AtomicBool>,
+    }
+
+    impl LinkHandle for EndedLink {
+        fn close(&self, _: Reason, _: &str) {}
+        fn send_datagram(&self, _: Bytes) -> Result<(), DatagramRefused> {
+            Ok(())
+        }
+        fn datagram_queued(&self) -> usize {
+            0
+        }
+        fn max_datagram_size(&self) -> Option<usize> {
+            Some(1200)
+        }
+        fn remote_address(&self) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 1], 4433))
+        }
+        fn rtt(&self) -> std::time::Duration {
+            Duration::from_millis(10)
+        }
+        fn sample(&self) -> PathSample {
+            PathSample::default()
+        }
+    }
+
+    impl Link for EndedLink {
+        type Send = SinkStream;
+        type Recv = FinishedStream;
+
+        async fn read_datagram(&self) -> Result<Bytes, LinkClosed> {
+            self.end_seen.store(true, Ordering::SeqCst);
+            Err(LinkClosed::Transport("the peer's connection ended".into()))
+        }
+
+        async fn accept_bi(&self) -> Result<(SinkStream, FinishedStream), LinkClosed> {
+            Err(LinkClosed::Transport("never asked".into()))
+        }
+
+        fn resume_proof(&self, _: &Token, _: PlayerId) -> Option<Token> {
+            None
+        }
+
+        fn handle(&self) -> Arc<dyn LinkHandle> {
+            Arc::new(self.clone())
+        }
+    }
+
+    /// A send stream that takes every write.
+    struct SinkStream;
+
+    impl StreamSend for SinkStream {
+        async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
+            chunks.iter_mut().for_each(|c| *c = Bytes::new());
+            Ok(())
+        }
+        fn finish(&mut self) {}
+        async fn stopped(&mut self) {}
+        fn acknowledged(&self) -> impl Future<Output = ()> + Send + 'static {
+            std::future::ready(())
+        }
+        fn set_priority(&self, _: i32) {}
+    }
+
+    /// A receive stream holding `chunks` and then its FIN, readable once `end_seen` is set.
+    struct FinishedStream {
+        chunks: VecDeque<Bytes>,
+        end_seen: Arc<AtomicBool>,
+    }
+
+    impl StreamRecv for FinishedStream {
+        async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
+            std::future::poll_fn(|cx| {
+                if !self.end_seen.load(Ordering::SeqCst) {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let chunk = self.chunks.pop_front().map(|mut chunk| {
+                    if chunk.len() > max {
+                        self.chunks.push_front(chunk.split_off(max));
+                    }
+                    chunk
+                });
+                Poll::Ready(Ok(chunk))
+            })
+            .await
+        }
+    }
+
+    struct NoOwner;
+
+    impl SessionOwner for NoOwner {
+        fn record(&self, _: PlayerId, _: &SessionEvent) {}
+        fn session_ended(&self, _: PlayerId, _: &Disconnect) {}
+        fn confirmed(&self, _: PlayerId) {}
+    }
+
+    /// Proves: FINs read after the link's end is noticed still end the session NORMAL, not Lost.
+    #[tokio::test]
+    async fn fins_read_after_the_connections_end_still_end_the_session_normally() {
+        let limits = FrameLimits::default();
+        let config = session_config(
+            Side::Server,
+            &TransportConfig::default(),
+            limits,
+            Some(Duration::from_secs(15)),
+        );
+        let owner: Weak<dyn SessionOwner> = Weak::<NoOwner>::new();
+        let core = SessionCore::new(PlayerId(7), config, SideHandle::Server { owner }, None);
+        let end_seen = Arc::new(AtomicBool::new(false));
+        let link = EndedLink {
+            end_seen: end_seen.clone(),
+        };
+        let attach = AttachLink {
+            peer_limits: limits,
+            peer_next: (0, 0),
+            rules: (InboundRules::data_only(), InboundRules::data_only()),
+            datagrams: true,
+        };
+        let generation = core.attach(link.handle(), attach).unwrap().generation;
+        let stream = |kind: ChannelKind, payload: &[u8]| {
+            let limit = limits.get(kind);
+            let recv = FinishedStream {
+                chunks: VecDeque::from([encode_data(0, payload, limit).unwrap()]),
+                end_seen: end_seen.clone(),
+            };
+            ChannelStream::<EndedLink>::established(
+                FrameWriter::new(SinkStream),
+                FrameReader::new(recv, limit),
+                limit,
+            )
+        };
+        let streams = Streams {
+            main: stream(ChannelKind::Main, b"last words"),
+            feed: stream(ChannelKind::Feed, b"last frame"),
+        };
+
+        let end = run(&core, generation, link, Box::new(streams), (0, 0)).await;
+
+        assert!(matches!(end, LinkEnd::Ended), "got {end:?}");
+        assert!(
+            matches!(
+                core.ended(),
+                Some(Disconnect::ByPeer {
+                    reason: Reason::Normal,
+                    ..
+                })
+            ),
+            "got {:?}",
+            core.ended()
+        );
+        for (kind, payload) in [
+            (ChannelKind::Main, &b"last words"[..]),
+            (ChannelKind::Feed, &b"last frame"[..]),
+        ] {
+            let got = core.update(|m, _| m.recv(kind));
+            assert!(
+                matches!(&got, Some(Ok(bytes)) if bytes == payload),
+                "{kind}: got {got:?}"
+            );
+        }
+    }
+}
