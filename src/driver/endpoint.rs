@@ -114,8 +114,9 @@ const CID_NONCE_LEN: usize = 8;
 const CID_TAG_LEN: usize = 5;
 
 /// The connection IDs of a server with a secret: 8 random bytes, then the first 5 bytes of
-/// their HMAC-SHA256 under a key derived from the secret, so that the server restarted with the
-/// same secret recognises the IDs it issued before (and resets their connections).
+/// their HMAC-SHA256 under the server's key: derived from its secret, so that the server
+/// restarted with the same secret recognises the IDs it issued before (and resets their
+/// connections), or random without one.
 ///
 /// Not quinn's `HashedConnectionIdGenerator`, its default: its IDs carry 3 random bytes, so a
 /// server's IDs collide once it holds a few thousand (the birthday bound of 2^24). A Retry's
@@ -123,7 +124,7 @@ const CID_TAG_LEN: usize = 5;
 /// established connections' IDs first: a client sent a Retry whose ID an established connection
 /// also holds has its Initials dropped by that connection, silently, for as long as it lives,
 /// and its connect fails with no answer. With 200 connections up and 136 Retries sent, about one
-/// run in fifty had one such client.
+/// run in twenty had one such client.
 struct KeyedConnectionIds {
     key: ring::hmac::Key,
     rng: ring::rand::SystemRandom,
