@@ -299,13 +299,14 @@ pub(crate) async fn accept_loop(
                     );
                     let untracked = endpoint.open_connections().saturating_sub(holding);
                     shared.untracked_connections.store(untracked, Ordering::Relaxed);
-                    if let Some((ticket, evicted)) = admit(&shared, &incoming) {
-                        // Boxed: the task's future keeps its arguments' slots for as long as it
-                        // lives (the whole session), and an `Incoming` is 384 bytes.
-                        let incoming = Box::new(incoming);
-                        tasks.spawn(serve(incoming, ticket, evicted, shared.clone(), sessions.clone()));
-                    } else {
-                        refuse_politely(&shared, incoming);
+                    match admit(&shared, &incoming) {
+                        Ok((ticket, evicted)) => {
+                            // Boxed: the task's future keeps its arguments' slots for as long
+                            // as it lives (the whole session), and an `Incoming` is 384 bytes.
+                            let incoming = Box::new(incoming);
+                            tasks.spawn(serve(incoming, ticket, evicted, shared.clone(), sessions.clone()));
+                        }
+                        Err(refusal) => refuse_politely(&shared, incoming, refusal),
                     }
                 }
                 None => break,
@@ -326,13 +327,22 @@ pub(crate) async fn accept_loop(
     endpoint.close(reason.code().into(), reason.describe().as_bytes());
 }
 
-/// Decides about a new connection attempt (see [`Admission`]); `Some` takes it on, with its
-/// place and what tells its task that the place was taken back. At the cap, this evicts the
-/// oldest handshake in progress.
+/// How an attempt the admission does not take on is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A stateless Retry: the client proves its address, then tries again.
+    Retry,
+    /// Its packet is dropped: the client tries again after its probe timeout.
+    Drop,
+}
+
+/// Decides about a new connection attempt (see [`Admission`]): `Ok` takes it on, with its
+/// place and what tells its task that the place was taken back; `Err` says how to refuse it.
+/// At the cap, this evicts the oldest handshake in progress.
 fn admit(
     shared: &Arc<ServerShared>,
     incoming: &quinn::Incoming,
-) -> Option<(PendingTicket, oneshot::Receiver<()>)> {
+) -> Result<(PendingTicket, oneshot::Receiver<()>), Refusal> {
     let ip = incoming.remote_address().ip();
     let validated = incoming.remote_address_validated() || !incoming.may_retry();
     let mut pending = lock(&shared.pending);
@@ -346,7 +356,8 @@ fn admit(
             bump(&shared.counters.handshakes_evicted);
             place
         }
-        Admit::Retry | Admit::DropOverloaded | Admit::DropAddressBusy => return None,
+        Admit::Retry => return Err(Refusal::Retry),
+        Admit::DropOverloaded | Admit::DropAddressBusy => return Err(Refusal::Drop),
     };
     let (evict, evicted) = oneshot::channel();
     pending.evictors.insert(place, evict);
@@ -354,16 +365,13 @@ fn admit(
         shared: shared.clone(),
         place,
     };
-    Some((ticket, evicted))
+    Ok((ticket, evicted))
 }
 
-/// What a refused attempt gets: a stateless Retry when the admission asks for one and QUIC
-/// allows it, otherwise its packet is dropped (the client tries again after its probe timeout).
-fn refuse_politely(shared: &ServerShared, incoming: quinn::Incoming) {
-    let validated = incoming.remote_address_validated() || !incoming.may_retry();
-    let wants_retry =
-        !validated && lock(&shared.pending).admission.pending() >= shared.config.retry_threshold;
-    if wants_retry {
+/// Refuses an attempt as [`admit`] decided: deciding again here, from a count of handshakes
+/// that may have changed since, could turn the admission's Retry into a drop.
+fn refuse_politely(shared: &ServerShared, incoming: quinn::Incoming, refusal: Refusal) {
+    if refusal == Refusal::Retry {
         // `retry` hands the attempt back if QUIC cannot retry it after all.
         match incoming.retry() {
             Ok(()) => return bump(&shared.counters.retries_sent),
