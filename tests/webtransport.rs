@@ -339,7 +339,8 @@ async fn a_server_without_webtransport_refuses_browsers() {
 }
 
 #[tokio::test]
-async fn a_server_close_reaches_the_page_as_a_farewell_before_the_close() {
+async fn a_server_close_reaches_the_page_as_a_farewell_before_the_close_and_its_streams_stay_open()
+{
     let fixture = webtransport_fixture().await;
     let mut peer = WtPeer::connect(&fixture.server).await;
     let (player_id, _) = peer.handshake().await;
@@ -364,6 +365,19 @@ async fn a_server_close_reaches_the_page_as_a_farewell_before_the_close() {
         other => panic!("expected CONN_FAILED as the farewell, got {other:?}"),
     }
     assert!(frame.is_empty(), "the farewell is one frame");
+    // Nothing before it told the page to resume: a page reads a stopped stream as the server
+    // giving up the connection (and its resume would find no session). The session's end must
+    // not stop its streams while the farewell is on its way; they go with the close.
+    for (channel, stream) in [("main", &mut peer.main), ("feed", &mut peer.feed)] {
+        let written = within(stream.send.write_all(b"\0")).await;
+        assert!(
+            !matches!(
+                written,
+                Err(wtransport::error::StreamWriteError::Stopped(_))
+            ),
+            "the server stopped {channel} before its close: {written:?}"
+        );
+    }
     // Then the close itself, as on a native connection.
     match within(peer.conn.closed()).await {
         wtransport::error::ConnectionError::ApplicationClosed(close) => {

@@ -76,6 +76,56 @@ pub(crate) struct WebTransportLink {
     runtime: Option<tokio::runtime::Handle>,
     /// The farewell in progress, once this side has closed.
     farewell: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The stream halves let go of before the close (see [`Held`]).
+    held: Arc<Held>,
+}
+
+/// Stream halves the session let go of while its connection is open, kept until this side's
+/// close has been made. Dropping a quinn stream half finishes it (sending) or stops it
+/// (receiving), and a page reads a stopped or reset stream as the server giving up the
+/// connection (PROTOCOL.md §3.3): it would resume, and be told `UNKNOWN_SESSION`, before the
+/// farewell that says why the session ended (§14.6) reached it. The session lets its streams go
+/// as soon as it ends, while the farewell is still on its way; so they wait here, and are
+/// dropped only after the close (when dropping them sends nothing). If the connection ends
+/// without a close from this side, they go with the link's last handle.
+#[derive(Default)]
+struct Held(Mutex<HeldHalves>);
+
+#[derive(Default)]
+struct HeldHalves {
+    /// This side's close has been made: a half let go of from now on is dropped at once.
+    released: bool,
+    sends: Vec<wtransport::SendStream>,
+    recvs: Vec<wtransport::RecvStream>,
+}
+
+impl Held {
+    fn keep_send(&self, stream: wtransport::SendStream) {
+        let mut held = lock(&self.0);
+        if !held.released {
+            held.sends.push(stream);
+        }
+    }
+
+    fn keep_recv(&self, stream: wtransport::RecvStream) {
+        let mut held = lock(&self.0);
+        if !held.released {
+            held.recvs.push(stream);
+        }
+    }
+
+    /// The close has been made: drops what was kept (outside the lock).
+    fn release(&self) {
+        let halves = {
+            let mut held = lock(&self.0);
+            held.released = true;
+            (
+                std::mem::take(&mut held.sends),
+                std::mem::take(&mut held.recvs),
+            )
+        };
+        drop(halves);
+    }
 }
 
 /// How long a close waits for the page to acknowledge its farewell stream before the QUIC
@@ -89,6 +139,7 @@ impl WebTransportLink {
             closed_here: Arc::new(AtomicBool::new(false)),
             runtime: tokio::runtime::Handle::try_current().ok(),
             farewell: Arc::new(Mutex::new(None)),
+            held: Arc::default(),
         }
     }
 
@@ -150,16 +201,35 @@ fn stream_terms(error: StreamError, closed_here: &AtomicBool) -> StreamError {
     }
 }
 
-/// The sending half of a browser's stream.
+/// The sending half of a browser's stream. `stream` is `None` only once dropped: its drop hands
+/// the stream to the link's [`Held`].
 pub(crate) struct WebTransportSend {
-    stream: wtransport::SendStream,
+    stream: Option<wtransport::SendStream>,
     closed_here: Arc<AtomicBool>,
+    held: Arc<Held>,
 }
 
-/// The receiving half of a browser's stream.
+/// The receiving half of a browser's stream (`stream` as in [`WebTransportSend`]).
 pub(crate) struct WebTransportRecv {
-    stream: wtransport::RecvStream,
+    stream: Option<wtransport::RecvStream>,
     closed_here: Arc<AtomicBool>,
+    held: Arc<Held>,
+}
+
+impl Drop for WebTransportSend {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.held.keep_send(stream);
+        }
+    }
+}
+
+impl Drop for WebTransportRecv {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.held.keep_recv(stream);
+        }
+    }
 }
 
 /// A close to make: made when this is dropped, so a farewell task that is cancelled (its
@@ -168,14 +238,16 @@ struct Closing {
     session: wtransport::Connection,
     code: wtransport::VarInt,
     message: String,
+    held: Arc<Held>,
 }
 
 impl Closing {
-    fn new(session: wtransport::Connection, reason: Reason, message: &str) -> Self {
+    fn new(link: &WebTransportLink, reason: Reason, message: &str) -> Self {
         Closing {
-            session,
+            session: link.session.clone(),
             code: wtransport::VarInt::from_u32(u32::from(reason.code())),
             message: truncate(message).to_owned(),
+            held: link.held.clone(),
         }
     }
 }
@@ -183,6 +255,7 @@ impl Closing {
 impl Drop for Closing {
     fn drop(&mut self) {
         self.session.close(self.code, self.message.as_bytes());
+        self.held.release();
     }
 }
 
@@ -197,7 +270,7 @@ impl LinkHandle for WebTransportLink {
         if self.closed_here.swap(true, Ordering::AcqRel) {
             return; // the first close wins
         }
-        let closing = Closing::new(self.session.clone(), reason, message);
+        let closing = Closing::new(self, reason, message);
         let frame = codec::encode_message(&codec::conn_failed(reason, &closing.message, None));
         let (Some(runtime), Ok(frame)) = (&self.runtime, frame) else {
             return drop(closing);
@@ -217,7 +290,7 @@ impl LinkHandle for WebTransportLink {
     fn close_at_once(&self, reason: Reason, message: &str) {
         let _farewell = lock(&self.farewell);
         if !self.closed_here.swap(true, Ordering::AcqRel) {
-            drop(Closing::new(self.session.clone(), reason, message));
+            drop(Closing::new(self, reason, message));
         }
     }
 
@@ -265,12 +338,14 @@ impl Link for WebTransportLink {
         match self.session.accept_bi().await {
             Ok((send, recv)) => Ok((
                 WebTransportSend {
-                    stream: send,
+                    stream: Some(send),
                     closed_here: self.closed_here.clone(),
+                    held: self.held.clone(),
                 },
                 WebTransportRecv {
-                    stream: recv,
+                    stream: Some(recv),
                     closed_here: self.closed_here.clone(),
+                    held: self.held.clone(),
                 },
             )),
             Err(_) => Err(self.ended()),
@@ -288,31 +363,57 @@ impl Link for WebTransportLink {
 
 impl StreamSend for WebTransportSend {
     async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamError> {
-        StreamSend::write_chunks(self.stream.quic_stream_mut(), chunks)
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(StreamError::Closed);
+        };
+        StreamSend::write_chunks(stream.quic_stream_mut(), chunks)
             .await
             .map_err(|e| stream_terms(e, &self.closed_here))
     }
 
     fn finish(&mut self) {
-        StreamSend::finish(self.stream.quic_stream_mut());
+        if let Some(stream) = self.stream.as_mut() {
+            StreamSend::finish(stream.quic_stream_mut());
+        }
     }
 
     fn stopped(&mut self) -> impl Future<Output = ()> + Send {
-        StreamSend::stopped(self.stream.quic_stream_mut())
+        let stopped = self
+            .stream
+            .as_mut()
+            .map(|stream| StreamSend::stopped(stream.quic_stream_mut()));
+        async move {
+            if let Some(stopped) = stopped {
+                stopped.await;
+            }
+        }
     }
 
     fn acknowledged(&self) -> impl Future<Output = ()> + Send + 'static {
-        StreamSend::acknowledged(self.stream.quic_stream())
+        let acknowledged = self
+            .stream
+            .as_ref()
+            .map(|stream| StreamSend::acknowledged(stream.quic_stream()));
+        async move {
+            if let Some(acknowledged) = acknowledged {
+                acknowledged.await;
+            }
+        }
     }
 
     fn set_priority(&self, priority: i32) {
-        StreamSend::set_priority(self.stream.quic_stream(), priority);
+        if let Some(stream) = self.stream.as_ref() {
+            StreamSend::set_priority(stream.quic_stream(), priority);
+        }
     }
 }
 
 impl StreamRecv for WebTransportRecv {
     async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
-        StreamRecv::read_chunk(self.stream.quic_stream_mut(), max)
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(StreamError::Closed);
+        };
+        StreamRecv::read_chunk(stream.quic_stream_mut(), max)
             .await
             .map_err(|e| stream_terms(e, &self.closed_here))
     }
