@@ -283,13 +283,16 @@ pub(crate) async fn run<L: Link>(
                     ChannelKind::Feed => &mut feed_r,
                 };
                 match on_read(core, generation, kind, read, reader) {
-                    Ok(Read::Drained) => {
+                    Ok(Read::Drained { delivered }) => {
                         // Everything that arrived is taken in, so the receiver these frames
                         // woke (next on this worker) runs before this task's next round, and
                         // its reply leaves at once: it writes in its own task. (Not while
                         // more waits in the stream: reading it on is what keeps the peer's
-                        // flow-control window open.)
-                        tokio::task::yield_now().await;
+                        // flow-control window open; nor when the frames woke no receiver, as
+                        // the peer's acknowledgements do.)
+                        if delivered {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Ok(Read::More) => {}
                     Err(end) => {
@@ -590,8 +593,9 @@ fn wants_read<R: StreamRecv>(
 
 /// What a read left in its stream.
 enum Read {
-    /// Nothing more has arrived.
-    Drained,
+    /// Nothing more has arrived; `delivered` says whether the frames taken in woke the
+    /// application's receiver (a message, not only acknowledgements).
+    Drained { delivered: bool },
     /// More may be waiting (the read-ahead stopped at its limit or at the channel's).
     More,
 }
@@ -637,7 +641,9 @@ fn on_read<R: StreamRecv>(
                             return;
                         }
                         None => {
-                            left = Read::Drained;
+                            left = Read::Drained {
+                                delivered: m.receiver_woken(kind),
+                            };
                             return;
                         }
                     }

@@ -687,6 +687,12 @@ impl SessionMachine {
 
     // ----- driver outputs -----
 
+    /// Whether the application's receiver of `kind` is to be woken (a message was delivered,
+    /// or the channel ended), since the last [`take_wakes`](Self::take_wakes).
+    pub fn receiver_woken(&self, kind: ChannelKind) -> bool {
+        *self.wakes.recv.get(kind)
+    }
+
     /// Whom to wake, since the last call.
     pub fn take_wakes(&mut self) -> Wakes {
         std::mem::take(&mut self.wakes)
