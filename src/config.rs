@@ -37,6 +37,9 @@ impl Default for FrameLimits {
 
 /// QUIC transport settings shared by servers and clients.
 ///
+/// [`TransportConfig::default`] holds a server's defaults; [`ClientConfig::new`] starts from
+/// them with a client's larger receive windows (see `stream_receive_window`).
+///
 /// The stream limits are not configurable: a server allows exactly the two bidirectional
 /// streams the protocol uses, a client none, and neither allows unidirectional streams.
 #[derive(Debug, Clone)]
@@ -58,17 +61,26 @@ pub struct TransportConfig {
     /// RTT assumed before the first sample. Default 100 ms (quinn: 333 ms): one lost handshake
     /// packet then costs about 300 ms instead of about 1 s.
     pub initial_rtt: Duration,
-    /// Bytes the peer may send on one stream ahead of the application reading. Default 128 KiB.
+    /// Bytes the peer may send on one stream ahead of the application reading. Default 128 KiB
+    /// on a server ([`ServerConfig::new`]), 1.25 MiB on a client ([`ClientConfig::new`]; about
+    /// quinn's own default).
     pub stream_receive_window: u32,
     /// Bytes the peer may send on the whole connection ahead of the application reading.
-    /// Default 192 KiB (quinn: unbounded). What one connection can pin on the receiving side is
-    /// about this, plus per channel the larger of `receive_buffer` and the frame limit and one
-    /// 16 KiB read, plus the lane's `datagram_receive_buffer`: about 420 KiB with the defaults
-    /// (SECURITY.md).
+    /// Default 192 KiB on a server, 2.5 MiB on a client (quinn: unbounded). What one connection
+    /// can pin on the receiving side is about this, plus per channel the larger of
+    /// `receive_buffer` and the frame limit and one 16 KiB read, plus the lane's
+    /// `datagram_receive_buffer`: about 420 KiB per connection on a server with the defaults
+    /// (SECURITY.md). A client has one connection, to a server it authenticated, so its
+    /// windows are sized for speed instead: at 128 KiB a client's feed reaches about 0.7x of
+    /// bare quinn's throughput on loopback, at 1.25 MiB about 0.85x (BENCHMARKS.md).
     pub receive_window: u32,
-    /// Bytes of this side's messages QUIC may hold unacknowledged (in flight or waiting for the
-    /// peer's flow control); a send waits beyond it. Default 256 KiB: enough for full speed at
-    /// game round trips, and a peer that stops reading cannot pin more.
+    /// Bytes of this side's messages QUIC may hold unacknowledged (in flight or waiting to be
+    /// sent); a write to QUIC waits beyond it, and so does QUIC for the peer's flow control. Default
+    /// 2 MiB: a bulk transfer on the feed (a map download, say) then reaches 0.95x to 1.0x of
+    /// bare quinn's throughput on loopback, against 0.8x at 256 KiB (BENCHMARKS.md). It is
+    /// also the most of this side's sent data that a peer can make it hold by not
+    /// acknowledging, beside the replay buffer (SECURITY.md); a game's snapshots never come
+    /// near it.
     pub send_window: u64,
     /// Size requested for the UDP socket's kernel receive and send buffers. Default 4 MiB
     /// (Linux grants up to `net.core.rmem_max` / `wmem_max`). The usual 208 KiB default drops
@@ -151,7 +163,7 @@ impl Default for TransportConfig {
             initial_rtt: Duration::from_millis(100),
             stream_receive_window: 128 * 1024,
             receive_window: 192 * 1024,
-            send_window: 256 * 1024,
+            send_window: 2 * 1024 * 1024,
             udp_buffer_size: 4 * 1024 * 1024,
             replay_buffer: 128 * 1024,
             send_buffer: 64 * 1024,
@@ -664,6 +676,12 @@ impl Default for ResumePolicy {
     }
 }
 
+/// A client's default stream receive window (see [`TransportConfig::stream_receive_window`]).
+const CLIENT_STREAM_RECEIVE_WINDOW: u32 = 1280 * 1024;
+
+/// A client's default connection receive window: both streams' windows.
+const CLIENT_RECEIVE_WINDOW: u32 = 2 * CLIENT_STREAM_RECEIVE_WINDOW;
+
 impl ClientConfig {
     /// A configuration with every default, for the server at `server`: a [`SocketAddr`], a
     /// parsed [`ServerAddress`], or a `(host, port)` pair such as `("localhost", 4433)`.
@@ -681,7 +699,11 @@ impl ClientConfig {
             frame_limits: FrameLimits::default(),
             resume: ResumePolicy::default(),
             zero_rtt: true,
-            transport: TransportConfig::default(),
+            transport: TransportConfig {
+                stream_receive_window: CLIENT_STREAM_RECEIVE_WINDOW,
+                receive_window: CLIENT_RECEIVE_WINDOW,
+                ..TransportConfig::default()
+            },
             tls_sessions: crate::certs::TlsSessions::default(),
         }
     }
@@ -727,6 +749,23 @@ mod tests {
         let client = ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots);
         client.validate().unwrap();
         assert!(server.transport.keep_alive_interval < server.transport.idle_timeout);
+    }
+
+    #[test]
+    fn a_servers_receive_windows_stay_bounded_and_a_clients_are_sized_for_speed() {
+        let identity = Identity::generate_self_signed(&["localhost"]).unwrap();
+        let server = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity).transport;
+        // SECURITY.md row 4's bound per connection is computed from these.
+        assert_eq!(server.stream_receive_window, 128 * 1024);
+        assert_eq!(server.receive_window, 192 * 1024);
+        let client =
+            ClientConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)), Trust::SystemRoots).transport;
+        assert_eq!(client.stream_receive_window, 1280 * 1024);
+        // Both channels' streams can fill their windows at once.
+        assert_eq!(client.receive_window, 2 * client.stream_receive_window);
+        // Everything else is the same on both sides.
+        assert_eq!(client.send_window, server.send_window);
+        assert_eq!(client.dead_path_timeout, server.dead_path_timeout);
     }
 
     #[test]
