@@ -249,8 +249,8 @@ pub(crate) async fn run(count: usize) -> (Section, Vec<Series>) {
     section.target(
         "main request/response p99 vs bare quinn",
         format!("{ratio:.2}x ({} vs {})", ms(ours.p99), ms(floor.p99)),
-        "<= 1.10x",
-        ratio <= 1.10,
+        "<= 1.05x",
+        ratio <= 1.05,
     );
     for (name, s) in &summaries[2..] {
         section.target(
