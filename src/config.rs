@@ -71,13 +71,13 @@ pub struct TransportConfig {
     /// `receive_buffer` and the frame limit and one 16 KiB read, plus the lane's
     /// `datagram_receive_buffer`: about 420 KiB per connection on a server with the defaults
     /// (SECURITY.md). A client has one connection, to a server it authenticated, so its
-    /// windows are sized for speed instead: at 128 KiB a client's feed reaches about 0.7x of
-    /// bare quinn's throughput on loopback, at 1.25 MiB about 0.85x (BENCHMARKS.md).
+    /// windows are sized for speed instead: with a server's windows a client's bulk feed reaches
+    /// about 0.75x of bare quinn's throughput on loopback, with these 0.93x (BENCHMARKS.md).
     pub receive_window: u32,
     /// Bytes of this side's messages QUIC may hold unacknowledged (in flight or waiting to be
     /// sent); a write to QUIC waits beyond it, and so does QUIC for the peer's flow control. Default
-    /// 2 MiB: a bulk transfer on the feed (a map download, say) then reaches 0.95x to 1.0x of
-    /// bare quinn's throughput on loopback, against 0.8x at 256 KiB (BENCHMARKS.md). It is
+    /// 2 MiB: a bulk transfer on the feed (a map download, say) then reaches 0.93x to 1.0x of
+    /// bare quinn's throughput on loopback, against about 0.8x at 256 KiB (BENCHMARKS.md). It is
     /// also the most of this side's sent data that a peer can make it hold by not
     /// acknowledging, beside the replay buffer (SECURITY.md); a game's snapshots never come
     /// near it.

@@ -95,22 +95,22 @@ struct Held(Mutex<HeldHalves>);
 struct HeldHalves {
     /// This side's close has been made: a half let go of from now on is dropped at once.
     released: bool,
-    sends: Vec<wtransport::SendStream>,
-    recvs: Vec<wtransport::RecvStream>,
+    halves: Vec<Half>,
+}
+
+/// A stream half kept by [`Held`]: held for its drop, never read again.
+#[expect(dead_code, reason = "the halves are kept only to be dropped later")]
+enum Half {
+    Send(wtransport::SendStream),
+    Recv(wtransport::RecvStream),
 }
 
 impl Held {
-    fn keep_send(&self, stream: wtransport::SendStream) {
+    /// Keeps `half` until the close, or drops it now (outside the lock) if that was made.
+    fn keep(&self, half: Half) {
         let mut held = lock(&self.0);
         if !held.released {
-            held.sends.push(stream);
-        }
-    }
-
-    fn keep_recv(&self, stream: wtransport::RecvStream) {
-        let mut held = lock(&self.0);
-        if !held.released {
-            held.recvs.push(stream);
+            held.halves.push(half);
         }
     }
 
@@ -119,10 +119,7 @@ impl Held {
         let halves = {
             let mut held = lock(&self.0);
             held.released = true;
-            (
-                std::mem::take(&mut held.sends),
-                std::mem::take(&mut held.recvs),
-            )
+            std::mem::take(&mut held.halves)
         };
         drop(halves);
     }
@@ -219,7 +216,7 @@ pub(crate) struct WebTransportRecv {
 impl Drop for WebTransportSend {
     fn drop(&mut self) {
         if let Some(stream) = self.stream.take() {
-            self.held.keep_send(stream);
+            self.held.keep(Half::Send(stream));
         }
     }
 }
@@ -227,7 +224,7 @@ impl Drop for WebTransportSend {
 impl Drop for WebTransportRecv {
     fn drop(&mut self) {
         if let Some(stream) = self.stream.take() {
-            self.held.keep_recv(stream);
+            self.held.keep(Half::Recv(stream));
         }
     }
 }
@@ -378,33 +375,32 @@ impl StreamSend for WebTransportSend {
     }
 
     fn stopped(&mut self) -> impl Future<Output = ()> + Send {
-        let stopped = self
-            .stream
-            .as_mut()
-            .map(|stream| StreamSend::stopped(stream.quic_stream_mut()));
-        async move {
-            if let Some(stopped) = stopped {
-                stopped.await;
-            }
-        }
+        if_some(
+            self.stream
+                .as_mut()
+                .map(|stream| StreamSend::stopped(stream.quic_stream_mut())),
+        )
     }
 
     fn acknowledged(&self) -> impl Future<Output = ()> + Send + 'static {
-        let acknowledged = self
-            .stream
-            .as_ref()
-            .map(|stream| StreamSend::acknowledged(stream.quic_stream()));
-        async move {
-            if let Some(acknowledged) = acknowledged {
-                acknowledged.await;
-            }
-        }
+        if_some(
+            self.stream
+                .as_ref()
+                .map(|stream| StreamSend::acknowledged(stream.quic_stream())),
+        )
     }
 
     fn set_priority(&self, priority: i32) {
         if let Some(stream) = self.stream.as_ref() {
             StreamSend::set_priority(stream.quic_stream(), priority);
         }
+    }
+}
+
+/// Awaits `future`, if there is one (a half's stream is gone only once the half is dropped).
+async fn if_some(future: Option<impl Future<Output = ()>>) {
+    if let Some(future) = future {
+        future.await;
     }
 }
 
