@@ -55,12 +55,13 @@
 //!   chosen by ALPN); `stream` frames bytes on its streams; `congestion` is quinn's Cubic with a
 //!   window floor; `session` holds a session's machine behind one lock (never held across an
 //!   `.await`) with the wake-ups between it and the application, and states the lock rule;
-//!   `connection` is the one task per attached connection that reads, writes and runs the timers (a
-//!   send whose stream is idle writes at once in the sender's task, through the connection's
-//!   writers, which sit behind a second lock taken before the session's); `client` resolves the
-//!   server's name, races its addresses (RFC 8305), connects and resumes; `server` accepts, runs
-//!   the handshakes, and is the sessions' owner (they report to it through a trait, never naming
-//!   it); `endpoint` builds quinn endpoints.
+//!   `connection` is the one task per attached connection that reads, writes and runs its
+//!   timers (a send whose stream is idle writes at once in the sender's task, through the
+//!   connection's writers, which sit behind a second lock taken before the session's); `client`
+//!   resolves the server's name, races its addresses (RFC 8305), connects and resumes; `server`
+//!   accepts, runs the handshakes, checks every session's liveness from one timer, and is the
+//!   sessions' owner (they report to it through a trait, never naming it); `endpoint` builds
+//!   quinn endpoints.
 //! - [`Server`], [`Client`], [`Session`]: small facades over the driver; what applications use.
 //!   [`Lane`] is a session's feed datagram lane; [`Prepared`] encodes a message once, and [`Group`]
 //!   and the server's broadcasts send it to many sessions without waiting.

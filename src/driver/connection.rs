@@ -14,7 +14,6 @@
 //! millisecond (QUIC says nothing when its datagram queue empties); it stops when none wait.
 //! Both deadlines share one timer, armed at the earlier.
 
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -29,7 +28,6 @@ use super::link::{DATAGRAM_BOOKKEEPING, Link, StreamError, StreamRecv, StreamSen
 use super::now;
 use super::session::{Counters, InlineWrite, SessionCore, lock};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
-use crate::events::SessionEvent;
 use crate::protocol::{ChannelKind, LinkEnd, PerChannel, SessionMachine, StreamEnd, Transmit};
 
 /// Most bytes of frames taken from the machine for one write.
@@ -101,7 +99,6 @@ pub(crate) async fn run<L: Link>(
     // A finished stream's acknowledgement, which a graceful close waits for (bounded by the
     // close's linger: the machine's timer).
     let mut acknowledged: PerChannel<Option<Acknowledged>> = PerChannel::default();
-    let mut remote = link.remote_address();
     let mut feed_first = false;
     // Frames that arrived behind the handshake's last message are already buffered.
     for kind in [ChannelKind::Main, ChannelKind::Feed] {
@@ -232,11 +229,7 @@ pub(crate) async fn run<L: Link>(
             };
             if let Some(sample) = sample {
                 core.sample(now(), generation, &sample);
-                let now_remote = handle.remote_address();
-                if now_remote != remote {
-                    migrated(core, remote, now_remote);
-                    remote = now_remote;
-                }
+                core.note_remote(generation, handle.remote_address());
             }
             let Some(plan) = plan else {
                 return ended(core, generation);
@@ -474,6 +467,13 @@ impl<W: StreamSend> InlineWrite for Writers<W> {
         };
         flushed && !writer.has_pending()
     }
+
+    fn release_idle(&self) {
+        if let Ok(mut streams) = self.streams.try_lock() {
+            streams.main.writer.release_idle();
+            streams.feed.writer.release_idle();
+        }
+    }
 }
 
 /// Ends the connection for the session after its transport ended (`closed`): takes in what
@@ -526,11 +526,6 @@ fn take_in_the_rest<R: StreamRecv>(
 fn ended(core: &SessionCore, generation: u64) -> LinkEnd {
     core.update(|m, _| m.link_end(generation))
         .unwrap_or(LinkEnd::Ended)
-}
-
-fn migrated(core: &SessionCore, from: SocketAddr, to: SocketAddr) {
-    Counters::bump(&core.counters.migrations, 1);
-    core.emit(SessionEvent::Migrated { from, to });
 }
 
 /// Takes frames for `kind` from the machine into `writer`, up to a batch. Returns whether the
@@ -720,6 +715,7 @@ fn poll_now<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Option<F::
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::net::SocketAddr;
     use std::sync::Weak;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -729,6 +725,7 @@ mod tests {
     use crate::driver::link::{DatagramRefused, LinkHandle, PathSample};
     use crate::driver::session::{SessionOwner, SideHandle, session_config};
     use crate::error::Disconnect;
+    use crate::events::SessionEvent;
     use crate::protocol::codec::encode_data;
     use crate::protocol::{
         AttachLink, FrameLimits, InboundRules, LinkClosed, PlayerId, Reason, Side, Token,

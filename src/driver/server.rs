@@ -278,12 +278,22 @@ pub(crate) async fn accept_loop(
 ) {
     let mut tasks = JoinSet::new();
     let mut shutdown = shared.shutdown.subscribe();
+    // One timer for every session's liveness check and statistics sample (PROTOCOL.md §12.1):
+    // a session's connection task then wakes only for its own work, not several times a second
+    // to look at a counter. A round costs about a microsecond per session and never waits.
+    let mut checks = tokio::time::interval(shared.session_config.check_interval());
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Biased, so that runs replay in the same order (simulations); finished tasks and the
         // shutdown go first, so a flood of attempts cannot hold either up.
         tokio::select! {
             biased;
             _ = shutdown_signal(&mut shutdown) => break,
+            _ = checks.tick() => {
+                for core in shared.established_sessions() {
+                    core.check_link();
+                }
+            }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
                     warn!(error = %e, "a connection task failed");

@@ -12,6 +12,10 @@
 //!        reads both streams and datagrams, writes both streams, runs the timers
 //! ```
 //!
+//! A server's sessions are checked for liveness (and sampled for statistics) by the server's
+//! accept loop, all from one timer, through [`SessionCore::check_link`]; a client's connection
+//! task checks its session itself.
+//!
 //! **The lock rule.** The machine and the current link's handle sit behind one `std` mutex,
 //! held only inside [`SessionCore::update`]: a few lines of pure state changes, never across an
 //! `.await`, never while waking anyone or closing a connection (those happen after it is
@@ -25,7 +29,8 @@
 //! which a send also polls so that its message reaches the stream without crossing a task when
 //! the stream is idle (see [`InlineWrite`]). It too is held only for polls that return at once,
 //! never across an `.await`; it is taken before the machine's (the only order), and by the
-//! application only with `try_lock` (a busy writer is the task's to serve).
+//! application and the liveness check only with `try_lock` (a busy writer is the task's to
+//! serve).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,9 +74,13 @@ pub(crate) fn session_config(
     local_limits: FrameLimits,
     grace_period: Option<Duration>,
 ) -> SessionConfig {
-    let check = transport
+    // What arrives is acknowledged only so that the sender can let its replay copy go: at 32
+    // messages or 32 KiB (whichever first) on a busy channel, and within a quarter of the
+    // dead-path timeout on a quiet one. Sooner would cost every session of a broadcasting
+    // server a packet from its client, and a wake-up, several times a second for nothing.
+    let ack_delay = transport
         .dead_path_timeout
-        .checked_div(16)
+        .checked_div(4)
         .unwrap_or_default()
         .max(Duration::from_millis(10));
     SessionConfig {
@@ -81,12 +90,16 @@ pub(crate) fn session_config(
         receive_capacity: transport.receive_buffer,
         lane_capacity: transport.datagram_receive_buffer,
         dead_path_timeout: transport.dead_path_timeout,
-        ack_delay: check,
+        ack_delay,
         finish_grace: FINISH_GRACE,
         grace_period,
         lane_max_age: transport.datagram_max_age,
         lane_send_capacity: transport.datagram_send_queue,
         local_limits,
+        // A server checks all its sessions from one timer (its accept loop), so that an idle
+        // or broadcast-only session's connection task is not woken to do it; a client's
+        // connection task checks its one session.
+        shared_checks: side == Side::Server,
     }
 }
 
@@ -116,6 +129,8 @@ struct State {
     link: Option<(u64, Arc<dyn LinkHandle>)>,
     /// The attached connection's writers, for sends that write at once.
     writers: Option<(u64, Arc<dyn InlineWrite>)>,
+    /// The peer's address as last seen, to notice a migration.
+    remote: Option<SocketAddr>,
 }
 
 /// A connection's writers, as the application's sends use them: write what the machine holds
@@ -124,6 +139,8 @@ pub(crate) trait InlineWrite: Send + Sync {
     /// Takes `kind`'s frames from the machine and writes them, without waiting. Returns whether
     /// everything was written; if not, the connection's task must be woken to finish.
     fn try_write(&self, core: &SessionCore, kind: ChannelKind) -> bool;
+    /// Gives back idle writers' queue memory (skipped if the connection's task is using them).
+    fn release_idle(&self);
 }
 
 impl crate::events::EndSignal for SessionCore {
@@ -204,6 +221,7 @@ impl SessionCore {
                 machine: SessionMachine::new(config, now()),
                 link: None,
                 writers: None,
+                remote: None,
             }),
             wake_connection: Notify::new(),
             wake_recv: PerChannel::default(),
@@ -457,6 +475,50 @@ impl SessionCore {
         }
     }
 
+    /// The liveness check and statistics sample of the attached connection, made from outside
+    /// its task (a server's one timer for all its sessions, `SessionConfig::shared_checks`):
+    /// samples the transport (outside the session's lock: quinn's own is taken inside), runs
+    /// the dead-path rule, records the statistics, notices a migration and gives back idle
+    /// writers' memory. Never waits.
+    pub(crate) fn check_link(&self) {
+        let (generation, handle, writers) = {
+            let state = lock(&self.state);
+            let Some((generation, handle)) = state.link.as_ref() else {
+                return;
+            };
+            let writers = state.writers.as_ref().map(|(_, w)| w.clone());
+            (*generation, handle.clone(), writers)
+        };
+        // Lock order: the writers before the session, never both here.
+        if let Some(writers) = writers {
+            writers.release_idle();
+        }
+        let path = handle.sample();
+        let now = self.update(|m, now| {
+            m.check_liveness(generation, path.received_datagrams, now);
+            now
+        });
+        self.sample(now, generation, &path);
+        self.note_remote(generation, handle.remote_address());
+    }
+
+    /// The peer of connection `generation` is at `remote` now: a change from the last address
+    /// seen is a migration, counted and told.
+    pub(crate) fn note_remote(&self, generation: u64, remote: SocketAddr) {
+        let from = {
+            let mut state = lock(&self.state);
+            if state.link.as_ref().is_none_or(|(g, _)| *g != generation) {
+                return;
+            }
+            match state.remote.replace(remote) {
+                Some(from) if from != remote => from,
+                _ => return,
+            }
+        };
+        Counters::bump(&self.counters.migrations, 1);
+        self.emit(SessionEvent::Migrated { from, to: remote });
+    }
+
     /// Records a statistics sample of the connection of `generation`.
     pub(crate) fn sample(&self, now: Instant, generation: u64, path: &PathSample) {
         let counts = lock(&self.state).machine.counts();
@@ -529,6 +591,7 @@ impl SessionCore {
             Ok(attached) => {
                 let mut state = lock(&self.state);
                 if state.machine.is_attached(attached.generation) {
+                    state.remote = Some(handle.remote_address());
                     state.link = Some((attached.generation, handle));
                 } else {
                     drop(state);

@@ -218,6 +218,10 @@ pub struct SessionConfig {
     pub lane_send_capacity: usize,
     /// This side's frame limits (what it announced).
     pub local_limits: FrameLimits,
+    /// The liveness check is made from outside, by [`check_liveness`](SessionMachine::check_liveness)
+    /// every [`check_interval`](Self::check_interval) (a server checks all its sessions from one
+    /// timer): [`poll_timeout`](SessionMachine::poll_timeout) then leaves it out.
+    pub shared_checks: bool,
 }
 
 impl SessionConfig {
@@ -716,7 +720,8 @@ impl SessionMachine {
         let Some(link) = &self.link else {
             return self.expires_at;
         };
-        let mut next = link.next_check;
+        let mut next = (!self.config.shared_checks).then_some(link.next_check);
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for channel in self.channels.iter() {
             for t in [
                 channel.ack_at,
@@ -730,13 +735,13 @@ impl SessionMachine {
             .into_iter()
             .flatten()
             {
-                next = next.min(t);
+                earliest(t);
             }
         }
         if let Some(closing) = &self.closing {
-            next = next.min(closing.deadline);
+            earliest(closing.deadline);
         }
-        Some(next)
+        next
     }
 
     /// Whether connection `generation`'s stream for `kind` should be read now, with `buffered`
@@ -1035,6 +1040,18 @@ impl SessionMachine {
         {
             link.rx_seen = Some(rx_datagrams);
             link.last_heard = now;
+        }
+    }
+
+    /// The liveness check of connection `generation`, made now from outside (see
+    /// [`SessionConfig::shared_checks`]): `rx_datagrams` is the transport's count of received
+    /// datagrams, sampled just before. Applies the dead-path rule at once, and whatever else is
+    /// due, as [`handle_timeout`](Self::handle_timeout) does.
+    pub fn check_liveness(&mut self, generation: u64, rx_datagrams: u64, now: Instant) {
+        self.handle_received(generation, rx_datagrams, now);
+        if let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) {
+            link.next_check = link.next_check.min(now);
+            self.handle_timeout(now);
         }
     }
 

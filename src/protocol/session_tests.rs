@@ -36,6 +36,7 @@ fn config(side: Side) -> SessionConfig {
             main: 65536,
             feed: 65536,
         },
+        shared_checks: false,
     }
 }
 
@@ -506,6 +507,38 @@ fn confirmation_comes_only_from_the_new_connection() {
     server.handle_frame(new, MAIN, body, now);
     assert_eq!(server.poll_event(), Some(Event::Confirmed));
     assert_eq!(server.link_end(old), Some(LinkEnd::Superseded));
+}
+
+/// Proves: with the checks made from outside (a server's one timer for all its sessions), the
+/// machine asks for no timer of its own while nothing else is due, a path that keeps receiving
+/// is never abandoned, and a silent one is abandoned with `DEAD_PATH` at the first check at or
+/// after the dead-path timeout.
+#[test]
+fn checks_made_from_outside_need_no_timer_and_abandon_a_silent_path() {
+    let mut config = config(Side::Server);
+    config.shared_checks = true;
+    let interval = config.check_interval();
+    let mut now = Instant::now();
+    let mut server = SessionMachine::new(config, now);
+    let generation = server.attach(now, attach_link((0, 0))).unwrap().generation;
+    assert_eq!(server.poll_timeout(), None, "no timer for the checks");
+    let mut received = 0;
+    for _ in 0..40 {
+        now += interval;
+        received += 1;
+        server.check_liveness(generation, received, now);
+        assert!(server.is_attached(generation), "a live path is kept");
+    }
+    let silent_from = now;
+    while server.is_attached(generation) {
+        now += interval;
+        server.check_liveness(generation, received, now);
+    }
+    let took = now - silent_from;
+    assert!(took >= Duration::from_millis(1800), "{took:?}");
+    assert!(took < Duration::from_millis(1800) + interval, "{took:?}");
+    assert_eq!(server.poll_close().map(|c| c.1), Some(Reason::DeadPath));
+    assert!(server.ended().is_none(), "the session waits for its client");
 }
 
 /// Proves: a path that carries nothing for the dead-path timeout is abandoned with
