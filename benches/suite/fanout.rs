@@ -9,6 +9,13 @@
 //! thread, is the server's alone, and per client per tick it can be set against the baselines'.
 //! The two processes still share the machine's cores, so client work still weighs on latency.
 //!
+//! For a count that does not move with the machine's load, `QUICFEED_BENCH_FANOUT` narrows
+//! the scenario to one contestant, one N and a number of measured ticks
+//! (`contestant:N:ticks`, say `quicfeed:10:300` or `bare quinn:10:900`); run under callgrind
+//! (`--trace-children=no`, so the clients run at full speed), two runs' difference of
+//! instructions over their difference of client-ticks is the server's cost per client-tick,
+//! without its start-up (BENCHMARKS.md shows the commands).
+//!
 //! The clients' process speaks a line protocol on its standard streams: it prints
 //! `connected K` once its clients are connected, waits for a line on stdin (or its end, or
 //! its own deadline), prints its samples as one line of JSON ([`ClientReport`]) and exits.
@@ -660,6 +667,38 @@ fn renet_clients(clients: usize, addr: SocketAddr, plan: &Plan, stop: &StopSigna
     collect(connected, &[samples])
 }
 
+/// The scenario narrowed to one contestant, one N and a number of measured ticks, from
+/// `QUICFEED_BENCH_FANOUT=contestant:N:ticks` (see the module's docs).
+struct Narrowed {
+    contestant: String,
+    clients: usize,
+    ticks: u64,
+}
+
+impl Narrowed {
+    fn from_env() -> Option<Narrowed> {
+        let value = std::env::var("QUICFEED_BENCH_FANOUT").ok()?;
+        let mut parts = value.rsplitn(3, ':');
+        let parsed = (|| {
+            let ticks = parts.next()?.parse().ok().filter(|&t| t > 0)?;
+            let clients = parts.next()?.parse().ok().filter(|&n| n > 0)?;
+            let contestant = parts.next()?.to_owned();
+            Some(Narrowed {
+                contestant,
+                clients,
+                ticks,
+            })
+        })();
+        if parsed.is_none() {
+            eprintln!(
+                "QUICFEED_BENCH_FANOUT={value:?} is not contestant:N:ticks \
+                 (say quicfeed:10:300); running the whole scenario"
+            );
+        }
+        parsed
+    }
+}
+
 /// Microseconds with two decimals (server CPU per client per tick), or `n/a`.
 fn us(value: f64) -> String {
     if value.is_nan() {
@@ -686,6 +725,13 @@ pub(crate) fn run(quick: bool) -> Section {
                 measured: 600,
             },
         )
+    };
+    let narrowed = Narrowed::from_env();
+    let narrowed_counts = narrowed.as_ref().map(|n| [n.clients]);
+    let counts: &[usize] = narrowed_counts.as_ref().map_or(counts, |c| c.as_slice());
+    let plan = Plan {
+        measured: narrowed.as_ref().map_or(plan.measured, |n| n.ticks),
+        ..plan
     };
     let tick_ms = TICK.as_secs_f64() * 1e3;
     let mut section = Section::new(
@@ -730,6 +776,13 @@ pub(crate) fn run(quick: bool) -> Section {
         let mut largest = 0;
         let mut cpu = Vec::new();
         for &n in counts {
+            if narrowed
+                .as_ref()
+                .is_some_and(|only| only.contestant != name)
+            {
+                cpu.push(f64::NAN);
+                continue;
+            }
             eprintln!("  fanout {name} N={n} (clients in a separate process)");
             let o = run(n, &plan);
             section.row(vec![
