@@ -112,6 +112,10 @@ enum Op {
     Received {
         count: u64,
     },
+    /// The liveness check a server makes from its one timer.
+    CheckLiveness {
+        count: u64,
+    },
     Advance {
         ms: u16,
     },
@@ -124,10 +128,11 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Input {
     server: bool,
+    shared_checks: bool,
     ops: Vec<Op>,
 }
 
-fn config(side: Side) -> SessionConfig {
+fn config(side: Side, shared_checks: bool) -> SessionConfig {
     SessionConfig {
         side,
         replay_capacity: CAPACITY,
@@ -144,6 +149,7 @@ fn config(side: Side) -> SessionConfig {
             main: FRAME,
             feed: FRAME,
         },
+        shared_checks,
     }
 }
 
@@ -158,7 +164,7 @@ fuzz_target!(|input: Input| {
         Side::Client
     };
     let mut now_ms = 0u64;
-    let mut m = SessionMachine::new(config(side), at_ms(0));
+    let mut m = SessionMachine::new(config(side, input.shared_checks), at_ms(0));
     let pool = Pool::default();
     let limits = FrameLimits {
         main: FRAME,
@@ -364,6 +370,7 @@ fuzz_target!(|input: Input| {
                 m.handle_link_closed(current, &closed, now);
             }
             Op::Received { count } => m.handle_received(current, *count, now),
+            Op::CheckLiveness { count } => m.check_liveness(current, *count, now),
             Op::Advance { ms } => {
                 now_ms += u64::from(*ms);
                 m.handle_timeout(at_ms(now_ms));
