@@ -28,7 +28,9 @@ use super::link::{DATAGRAM_BOOKKEEPING, Link, StreamError, StreamRecv, StreamSen
 use super::now;
 use super::session::{Counters, InlineWrite, SessionCore, lock};
 use super::stream::{FrameReader, FrameWriter, ReadFailure};
-use crate::protocol::{ChannelKind, LinkEnd, PerChannel, SessionMachine, StreamEnd, Transmit};
+use crate::protocol::{
+    ChannelKind, LinkEnd, PerChannel, Refused, SessionMachine, StreamEnd, Transmit,
+};
 
 /// Most bytes of frames taken from the machine for one write.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -439,25 +441,37 @@ impl<W: StreamSend> Writers<W> {
 }
 
 impl<W: StreamSend> InlineWrite for Writers<W> {
-    fn try_write(&self, core: &SessionCore, kind: ChannelKind) -> bool {
+    fn queue_and_write(
+        &self,
+        core: &SessionCore,
+        kind: ChannelKind,
+        queue: &mut dyn FnMut(&mut SessionMachine) -> Result<(), Refused>,
+    ) -> Result<bool, Refused> {
         // Busy (the task is polling a writer): it will take the frames itself.
         let Ok(mut streams) = self.streams.try_lock() else {
-            return false;
+            core.update(|m, _| queue(m))?;
+            return Ok(false);
         };
         let slot = streams.get_mut(kind);
         if slot.writer.has_pending() || slot.finishing || slot.finished {
-            return false;
+            drop(streams);
+            core.update(|m, _| queue(m))?;
+            return Ok(false);
         }
         let generation = self.generation;
         let writer = &mut slot.writer;
-        if core.update(|m, _| fill(m, generation, kind, writer)) {
+        let finishing = core.update(|m, _| {
+            queue(m)?;
+            Ok::<_, Refused>(fill(m, generation, kind, writer))
+        })?;
+        if finishing {
             // The stream is to be finished: the task does that once its frames are written.
             slot.finishing = true;
-            return false;
+            return Ok(false);
         }
         let writer = &mut slot.writer;
         if !writer.has_pending() {
-            return true;
+            return Ok(true);
         }
         // One poll, without waiting: what flow control does not take now stays queued for the
         // task, which the caller then wakes (its poll registers the task's waker again).
@@ -465,7 +479,7 @@ impl<W: StreamSend> InlineWrite for Writers<W> {
             let flush = std::pin::pin!(writer.flush());
             matches!(poll_now(flush), Some(Ok(())))
         };
-        flushed && !writer.has_pending()
+        Ok(flushed && !writer.has_pending())
     }
 
     fn release_idle(&self) {

@@ -136,9 +136,16 @@ struct State {
 /// A connection's writers, as the application's sends use them: write what the machine holds
 /// for a channel now, if that can be done without waiting.
 pub(crate) trait InlineWrite: Send + Sync {
-    /// Takes `kind`'s frames from the machine and writes them, without waiting. Returns whether
-    /// everything was written; if not, the connection's task must be woken to finish.
-    fn try_write(&self, core: &SessionCore, kind: ChannelKind) -> bool;
+    /// Runs `queue` (once) on the machine, then takes `kind`'s frames from it and writes them,
+    /// without waiting: both under one lock of the session when the writer is free, `queue`
+    /// alone when it is not. Returns what `queue` refused, or whether everything was written;
+    /// if not, the connection's task must be woken to finish.
+    fn queue_and_write(
+        &self,
+        core: &SessionCore,
+        kind: ChannelKind,
+        queue: &mut dyn FnMut(&mut SessionMachine) -> Result<(), Refused>,
+    ) -> Result<bool, Refused>;
     /// Gives back idle writers' queue memory (skipped if the connection's task is using them).
     fn release_idle(&self);
 }
@@ -612,14 +619,26 @@ impl SessionCore {
         }
     }
 
-    /// After a send queued a message on `kind`: writes it at once if the connection's writer is
-    /// idle, else wakes the connection task to do it.
-    fn written_or_woken(&self, kind: ChannelKind) {
+    /// Runs `queue` (once) on the machine, then writes what `kind` holds at once if the
+    /// connection's writer is idle (in the same lock of the session), else wakes the connection
+    /// task to write it. Returns what `queue` refused.
+    fn queue_then_write(
+        &self,
+        kind: ChannelKind,
+        queue: &mut dyn FnMut(&mut SessionMachine) -> Result<(), Refused>,
+    ) -> Result<(), Refused> {
         let writers = lock(&self.state).writers.as_ref().map(|(_, w)| w.clone());
-        let done = writers.is_some_and(|w| w.try_write(self, kind));
-        if !done {
+        let written = match writers {
+            Some(writers) => writers.queue_and_write(self, kind, queue)?,
+            None => {
+                self.update(|m, _| queue(m))?;
+                false
+            }
+        };
+        if !written {
             self.wake_connection.notify_one();
         }
+        Ok(())
     }
 
     /// Gives up the attached connection without ending the session, closing it with `reason`.
@@ -713,16 +732,19 @@ impl SessionCore {
         })
         .await
         .map_err(send_error)?;
-        self.written_or_woken(kind);
+        // Queued already: nothing left to refuse.
+        self.queue_then_write(kind, &mut |_| Ok(())).unwrap_or(());
         Ok(())
     }
 
     /// Sends `payload` on `kind` if its budget has room now; [`SendError::Blocked`] otherwise.
+    /// Queues it and writes it under one lock of the session when the stream is idle.
     pub(crate) fn try_send(&self, kind: ChannelKind, payload: Bytes) -> Result<(), SendError> {
-        self.update(|m, _| m.send(kind, payload))
-            .map_err(send_error)?;
-        self.written_or_woken(kind);
-        Ok(())
+        let mut payload = Some(payload);
+        self.queue_then_write(kind, &mut |m| {
+            m.send(kind, payload.take().unwrap_or_default()).map(drop)
+        })
+        .map_err(send_error)
     }
 
     /// The next message on `kind`. Cancel-safe.

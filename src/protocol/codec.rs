@@ -329,8 +329,12 @@ pub fn check_data_size(payload_len: usize, max_body: usize) -> Result<(), Encode
 
 /// The header of a `DATA` frame carrying `payload_len` bytes with sequence number `seq`; the
 /// payload follows it on the wire.
-pub fn data_header(seq: u64, payload_len: usize, max_body: usize) -> Result<Bytes, EncodeError> {
-    DataHeader::new(seq, payload_len, max_body).map(|h| Bytes::copy_from_slice(h.as_slice()))
+pub fn data_header(
+    seq: u64,
+    payload_len: usize,
+    max_body: usize,
+) -> Result<DataHeader, EncodeError> {
+    DataHeader::new(seq, payload_len, max_body)
 }
 
 /// A whole `DATA` frame (tests, tools; the send path uses [`Payload`]).
@@ -393,8 +397,11 @@ pub fn decode_data_value<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Decod
     Ok(value)
 }
 
-/// The prefix, tag, varint sequence number and varint length of a `DATA` frame.
-struct DataHeader {
+/// The prefix, tag, varint sequence number and varint length of a `DATA` frame, held inline
+/// (at most [`DATA_HEADER_MAX`] bytes; it reads as its bytes): whoever sends the frame copies
+/// it out, so that building it allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
     bytes: [u8; DATA_HEADER_MAX],
     len: usize,
 }
@@ -429,8 +436,17 @@ impl DataHeader {
         })
     }
 
-    fn as_slice(&self) -> &[u8] {
+    /// The header's bytes.
+    pub fn as_slice(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for DataHeader {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
     }
 }
 

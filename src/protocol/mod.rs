@@ -29,8 +29,8 @@ pub use client::{
     HandshakeStep, ResumeTicket,
 };
 pub use codec::{
-    DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE, MAX_FRAME_LIMIT,
-    MIN_FRAME_LIMIT,
+    DataHeader, DecodeError, EncodeError, HANDSHAKE_FRAME_LIMIT, MAX_FAILURE_MESSAGE,
+    MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
 };
 pub use message::{ChannelKind, Message, PerChannel, PlayerId, Reason, TOKEN_LEN, Token};
 pub use registry::SessionRegistry;
@@ -41,7 +41,7 @@ pub use server::{
     ServerOutput,
 };
 pub use session::{
-    AttachLink, Attached, Counts, Disconnect, Event, LaneSend, LinkClosed, LinkEnd, Received,
+    AttachLink, Attached, Counts, Disconnect, Event, Head, LaneSend, LinkClosed, LinkEnd, Received,
     Refused, SessionConfig, SessionMachine, Side, StreamEnd, Transmit, Wakes,
 };
 pub use token::{

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::codec::{self, decode_message, max_data_payload};
+use super::codec::{self, DataHeader, decode_message, max_data_payload};
 use super::lane::{
     Datagram, LaneArrival, LaneInbound, LaneOffer, LaneOutbox, decode_datagram,
     encode_ack_datagram, encode_lane_datagram, lane_header_len,
@@ -267,12 +267,33 @@ pub enum StreamEnd {
     Failed(String),
 }
 
+/// The head of a frame to write: it reads as its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// A `DATA` frame's header, held inline: the writer copies it out (no allocation per
+    /// message).
+    Data(DataHeader),
+    /// A whole control frame (`ACK`, `GAP`, ...), encoded.
+    Control(Bytes),
+}
+
+impl std::ops::Deref for Head {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Head::Data(header) => header.as_slice(),
+            Head::Control(frame) => frame,
+        }
+    }
+}
+
 /// One thing the driver writes on a channel's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
-    /// A frame, as a head (length prefix and header, or a whole control frame) and a body (a
-    /// kept payload, shared with the replay buffer; may be empty).
-    Frame(Bytes, Bytes),
+    /// A frame, as a head (a `DATA` header, or a whole control frame) and a body (a kept
+    /// payload, shared with the replay buffer; may be empty).
+    Frame(Head, Bytes),
     /// Finish the stream (FIN): everything this side will send on it has been polled.
     Finish,
 }
@@ -802,7 +823,7 @@ impl SessionMachine {
                     channel.written = seq.saturating_add(1);
                     channel.unsent = channel.unsent.saturating_sub(payload.len());
                     *self.wakes.room.get_mut(kind) = true;
-                    Some(Transmit::Frame(header, payload))
+                    Some(Transmit::Frame(Head::Data(header), payload))
                 }
                 Err(e) => {
                     // A message kept across a resume that the peer's new, lower limit refuses.
@@ -1662,7 +1683,7 @@ impl SessionMachine {
 /// varint, which always encode.
 fn control_frame(message: &Message) -> Transmit {
     Transmit::Frame(
-        codec::encode_message(message).unwrap_or_default(),
+        Head::Control(codec::encode_message(message).unwrap_or_default()),
         Bytes::new(),
     )
 }
