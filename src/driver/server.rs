@@ -153,10 +153,12 @@ impl ServerShared {
 
     /// The established sessions right now (the registry's lock is not held afterwards).
     pub(crate) fn established_sessions(&self) -> Vec<Arc<SessionCore>> {
-        self.registry()
-            .established()
-            .map(|(_, core)| core.clone())
-            .collect()
+        let registry = self.registry();
+        // Sized up front: a filtered iterator gives `collect` no length, and the list is made
+        // for every broadcast and every liveness round.
+        let mut sessions = Vec::with_capacity(registry.len());
+        sessions.extend(registry.established().map(|(_, core)| core.clone()));
+        sessions
     }
 
     pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<ServerEvent> {

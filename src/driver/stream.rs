@@ -146,6 +146,8 @@ pub(crate) struct FrameWriter<W = quinn::SendStream> {
     /// `DATA` headers, written side by side and handed to QUIC as slices of this buffer: one
     /// allocation per [`HEADS_BLOCK`] of them, not one each (given back when idle).
     heads: BytesMut,
+    /// A frame was queued since the last [`release_idle`](Self::release_idle).
+    queued_since_release: bool,
 }
 
 /// Bytes of `DATA` headers one allocation of a [`FrameWriter`] holds (a header is 6 to 23
@@ -159,6 +161,7 @@ impl<W: StreamSend> FrameWriter<W> {
             pending: Vec::new(),
             pending_bytes: 0,
             heads: BytesMut::new(),
+            queued_since_release: false,
         }
     }
 
@@ -188,6 +191,7 @@ impl<W: StreamSend> FrameWriter<W> {
                 self.heads.split().freeze()
             }
         };
+        self.queued_since_release = true;
         for chunk in [head, body] {
             if !chunk.is_empty() {
                 self.pending_bytes = self.pending_bytes.saturating_add(chunk.len());
@@ -196,8 +200,12 @@ impl<W: StreamSend> FrameWriter<W> {
         }
     }
 
-    /// Gives back the queue's memory if nothing is queued.
+    /// Gives back the queue's memory if nothing was queued since the last call (called every
+    /// liveness check: a writer in use keeps its memory, an idle one lets it go within two).
     pub(crate) fn release_idle(&mut self) {
+        if std::mem::take(&mut self.queued_since_release) {
+            return;
+        }
         if self.pending.is_empty() {
             if self.pending.capacity() > 0 {
                 self.pending = Vec::new();
@@ -285,8 +293,8 @@ mod tests {
     }
 
     /// Proves: `DATA` frames queued with inline headers go out byte for byte as encoded whole,
-    /// their headers share a few blocks instead of one allocation each, and an idle writer
-    /// gives its block back.
+    /// their headers share a few blocks instead of one allocation each, and a writer gives its
+    /// block back at the second release with nothing queued in between, not at the first.
     #[tokio::test]
     async fn data_headers_share_blocks_and_frames_go_out_exact() {
         let mut writer = FrameWriter::new(Keeper::default());
@@ -307,6 +315,11 @@ mod tests {
             .filter(|pair| pair[0].as_ptr().wrapping_add(pair[0].len()) != pair[1].as_ptr())
             .count();
         assert!(blocks <= 200 * 10 / HEADS_BLOCK + 2, "{blocks} blocks");
+        writer.release_idle();
+        assert!(
+            writer.heads.capacity() > 0,
+            "a writer just used keeps its block"
+        );
         writer.release_idle();
         assert_eq!(writer.heads.capacity(), 0, "an idle writer holds no block");
     }
