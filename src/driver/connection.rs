@@ -10,6 +10,9 @@
 //! Waits, and what bounds them: the `select!` resolves on any read, write progress, datagram,
 //! wake-up from the application, timer or the connection's end; the machine's timers (dead
 //! path, acknowledgements, finished-stream grace, close linger) bound how long nothing happens.
+//! On a server the dead-path check and the statistics sample are made for every session from
+//! the accept loop's one timer (`SessionCore::check_link`), so they wake no connection task;
+//! the task still samples whenever one of its own deadlines is due.
 //! While lane messages wait for QUIC to take them, the task also looks again every
 //! millisecond (QUIC says nothing when its datagram queue empties); it stops when none wait.
 //! Both deadlines share one timer, armed at the earlier.
@@ -92,7 +95,8 @@ pub(crate) async fn run<L: Link>(
     let mut datagram = pin!(link.read_datagram());
     // One timer for the machine's deadline and the lane's recheck (while messages wait for
     // QUIC), armed at the earlier. A round woken by the recheck alone runs nothing but the
-    // lane's hand-over: the statistics sample and the liveness check wait for `timer_at`.
+    // lane's hand-over: the statistics sample and the liveness check (a client's; a server's
+    // are made from its accept loop) wait for `timer_at`.
     let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut timer_at: Option<Instant> = None;
     let mut lane_timer_at: Option<Instant> = None;
@@ -168,7 +172,8 @@ pub(crate) async fn run<L: Link>(
                 let mut streams = lock(&writers.streams);
                 if due {
                     // An idle session holds no write queue: given back on the machine's timer
-                    // (a few times a second at most), not after every write.
+                    // (and a server's shared check) once a whole interval passed with nothing
+                    // queued, not after every write.
                     streams.main.writer.release_idle();
                     streams.feed.writer.release_idle();
                 }
@@ -447,17 +452,16 @@ impl<W: StreamSend> InlineWrite for Writers<W> {
         kind: ChannelKind,
         queue: &mut dyn FnMut(&mut SessionMachine) -> Result<(), Refused>,
     ) -> Result<bool, Refused> {
-        // Busy (the task is polling a writer): it will take the frames itself.
-        let Ok(mut streams) = self.streams.try_lock() else {
-            core.update(|m, _| queue(m))?;
-            return Ok(false);
-        };
-        let slot = streams.get_mut(kind);
-        if slot.writer.has_pending() || slot.finishing || slot.finished {
+        // Busy (the task is polling a writer, or its frames wait): it will take them itself.
+        let mut streams = self.streams.try_lock().ok().filter(|streams| {
+            let slot = streams.get(kind);
+            !(slot.writer.has_pending() || slot.finishing || slot.finished)
+        });
+        let Some(slot) = streams.as_mut().map(|streams| streams.get_mut(kind)) else {
             drop(streams);
             core.update(|m, _| queue(m))?;
             return Ok(false);
-        }
+        };
         let generation = self.generation;
         let writer = &mut slot.writer;
         let finishing = core.update(|m, _| {
