@@ -86,6 +86,10 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
     let alice = connect(&runtime, &config, "alice:2");
     let alice_id = alice.player_id();
 
+    // The burst's end, told to the client: it reads none of the burst before, so the burst
+    // fills every buffer on the way (a reader keeping pace would keep the sender's queue from
+    // ever filling).
+    let (burst_sent, burst_done) = tokio::sync::oneshot::channel();
     // The server's game loop: its own thread, no runtime context, a clone of the server.
     let game = thread::spawn({
         let server = server.clone();
@@ -160,6 +164,7 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
             while session.feed().try_send(&vec![burst as u8; 1024]).is_ok() {
                 burst += 1;
             }
+            burst_sent.send(()).unwrap();
             burst
         }
     });
@@ -177,6 +182,7 @@ fn a_game_loop_thread_accepts_reads_and_sends_without_the_runtime() {
         let fed: u64 = common::within(alice.feed().recv()).await.unwrap();
         assert_eq!(fed, 7);
         // Everything the server queued before the drop, then the end.
+        common::within(burst_done).await.unwrap();
         let mut received = 0u32;
         let end = loop {
             match common::within(alice.feed().recv::<Vec<u8>>()).await {
