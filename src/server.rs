@@ -355,17 +355,9 @@ impl Server {
     }
 }
 
-/// Tells every connection task to close with `reason`; the first request wins.
+/// Closes every session with `reason` and stops accepting; the first request wins.
 fn request_shutdown(shared: &driver::ServerShared, reason: Reason, message: &str) {
-    shared.shutdown.send_if_modified(|current| {
-        current.is_none() && {
-            *current = Some(driver::Shutdown {
-                reason,
-                message: message.to_owned(),
-            });
-            true
-        }
-    });
+    shared.request_shutdown(reason, message);
 }
 
 /// What the accept queue had.

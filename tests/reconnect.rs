@@ -425,6 +425,44 @@ async fn a_resume_after_the_grace_period_is_refused() {
     assert_eq!(server.session_count(), 0, "the slot is free");
 }
 
+/// Proves: a shutdown ends a session that lost its connection and waits for a resume at
+/// once, with the shutdown's reason, rather than at the end of its grace period; the shutdown
+/// returns and the slot is free.
+#[tokio::test]
+async fn a_shutdown_ends_a_session_waiting_for_its_resume() {
+    let Setup {
+        server,
+        relay,
+        client,
+        session,
+    } = setup(
+        true,
+        // Far longer than the test's bound on every wait: only the shutdown can end it.
+        |s| s.grace_period = Duration::from_secs(600),
+        |_| {},
+    )
+    .await;
+    let relay = relay.unwrap();
+    let mut server_events = server.events();
+    // Longer than the test: the client cannot come back.
+    relay.blackhole(Duration::from_secs(600));
+    server_event(&mut server_events, |e| {
+        matches!(e, SessionEvent::ConnectionLost { .. }).then_some(())
+    })
+    .await;
+    within(server.shutdown(Reason::ServerShutdown, "patch day")).await;
+    assert_eq!(
+        within(session.closed()).await,
+        Disconnect::Locally {
+            reason: Reason::ServerShutdown,
+            message: "patch day".into()
+        }
+    );
+    assert_eq!(server.session_count(), 0, "the slot is free");
+    assert!(within(server.accept()).await.is_none());
+    drop(client);
+}
+
 /// Proves: when the server cannot be reached, the client retries within its resume budget,
 /// then closes both channels with a timeout reason.
 #[tokio::test]

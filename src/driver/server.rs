@@ -89,7 +89,7 @@ pub(crate) struct ServerShared {
     pub(crate) session_queued: Notify,
     /// Connections quinn still holds that no connection task serves, as the accept loop last
     /// counted them: browser setups that failed while the browser held an HTTP/3 stream open
-    /// (see [`serve`]), and connections still draining after their close.
+    /// (see [`open`]), and connections still draining after their close.
     untracked_connections: AtomicUsize,
     /// Connection tasks that hold no connection: their session lost it and waits for a resume.
     waiting_for_resume: AtomicUsize,
@@ -149,6 +149,29 @@ impl ServerShared {
     pub(crate) fn established_session(&self, player: PlayerId) -> Option<Arc<SessionCore>> {
         let core = self.registry().get(player)?.clone();
         core.ended().is_none().then_some(core)
+    }
+
+    /// Asks for a shutdown with `reason` (the first request wins) and closes every
+    /// established session with it: their connection tasks and grace periods end as the
+    /// sessions do. A session established after this sweep sees the request when its
+    /// handshake hands it over (see [`establish`]), so none is left open.
+    pub(crate) fn request_shutdown(&self, reason: Reason, message: &str) {
+        let requested = self.shutdown.send_if_modified(|current| {
+            current.is_none() && {
+                *current = Some(Shutdown {
+                    reason,
+                    message: message.to_owned(),
+                });
+                true
+            }
+        });
+        if requested {
+            // The list is taken under the registry's lock and closed outside it: a session
+            // that ends gives its place back through that lock.
+            for core in self.established_sessions() {
+                core.close(reason, message);
+            }
+        }
     }
 
     /// The established sessions right now (the registry's lock is not held afterwards).
@@ -297,9 +320,7 @@ pub(crate) async fn accept_loop(
                 }
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    warn!(error = %e, "a connection task failed");
-                }
+                on_task_end(&mut tasks, &shared, done);
             }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
@@ -316,7 +337,7 @@ pub(crate) async fn accept_loop(
                             // Boxed: the task's future keeps its arguments' slots for as long
                             // as it lives (the whole session), and an `Incoming` is 384 bytes.
                             let incoming = Box::new(incoming);
-                            tasks.spawn(serve(incoming, ticket, evicted, shared.clone(), sessions.clone()));
+                            tasks.spawn(opening(incoming, ticket, evicted, shared.clone(), sessions.clone()));
                         }
                         Err(refusal) => refuse_politely(&shared, incoming, refusal),
                     }
@@ -326,7 +347,11 @@ pub(crate) async fn accept_loop(
         }
     }
     drop(sessions);
-    while tasks.join_next().await.is_some() {}
+    // Sessions opened from here on start their life too: one opened after a shutdown was
+    // closed by it and ends at once (a browser's still says its farewell).
+    while let Some(done) = tasks.join_next().await {
+        on_task_end(&mut tasks, &shared, done);
+    }
     // Every sender of the queue is gone: accepts waiting for a session see it closed (an
     // endpoint that failed ends the loop without a shutdown to wake them).
     shared.session_queued.notify_waiters();
@@ -408,43 +433,53 @@ async fn shutdown_signal(rx: &mut watch::Receiver<Option<Shutdown>>) -> Shutdown
     }
 }
 
-/// One connection, from its first packet to its end.
+/// A connection task's end: an opening that handed over a session starts the session's life
+/// in a task of its own.
 ///
-/// Two phases, so that the task's future is no larger than the long one needs: the opening
-/// (QUIC, a browser's HTTP/3 setup, the token handshake, the session's establishment), boxed
-/// and freed once it ends, then the session's life on the connection (and its grace period).
-async fn serve(
+/// Two tasks, so that a session's task holds no more than its life needs: an async function
+/// keeps a slot for everything alive across one of its waits, and the opening (QUIC, a
+/// browser's HTTP/3 setup, the token handshake) holds far more than the connection task.
+fn on_task_end(
+    tasks: &mut JoinSet<Option<Opened>>,
+    shared: &Arc<ServerShared>,
+    done: Result<Option<Opened>, tokio::task::JoinError>,
+) {
+    match done {
+        Ok(None) => {}
+        Ok(Some(Opened::Native(attached))) => {
+            tasks.spawn(live(shared.clone(), attached));
+        }
+        Ok(Some(Opened::Browser(attached))) => {
+            tasks.spawn(live_browser(shared.clone(), attached));
+        }
+        Ok(Some(Opened::Waiting { core })) => {
+            tasks.spawn(wait_for_resume(shared.clone(), core));
+        }
+        Err(e) => warn!(error = %e, "a connection task failed"),
+    }
+}
+
+/// A connection's opening, from its first packet to its session attached (or waiting for a
+/// resume); `None` if it ended there.
+async fn opening(
     incoming: Box<quinn::Incoming>,
     ticket: PendingTicket,
     evicted: oneshot::Receiver<()>,
     shared: Arc<ServerShared>,
     sessions: mpsc::Sender<AppRef>,
-) {
-    let opened = Box::pin(open(incoming, ticket, evicted, &shared, sessions)).await;
-    // Matched as a temporary that ends with this statement: matched in place, the opened
-    // state's slot would stay in the task's future for the whole session.
-    match std::convert::identity(opened) {
-        None => {}
-        Some(Opened::Native(attached)) => live(&shared, attached).await,
-        // Boxed: a browser's link is larger than a native connection's, and every
-        // connection's task would otherwise be as large.
-        Some(Opened::Browser(attached)) => Box::pin(live_browser(&shared, attached)).await,
-        Some(Opened::Waiting { core, mut shutdown }) => {
-            grace(&shared, &core, &mut shutdown).await;
-        }
-    }
+) -> Option<Opened> {
+    open(incoming, ticket, evicted, &shared, sessions).await
 }
 
 /// A connection's session once the opening phase is done.
 enum Opened {
     Native(Attached<quinn::Connection>),
-    /// Boxed, so that a native connection's task does not hold a browser's larger link.
+    /// Boxed: a browser's link is larger than a native connection's.
     Browser(Box<Attached<webtransport::WebTransportLink>>),
     /// A resume that failed after the old connection was detached: the session waits for its
     /// client, with no connection.
     Waiting {
         core: Arc<SessionCore>,
-        shutdown: watch::Receiver<Option<Shutdown>>,
     },
 }
 
@@ -455,10 +490,9 @@ struct Attached<L: Link> {
     conn: L,
     streams: Box<Streams<L>>,
     priorities: (i32, i32),
-    shutdown: watch::Receiver<Option<Shutdown>>,
 }
 
-/// The opening phase of [`serve`]: `None` if the connection ended in it (refused, failed,
+/// The work of [`opening`]: `None` if the connection ended in it (refused, failed,
 /// evicted, shut down), each way logged.
 async fn open(
     incoming: Box<quinn::Incoming>,
@@ -518,9 +552,9 @@ async fn open(
         return match opened {
             Established::Attached(attached) => Some(Opened::Browser(Box::new(attached))),
             // Whatever closed the refused resume's connection said its farewell first.
-            Established::Waiting { core, shutdown } => {
+            Established::Waiting { core } => {
                 farewell.farewell_sent().await;
-                Some(Opened::Waiting { core, shutdown })
+                Some(Opened::Waiting { core })
             }
             Established::Failed => {
                 farewell.farewell_sent().await;
@@ -545,7 +579,7 @@ async fn open(
     }
     match establish(conn, Some(tls_complete), attempt, shared, sessions).await {
         Established::Attached(attached) => Some(Opened::Native(attached)),
-        Established::Waiting { core, shutdown } => Some(Opened::Waiting { core, shutdown }),
+        Established::Waiting { core } => Some(Opened::Waiting { core }),
         Established::Failed => None,
     }
 }
@@ -584,7 +618,7 @@ impl Attempt {
 /// A browser's WebTransport session on `connecting`, once its HTTP/3 setup and its CONNECT
 /// (path and origin checked) are done; `None` if it failed, was refused, or the attempt ended
 /// first (its deadline, a shutdown, an eviction). A refused or abandoned connection is left
-/// to quinn to close once wtransport drops its handles (see [`serve`] for when it cannot).
+/// to quinn to close once wtransport drops its handles (see [`open`] for when it cannot).
 async fn open_webtransport(
     connecting: quinn::Connecting,
     attempt: &mut Attempt,
@@ -645,10 +679,7 @@ enum Established<L: Link> {
     /// The session (new or resumed) is attached to the connection.
     Attached(Attached<L>),
     /// A resume failed after the old connection was detached.
-    Waiting {
-        core: Arc<SessionCore>,
-        shutdown: watch::Receiver<Option<Shutdown>>,
-    },
+    Waiting { core: Arc<SessionCore> },
     /// The handshake failed, or the session ended before it was attached.
     Failed,
 }
@@ -712,17 +743,20 @@ async fn establish<L: Link>(
             bump(&shared.counters.sessions_established);
             info!(%player_id, %remote, "session established");
             tokio::select! {
+                // The shutdown first: a shutdown's sweep of the established sessions (see
+                // `ServerShared::request_shutdown`) that came before this session's
+                // registration did not see it, but its request is seen here.
                 biased;
+                s = shutdown_signal(&mut shutdown) => {
+                    core.close(s.reason, &s.message);
+                    return Established::Failed;
+                }
                 sent = sessions.send(AppRef::new(core.clone())) => if sent.is_err() {
                     // The server is gone; the session was dropped with the failed send.
                     return Established::Failed;
                 } else {
                     shared.session_queued.notify_waiters();
                 },
-                s = shutdown_signal(&mut shutdown) => {
-                    core.close(s.reason, &s.message);
-                    return Established::Failed;
-                }
             }
             (core, attached.generation, streams)
         }
@@ -751,7 +785,7 @@ async fn establish<L: Link>(
         }
         Outcome::ResumeAborted { core } => {
             // The old connection was already detached: the session now waits for the client.
-            return Established::Waiting { core, shutdown };
+            return Established::Waiting { core };
         }
         Outcome::Failed => return Established::Failed,
     };
@@ -761,55 +795,52 @@ async fn establish<L: Link>(
         conn,
         streams,
         priorities,
-        shutdown,
     })
 }
 
 /// A browser's session on its WebTransport session: as [`live`], then the farewell is waited
 /// for (the close that ended it is said first as a `CONN_FAILED`, PROTOCOL.md §14.6).
 async fn live_browser(
-    shared: &ServerShared,
+    shared: Arc<ServerShared>,
     attached: Box<Attached<webtransport::WebTransportLink>>,
-) {
+) -> Option<Opened> {
     let farewell = attached.conn.clone();
     live(shared, *attached).await;
     farewell.farewell_sent().await;
+    None
 }
 
-/// A session's life on its connection: the connection task, then, if the connection was lost,
-/// the grace period for a resume.
-async fn live<L: Link>(shared: &ServerShared, attached: Attached<L>) {
+/// A session's life on its connection (a task of its own): the connection task, then, if the
+/// connection was lost, the grace period for a resume. A shutdown ends it by closing the
+/// session (`ServerShared::request_shutdown`), as any close does.
+async fn live<L: Link>(shared: Arc<ServerShared>, attached: Attached<L>) -> Option<Opened> {
     let Attached {
         core,
         generation,
         conn,
         streams,
         priorities,
-        mut shutdown,
     } = attached;
-    let end = tokio::select! {
-        biased;
-        end = connection::run(&core, generation, conn, streams, priorities) => end,
-        s = shutdown_signal(&mut shutdown) => {
-            core.close(s.reason, &s.message);
-            return;
-        }
-    };
+    let end = connection::run(&core, generation, conn, streams, priorities).await;
     if let LinkEnd::Lost(why) = end {
         debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
         // Boxed: the grace period's wait is needed only after a loss, and the task's future
         // would otherwise hold its slot beside the connection task's for the whole session.
-        Box::pin(grace(shared, &core, &mut shutdown)).await;
+        Box::pin(grace(&shared, &core)).await;
     }
+    None
+}
+
+/// A session whose resume failed after its old connection was detached (a task of its own):
+/// its grace period.
+async fn wait_for_resume(shared: Arc<ServerShared>, core: Arc<SessionCore>) -> Option<Opened> {
+    grace(&shared, &core).await;
+    None
 }
 
 /// Waits, at most the grace period, for a lost session's client to resume it; the session
-/// machine ends it then.
-async fn grace(
-    shared: &ServerShared,
-    core: &Arc<SessionCore>,
-    shutdown: &mut watch::Receiver<Option<Shutdown>>,
-) {
+/// machine ends it then (or a close, a shutdown's among them).
+async fn grace(shared: &ServerShared, core: &Arc<SessionCore>) {
     /// Counts the task among those that hold no connection while it waits.
     struct Waiting<'a>(&'a AtomicUsize);
     impl Drop for Waiting<'_> {
@@ -819,11 +850,7 @@ async fn grace(
     }
     shared.waiting_for_resume.fetch_add(1, Ordering::Relaxed);
     let _waiting = Waiting(&shared.waiting_for_resume);
-    tokio::select! {
-        biased;
-        () = core.await_resume() => {}
-        s = shutdown_signal(shutdown) => core.close(s.reason, &s.message),
-    }
+    core.await_resume().await;
 }
 
 /// A handshaken connection as the session machine needs it, and its streams for the
