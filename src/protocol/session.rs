@@ -521,6 +521,33 @@ struct Closing {
     deadline: Instant,
 }
 
+/// The lane's state on one session (§13).
+#[derive(Debug)]
+struct Lane {
+    /// The sequence number of the next message sent.
+    next: u64,
+    inbound: LaneInbound,
+    /// Messages received and not yet read, oldest first, and their bytes.
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    outbox: LaneOutbox,
+    /// When the connection task should look again whether QUIC can take a waiting message.
+    recheck: Option<Instant>,
+}
+
+impl Lane {
+    fn new(config: &SessionConfig) -> Box<Lane> {
+        Box::new(Lane {
+            next: 0,
+            inbound: LaneInbound::new(config.lane_max_age),
+            queue: VecDeque::new(),
+            queued: 0,
+            outbox: LaneOutbox::new(config.lane_send_capacity, config.lane_max_age),
+            recheck: None,
+        })
+    }
+}
+
 /// The established session's state machine (see the [module docs](self)).
 #[derive(Debug)]
 pub struct SessionMachine {
@@ -528,14 +555,10 @@ pub struct SessionMachine {
     config: Arc<SessionConfig>,
     epoch: Instant,
     channels: PerChannel<Channel>,
-    lane_next: u64,
-    lane_inbound: LaneInbound,
-    lane_queue: VecDeque<Bytes>,
-    lane_queued: usize,
+    /// Made at the lane's first use (a message sent or received on it): a session that never
+    /// uses the lane holds none of its state.
+    lane: Option<Box<Lane>>,
     lane_violation_reported: bool,
-    lane_outbox: LaneOutbox,
-    /// When the connection task should look again whether QUIC can take a waiting lane message.
-    lane_recheck: Option<Instant>,
     /// An acknowledgement datagram is due.
     ack_datagram: bool,
     link: Option<Link>,
@@ -576,13 +599,8 @@ impl SessionMachine {
                 main: Channel::new(capacity),
                 feed: Channel::new(capacity),
             },
-            lane_next: 0,
-            lane_inbound: LaneInbound::new(config.lane_max_age),
-            lane_queue: VecDeque::new(),
-            lane_queued: 0,
+            lane: None,
             lane_violation_reported: false,
-            lane_outbox: LaneOutbox::new(config.lane_send_capacity, config.lane_max_age),
-            lane_recheck: None,
             ack_datagram: false,
             link: None,
             generation: 0,
@@ -679,14 +697,16 @@ impl SessionMachine {
 
     /// Bytes of received lane messages the application has not read.
     pub fn lane_queued_bytes(&self) -> usize {
-        self.lane_queued
+        self.lane.as_ref().map_or(0, |lane| lane.queued)
     }
 
     /// What the machine counted.
     pub fn counts(&self) -> Counts {
         let mut counts = self.counts;
-        counts.datagrams_superseded = self.lane_outbox.superseded();
-        counts.datagrams_expired = self.lane_outbox.expired();
+        if let Some(lane) = &self.lane {
+            counts.datagrams_superseded = lane.outbox.superseded();
+            counts.datagrams_expired = lane.outbox.expired();
+        }
         counts
     }
 
@@ -1038,9 +1058,12 @@ impl SessionMachine {
             channel.gap = None;
         }
         self.ack_datagram = false;
-        let orphaned = self.lane_outbox.clear();
-        self.counts.datagrams_orphaned = self.counts.datagrams_orphaned.saturating_add(orphaned);
-        self.lane_recheck = None;
+        if let Some(lane) = &mut self.lane {
+            let orphaned = lane.outbox.clear();
+            self.counts.datagrams_orphaned =
+                self.counts.datagrams_orphaned.saturating_add(orphaned);
+            lane.recheck = None;
+        }
         if let Some(grace) = self.config.grace_period {
             self.expires_at = now.checked_add(grace);
         }
@@ -1226,17 +1249,17 @@ impl SessionMachine {
         match decode_datagram(datagram) {
             Ok(Datagram::Lane(lane)) => {
                 let now_ms = self.clock_ms(now);
-                match self.lane_inbound.arrive(lane.seq, lane.sent_ms, now_ms) {
+                let config = &self.config;
+                let state = self.lane.get_or_insert_with(|| Lane::new(config));
+                match state.inbound.arrive(lane.seq, lane.sent_ms, now_ms) {
                     LaneArrival::Deliver => {
                         self.counts.datagrams_delivered =
                             self.counts.datagrams_delivered.saturating_add(1);
-                        self.lane_queued = self.lane_queued.saturating_add(lane.payload.len());
-                        self.lane_queue.push_back(lane.payload);
-                        while self.lane_queued > self.config.lane_capacity
-                            && self.lane_queue.len() > 1
-                        {
-                            if let Some(dropped) = self.lane_queue.pop_front() {
-                                self.lane_queued = self.lane_queued.saturating_sub(dropped.len());
+                        state.queued = state.queued.saturating_add(lane.payload.len());
+                        state.queue.push_back(lane.payload);
+                        while state.queued > config.lane_capacity && state.queue.len() > 1 {
+                            if let Some(dropped) = state.queue.pop_front() {
+                                state.queued = state.queued.saturating_sub(dropped.len());
                             }
                         }
                         self.wakes.lane = true;
@@ -1471,17 +1494,19 @@ impl SessionMachine {
             return Ok(LaneSend::NoConnection);
         };
         let max = max_datagram.filter(|_| link.datagrams).unwrap_or(0);
-        let (seq, sent_ms) = (self.lane_next, self.clock_ms(now));
+        let (seq, sent_ms) = (self.lane_peek(), self.clock_ms(now));
         let header = lane_header_len(seq, sent_ms);
         if header.saturating_add(payload.len()) > max {
             return Ok(LaneSend::TooLarge {
                 max: max.saturating_sub(header),
             });
         }
-        self.lane_next = self.lane_next.saturating_add(1);
+        let config = &self.config;
+        let lane = self.lane.get_or_insert_with(|| Lane::new(config));
+        lane.next = lane.next.saturating_add(1);
         let datagram = encode_lane_datagram(seq, sent_ms, payload);
-        let offer = self.lane_outbox.offer(datagram, quic_queued, max, now);
-        self.lane_recheck = self.lane_outbox.recheck_at(now);
+        let offer = lane.outbox.offer(datagram, quic_queued, max, now);
+        lane.recheck = lane.outbox.recheck_at(now);
         Ok(match offer {
             LaneOffer::Send(datagram) => LaneSend::Send(datagram),
             LaneOffer::Queued { .. } => {
@@ -1496,7 +1521,7 @@ impl SessionMachine {
     /// ([`poll_lane`](Self::poll_lane)): soon while one waits, else never. Separate from
     /// [`poll_timeout`](Self::poll_timeout): nothing but the lane is due then.
     pub fn poll_lane_recheck(&self) -> Option<Instant> {
-        self.lane_recheck
+        self.lane.as_ref().and_then(|lane| lane.recheck)
     }
 
     /// A waiting lane message to hand to QUIC on connection `generation` at `now`, if QUIC can
@@ -1509,25 +1534,27 @@ impl SessionMachine {
         max_datagram: Option<usize>,
         now: Instant,
     ) -> Option<Bytes> {
-        if !self.is_attached(generation) || self.lane_outbox.is_empty() {
+        if !self.is_attached(generation) {
             return None;
         }
-        let datagram = self
-            .lane_outbox
+        let lane = self.lane.as_mut().filter(|lane| !lane.outbox.is_empty())?;
+        let datagram = lane
+            .outbox
             .poll(quic_queued, max_datagram.unwrap_or(0), now);
-        self.lane_recheck = self.lane_outbox.recheck_at(now);
+        lane.recheck = lane.outbox.recheck_at(now);
         datagram
     }
 
     /// The next lane sequence number (not consumed).
     pub fn lane_peek(&self) -> u64 {
-        self.lane_next
+        self.lane.as_ref().map_or(0, |lane| lane.next)
     }
 
     /// A lane message already received, if any (never the end).
     pub fn lane_take(&mut self) -> Option<Bytes> {
-        let payload = self.lane_queue.pop_front()?;
-        self.lane_queued = self.lane_queued.saturating_sub(payload.len());
+        let lane = self.lane.as_mut()?;
+        let payload = lane.queue.pop_front()?;
+        lane.queued = lane.queued.saturating_sub(payload.len());
         Some(payload)
     }
 
