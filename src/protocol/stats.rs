@@ -4,7 +4,8 @@
 //! The driver samples every session's connection a few times a second (with its liveness
 //! check). [`StatsWindow`] keeps, in a few hundred bytes:
 //!
-//! - the last [`RTT_SAMPLES`] smoothed RTT samples, for percentiles, and the smallest RTT ever;
+//! - the last [`RTT_SAMPLES`] smoothed RTT samples, for percentiles, two bytes each (see
+//!   `RttCode`), and the smallest RTT ever;
 //! - jitter: the mean deviation between consecutive RTT samples, smoothed with gain 1/16 as in
 //!   RFC 3550;
 //! - rates over the last one to two seconds (bytes and messages each way, packets lost out of
@@ -81,9 +82,12 @@ pub struct Summary {
 /// The statistics state of one session.
 #[derive(Debug, Clone)]
 pub struct StatsWindow {
-    /// RTT samples in microseconds, a ring of at most [`RTT_SAMPLES`].
-    rtts: Vec<u32>,
-    next_rtt: usize,
+    /// RTT samples as [`RttCode`]s, a ring of [`RTT_SAMPLES`]: the first `rtt_count` are
+    /// filled, and `next_rtt` is replaced next. Inline, two bytes a sample: every session has
+    /// one, and a vector of microseconds would be 280 bytes once full.
+    rtts: [RttCode; RTT_SAMPLES],
+    rtt_count: u8,
+    next_rtt: u8,
     min_rtt: Option<Duration>,
     jitter_us: f64,
     latest: Option<(Instant, Sample)>,
@@ -102,7 +106,8 @@ impl StatsWindow {
     /// No samples yet.
     pub fn new() -> Self {
         StatsWindow {
-            rtts: Vec::new(),
+            rtts: [RttCode(0); RTT_SAMPLES],
+            rtt_count: 0,
             next_rtt: 0,
             min_rtt: None,
             jitter_us: 0.0,
@@ -120,12 +125,11 @@ impl StatsWindow {
             let deviation = f64::from(rtt_us.abs_diff(previous_us));
             self.jitter_us += (deviation - self.jitter_us) / 16.0;
         }
-        if self.rtts.len() < RTT_SAMPLES {
-            self.rtts.push(rtt_us);
-        } else if let Some(slot) = self.rtts.get_mut(self.next_rtt) {
-            *slot = rtt_us;
+        if let Some(slot) = self.rtts.get_mut(usize::from(self.next_rtt)) {
+            *slot = RttCode::from_micros(rtt_us);
         }
-        self.next_rtt = self.next_rtt.wrapping_add(1) % RTT_SAMPLES;
+        self.next_rtt = self.next_rtt.wrapping_add(1) % RING;
+        self.rtt_count = self.rtt_count.saturating_add(1).min(RING);
         if !sample.rtt.is_zero() {
             self.min_rtt = Some(self.min_rtt.map_or(sample.rtt, |m| m.min(sample.rtt)));
         }
@@ -148,14 +152,18 @@ impl StatsWindow {
 
     /// The statistics so far.
     pub fn summary(&self) -> Summary {
-        let mut sorted = self.rtts.clone();
+        // The codes sort as the RTTs do.
+        let mut ring = self.rtts;
+        let sorted = ring
+            .get_mut(..usize::from(self.rtt_count))
+            .unwrap_or_default();
         sorted.sort_unstable();
         let percentile = |p: usize| -> Option<Duration> {
             let last = sorted.len().checked_sub(1)?;
             let index = last.saturating_mul(p).div_ceil(100);
             sorted
                 .get(index)
-                .map(|us| Duration::from_micros(u64::from(*us)))
+                .map(|code| Duration::from_micros(u64::from(code.micros())))
         };
         Summary {
             rtt: self.latest.map(|(_, s)| s.rtt),
@@ -166,6 +174,55 @@ impl StatsWindow {
             cwnd: self.latest.map_or(0, |(_, s)| s.cwnd),
             rates: self.rates,
         }
+    }
+}
+
+/// [`RTT_SAMPLES`] as the ring's index type.
+const RING: u8 = {
+    assert!(RTT_SAMPLES <= u8::MAX as usize);
+    RTT_SAMPLES as u8
+};
+
+/// An RTT in two bytes, for the percentile ring: exact below 2,048 µs, and above that with
+/// 11 significant bits (within 0.05 %), up to `u32::MAX` µs. Codes sort as the RTTs do.
+///
+/// Below 2,048 the code is the value. Above, a value with `b` bits (`b` from 12 to 32) keeps
+/// its 11 leading bits: the code is `2048 + (b - 12) * 1024 + (those bits - 1024)`, and it
+/// decodes to the middle of the values that share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct RttCode(u16);
+
+impl RttCode {
+    /// Values below this are kept exactly.
+    const EXACT: u32 = 2048;
+
+    fn from_micros(us: u32) -> RttCode {
+        if us < Self::EXACT {
+            // Fits: below 2^11.
+            return RttCode(u16::try_from(us).unwrap_or(u16::MAX));
+        }
+        // `us` has 12 to 32 bits: drop all but the leading 11.
+        let shift = 21_u32.saturating_sub(us.leading_zeros());
+        let leading = us.checked_shr(shift).unwrap_or(0);
+        let code = shift
+            .saturating_sub(1)
+            .saturating_mul(1024)
+            .saturating_add(leading)
+            .saturating_add(1024);
+        RttCode(u16::try_from(code).unwrap_or(u16::MAX))
+    }
+
+    fn micros(self) -> u32 {
+        let code = u32::from(self.0);
+        if code < Self::EXACT {
+            return code;
+        }
+        let above = code.saturating_sub(Self::EXACT);
+        let shift = (above / 1024).saturating_add(1);
+        let leading = (above % 1024).saturating_add(1024);
+        let low = leading.checked_shl(shift).unwrap_or(u32::MAX);
+        // The middle of the values that share the code.
+        low.saturating_add(1_u32.checked_shl(shift.saturating_sub(1)).unwrap_or(0))
     }
 }
 
@@ -221,10 +278,40 @@ mod tests {
         let s = w.summary();
         assert_eq!(s.rtt, Some(ms(90)));
         assert_eq!(s.min_rtt, Some(ms(20)));
-        assert_eq!(s.rtt_p50, Some(ms(30)), "the window holds the last 64");
-        assert_eq!(s.rtt_p99, Some(ms(90)));
+        // Percentiles keep 11 significant bits (the middle of the values that share them):
+        // 30,008 µs for 30 ms, 90,016 µs for 90 ms, within 0.05 %.
+        assert_eq!(
+            s.rtt_p50,
+            Some(Duration::from_micros(30_008)),
+            "the window holds the last 64"
+        );
+        assert_eq!(s.rtt_p99, Some(Duration::from_micros(90_016)));
         // Consecutive samples differ by 10 ms: jitter converges there, then the jump adds.
         assert!(s.jitter > ms(9) && s.jitter < ms(16), "{:?}", s.jitter);
+    }
+
+    #[test]
+    fn rtt_codes_are_exact_below_2048_us_within_a_2048th_above_and_sort_as_rtts_do() {
+        for us in 0..RttCode::EXACT {
+            assert_eq!(RttCode::from_micros(us).micros(), us);
+        }
+        let mut previous = RttCode::from_micros(0);
+        // Every power of two and its neighbours, and a spread of values between.
+        let values = (11..32)
+            .flat_map(|bit| {
+                let p = 1_u32 << bit;
+                [p - 1, p, p + 1, p + p / 3, p + p / 2 + 7]
+            })
+            .chain([u32::MAX - 1, u32::MAX]);
+        for us in values {
+            let code = RttCode::from_micros(us);
+            assert!(code >= previous, "{us} µs sorts after the values below it");
+            previous = code;
+            let back = code.micros();
+            let error = f64::from(back.abs_diff(us)) / f64::from(us);
+            assert!(error <= 1.0 / 2048.0, "{us} µs came back as {back}");
+        }
+        assert_eq!(RttCode::from_micros(u32::MAX).0, 23_551, "the largest code");
     }
 
     #[test]
