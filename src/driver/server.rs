@@ -1,10 +1,16 @@
 //! The server driver: accepts connections and runs each one's handshake over quinn, then the
 //! session it belongs to.
 //!
-//! One task per connection. It drives [`ServerHandshake`] (deciding nothing itself). A new
-//! session is handed to the application; a resume is attached to its existing session. The task
-//! then watches its connection for as long as it is the session's connection, and if it is lost,
-//! waits for the client's return until the grace period ends.
+//! Two tasks per connection, one after the other, both in the accept loop's set. The opening
+//! drives [`ServerHandshake`] (deciding nothing itself): a new session is handed to the
+//! application, a resume is attached to its existing session. The session's life then runs in a
+//! task of its own, which holds only what it needs (the opening's state is gone with its task):
+//! the connection task for as long as the connection is the session's, and, if it is lost, the
+//! wait for the client's return until the grace period ends.
+//!
+//! A shutdown is a request on a watch channel, which the accept loop and the openings see, and
+//! a close of every established session, which ends their tasks as any close does (see
+//! [`ServerShared::request_shutdown`]).
 
 use std::collections::HashMap;
 use std::future::pending;
@@ -821,9 +827,16 @@ async fn live<L: Link>(shared: Arc<ServerShared>, attached: Attached<L>) -> Opti
         streams,
         priorities,
     } = attached;
-    let end = connection::run(&core, generation, conn, streams, priorities).await;
-    if let LinkEnd::Lost(why) = end {
-        debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
+    // Matched in a statement of its own: how the connection ended is not kept across the
+    // grace period's wait, where its slot would sit beside the connection task's.
+    let lost = match connection::run(&core, generation, conn, streams, priorities).await {
+        LinkEnd::Lost(why) => {
+            debug!(player_id = %core.player_id, %why, "connection lost; waiting for a resume");
+            true
+        }
+        LinkEnd::Ended | LinkEnd::Superseded => false,
+    };
+    if lost {
         // Boxed: the grace period's wait is needed only after a loss, and the task's future
         // would otherwise hold its slot beside the connection task's for the whole session.
         Box::pin(grace(&shared, &core)).await;

@@ -521,6 +521,27 @@ struct Closing {
     deadline: Instant,
 }
 
+/// What the machine counts of the reliable channels and the connections (the lane counts its
+/// own, in [`Lane`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct ReliableCounts {
+    messages_sent: u64,
+    messages_received: u64,
+    messages_replayed: u64,
+    messages_lost: u64,
+    connections_lost: u64,
+}
+
+/// What the lane's receiver counts, and the messages its outbox lost with a connection (the
+/// outbox counts the rest).
+#[derive(Debug, Clone, Copy, Default)]
+struct LaneCounts {
+    delivered: u64,
+    stale: u64,
+    too_old: u64,
+    orphaned: u64,
+}
+
 /// The lane's state on one session (§13).
 #[derive(Debug)]
 struct Lane {
@@ -533,6 +554,7 @@ struct Lane {
     outbox: LaneOutbox,
     /// When the connection task should look again whether QUIC can take a waiting message.
     recheck: Option<Instant>,
+    counts: LaneCounts,
 }
 
 impl Lane {
@@ -544,6 +566,7 @@ impl Lane {
             queued: 0,
             outbox: LaneOutbox::new(config.lane_send_capacity, config.lane_max_age),
             recheck: None,
+            counts: LaneCounts::default(),
         })
     }
 }
@@ -581,7 +604,7 @@ pub struct SessionMachine {
     closes: Vec<(u64, Reason, String)>,
     events: VecDeque<Event>,
     wakes: Wakes,
-    counts: Counts,
+    counts: ReliableCounts,
 }
 
 const KINDS: [ChannelKind; 2] = [ChannelKind::Main, ChannelKind::Feed];
@@ -614,7 +637,7 @@ impl SessionMachine {
             closes: Vec::new(),
             events: VecDeque::new(),
             wakes: Wakes::default(),
-            counts: Counts::default(),
+            counts: ReliableCounts::default(),
             config,
         }
     }
@@ -702,8 +725,26 @@ impl SessionMachine {
 
     /// What the machine counted.
     pub fn counts(&self) -> Counts {
-        let mut counts = self.counts;
+        let ReliableCounts {
+            messages_sent,
+            messages_received,
+            messages_replayed,
+            messages_lost,
+            connections_lost,
+        } = self.counts;
+        let mut counts = Counts {
+            messages_sent,
+            messages_received,
+            messages_replayed,
+            messages_lost,
+            connections_lost,
+            ..Counts::default()
+        };
         if let Some(lane) = &self.lane {
+            counts.datagrams_delivered = lane.counts.delivered;
+            counts.datagrams_stale = lane.counts.stale;
+            counts.datagrams_too_old = lane.counts.too_old;
+            counts.datagrams_orphaned = lane.counts.orphaned;
             counts.datagrams_superseded = lane.outbox.superseded();
             counts.datagrams_expired = lane.outbox.expired();
         }
@@ -1060,8 +1101,7 @@ impl SessionMachine {
         self.ack_datagram = false;
         if let Some(lane) = &mut self.lane {
             let orphaned = lane.outbox.clear();
-            self.counts.datagrams_orphaned =
-                self.counts.datagrams_orphaned.saturating_add(orphaned);
+            lane.counts.orphaned = lane.counts.orphaned.saturating_add(orphaned);
             lane.recheck = None;
         }
         if let Some(grace) = self.config.grace_period {
@@ -1253,8 +1293,7 @@ impl SessionMachine {
                 let state = self.lane.get_or_insert_with(|| Lane::new(config));
                 match state.inbound.arrive(lane.seq, lane.sent_ms, now_ms) {
                     LaneArrival::Deliver => {
-                        self.counts.datagrams_delivered =
-                            self.counts.datagrams_delivered.saturating_add(1);
+                        state.counts.delivered = state.counts.delivered.saturating_add(1);
                         state.queued = state.queued.saturating_add(lane.payload.len());
                         state.queue.push_back(lane.payload);
                         while state.queued > config.lane_capacity && state.queue.len() > 1 {
@@ -1265,11 +1304,10 @@ impl SessionMachine {
                         self.wakes.lane = true;
                     }
                     LaneArrival::Stale => {
-                        self.counts.datagrams_stale = self.counts.datagrams_stale.saturating_add(1);
+                        state.counts.stale = state.counts.stale.saturating_add(1);
                     }
                     LaneArrival::TooOld { .. } => {
-                        self.counts.datagrams_too_old =
-                            self.counts.datagrams_too_old.saturating_add(1);
+                        state.counts.too_old = state.counts.too_old.saturating_add(1);
                     }
                 }
             }
