@@ -3,8 +3,8 @@
 //! one run. BENCHMARKS.md explains the method and holds the figures of a full run.
 //!
 //! ```text
-//! cargo bench --bench suite                 # the full run: three rounds (about 45 minutes)
-//! cargo bench --bench suite -- --quick      # a smoke test: one round (under a minute; CI runs it)
+//! cargo bench --bench suite                 # the full run: three rounds (about 30 minutes)
+//! cargo bench --bench suite -- --quick      # a smoke test: one round (about four minutes; CI runs it)
 //! cargo bench --bench suite -- --only fanout,memory --rounds 5   # some scenarios, 5 rounds
 //! ```
 //!
@@ -59,7 +59,7 @@ struct Options {
 
 const USAGE: &str =
     "usage: cargo bench --bench suite [-- [--quick] [--only SCENARIO,...] [--out DIR]]
-  --quick          a smoke test: every scenario briefly (under a minute)
+  --quick          a smoke test: every scenario briefly (about four minutes)
   --only LIST      some scenarios only, comma-separated: connect, reqresp, fanout, staleness,
                    memory, bulk
   --rounds N       rounds of every scenario (default 3, or 1 with --quick)

@@ -25,6 +25,18 @@ const ROLE_VAR: &str = "QUICFEED_BENCH_CHILD";
 /// allocations of the runtime) are not counted per session.
 const WARM: usize = 50;
 
+/// How long sessions idle before they are counted: until what an idle session grows over
+/// time has grown, on both sides of the comparison. Two things grow for seconds: quicfeed's
+/// statistics ring (one RTT sample per liveness check, a sixteenth of the dead-path timeout,
+/// for 64 samples: four dead-path timeouts), and quinn's queue of datagrams for each
+/// connection, which takes its second block of 32 entries (6.7 kB) once 32 datagrams have
+/// arrived, at about two per keep-alive interval when idle. Counted earlier, the figures depend
+/// on how many connections have got that far.
+fn settle() -> Duration {
+    let t = TransportConfig::default();
+    (t.dead_path_timeout * 4).max(t.keep_alive_interval * 40) + Duration::from_secs(1)
+}
+
 /// Live heap bytes in this process.
 fn heap() -> i64 {
     let s = ALLOCATOR.stats();
@@ -407,11 +419,11 @@ async fn per_session(kind: &str, count: usize) -> (f64, f64, f64) {
         _ => Held::Quinn(Vec::new()),
     };
     open(&server, WARM, &mut held).await;
+    tokio::time::sleep(settle()).await;
     let (heap0, rss0) = server.measure_with(WARM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let client0 = heap();
     open(&server, count, &mut held).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(settle()).await;
     let client1 = heap();
     let (heap1, rss1) = server.measure_with(WARM + count);
     drop(held);
@@ -438,12 +450,15 @@ pub(crate) async fn run(quick: bool) -> Section {
              too (it includes allocator slack). The client side is this process's heap growth \
              per client (each client has its own endpoint and UDP socket). The baseline is bare \
              quinn with quicfeed's transport settings, holding two open bidirectional streams \
-             per connection. Sessions are idle: keep-alives only. Browser sessions \
+             per connection. Sessions are idle (keep-alives only) and counted after {idle:.1} s \
+             of it, once what idle sessions grow has grown (quicfeed's statistics ring of RTT \
+             samples, quinn's queue of datagrams for each connection). Browser sessions \
              (WebTransport, on a server with it turned on) are opened by a raw WebTransport \
              client that runs the handshake as a page does; their client side is that \
              client's, not a browser's. The bare quinn baseline exchanges the handshake's \
              traffic too (three request/reply pairs of 48 bytes, the second on feed), so \
-             that quinn's buffers hold what they hold after a quicfeed handshake."
+             that quinn's buffers hold what they hold after a quicfeed handshake.",
+            idle = settle().as_secs_f64()
         ),
         &[
             "",
