@@ -324,7 +324,7 @@ impl Server {
     /// close. To be sure a final message arrives, close those sessions with
     /// [`Session::close_gracefully`] first.
     pub async fn shutdown(&self, reason: Reason, message: &str) {
-        request_shutdown(&self.inner.shared, reason, message);
+        self.inner.shared.request_shutdown(reason, message);
         // One drain, however many clones call this at once: the others wait for it (at most
         // the same 4 s).
         self.inner
@@ -355,11 +355,6 @@ impl Server {
     }
 }
 
-/// Closes every session with `reason` and stops accepting; the first request wins.
-fn request_shutdown(shared: &driver::ServerShared, reason: Reason, message: &str) {
-    shared.request_shutdown(reason, message);
-}
-
 /// What the accept queue had.
 enum Queue {
     Session(Session),
@@ -375,7 +370,8 @@ impl Drop for Inner {
         if let Some(rotation) = &self.rotation {
             rotation.abort();
         }
-        request_shutdown(&self.shared, Reason::ServerShutdown, "server dropped");
+        self.shared
+            .request_shutdown(Reason::ServerShutdown, "server dropped");
     }
 }
 

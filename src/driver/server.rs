@@ -343,7 +343,7 @@ pub(crate) async fn accept_loop(
                             // Boxed: the task's future keeps its arguments' slots for as long
                             // as it lives (the whole session), and an `Incoming` is 384 bytes.
                             let incoming = Box::new(incoming);
-                            tasks.spawn(opening(incoming, ticket, evicted, shared.clone(), sessions.clone()));
+                            tasks.spawn(open(incoming, ticket, evicted, shared.clone(), sessions.clone()));
                         }
                         Err(refusal) => refuse_politely(&shared, incoming, refusal),
                     }
@@ -465,18 +465,6 @@ fn on_task_end(
     }
 }
 
-/// A connection's opening, from its first packet to its session attached (or waiting for a
-/// resume); `None` if it ended there.
-async fn opening(
-    incoming: Box<quinn::Incoming>,
-    ticket: PendingTicket,
-    evicted: oneshot::Receiver<()>,
-    shared: Arc<ServerShared>,
-    sessions: mpsc::Sender<AppRef>,
-) -> Option<Opened> {
-    open(incoming, ticket, evicted, &shared, sessions).await
-}
-
 /// A connection's session once the opening phase is done.
 enum Opened {
     Native(Attached<quinn::Connection>),
@@ -498,15 +486,17 @@ struct Attached<L: Link> {
     priorities: (i32, i32),
 }
 
-/// The work of [`opening`]: `None` if the connection ended in it (refused, failed,
-/// evicted, shut down), each way logged.
+/// A connection's opening (a task of its own), from its first packet to its session attached
+/// or waiting for a resume; `None` if the connection ended in it (refused, failed, evicted,
+/// shut down), each way logged.
 async fn open(
     incoming: Box<quinn::Incoming>,
     ticket: PendingTicket,
     evicted: oneshot::Receiver<()>,
-    shared: &Arc<ServerShared>,
+    shared: Arc<ServerShared>,
     sessions: mpsc::Sender<AppRef>,
 ) -> Option<Opened> {
+    let shared = &shared;
     let remote = incoming.remote_address();
     let mut attempt = Attempt {
         remote,
